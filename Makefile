@@ -1,0 +1,46 @@
+# One way to build, test, lint and generate: the README and CI call these targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+
+# Where `make testenv` puts kube-apiserver, etcd, hydra, helm, Keycloak... (see testenv/build.sh).
+TESTENV_DIR := $(shell bash testenv/build.sh --print-dir)
+export TESTENV_DIR
+
+.PHONY: all build test testenv lint fmt fmt-check clippy crds crds-check run bench clean-testenv
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+## testenv: build/fetch every real test component into the cache (a second run does nothing)
+testenv:
+	bash testenv/build.sh
+
+## test: every test (unit, provider, controller, end-to-end) on the real test environment
+test: testenv crds-check
+	$(CARGO) test --workspace --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint: fmt-check clippy crds-check
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	$(CARGO) run --quiet --bin oauth-operator -- crd > crds/oauth-operator.dev.yaml
+
+## crds-check: fail when crds/ is stale
+crds-check:
+	$(CARGO) run --quiet --bin oauth-operator -- crd | diff -u crds/oauth-operator.dev.yaml - \
+	  || { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
+
+clean-testenv:
+	rm -rf "$(TESTENV_DIR)"
