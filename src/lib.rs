@@ -1,1 +1,4 @@
+//! oauth-operator: manages OAuth 2.0 / OpenID Connect clients declaratively.
 #![forbid(unsafe_code)]
+
+pub mod api;

@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    print!("{}", oauth_operator::api::crds_yaml().unwrap());
+}

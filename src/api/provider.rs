@@ -1,0 +1,178 @@
+//! `OAuthProvider` (namespaced) and `ClusterOAuthProvider` (cluster-scoped): an authorization
+//! server and the admin credential to manage clients on it, after cert-manager's Issuer /
+//! ClusterIssuer.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+#[allow(unused_imports)] // used inside the x_kube validation attributes
+use kube::core::Rule;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Clerk's documented Backend API base URL.
+pub const CLERK_DEFAULT_BASE_URL: &str = "https://api.clerk.com/v1";
+/// Default key of the Clerk secret key in the credential Secret.
+pub const CLERK_DEFAULT_SECRET_KEY_KEY: &str = "secretKey";
+
+/// An authorization server usable by `OAuthApplication`s in the provider's own namespace.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "oauth-operator.dev",
+    version = "v1alpha1",
+    kind = "OAuthProvider",
+    namespaced,
+    category = "oauth",
+    status = "ProviderStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("has(self.clerk)").message("exactly one backend block must be set (supported: clerk)"))]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthProviderSpec {
+    #[serde(flatten)]
+    pub settings: ProviderSettings,
+}
+
+/// An authorization server shared by the namespaces that `allowedNamespaces` admits (none by
+/// default). Its credential Secret lives in the operator's namespace.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "oauth-operator.dev",
+    version = "v1alpha1",
+    kind = "ClusterOAuthProvider",
+    category = "oauth",
+    status = "ProviderStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("has(self.clerk)").message("exactly one backend block must be set (supported: clerk)"))]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterOAuthProviderSpec {
+    #[serde(flatten)]
+    pub settings: ProviderSettings,
+    /// Namespaces whose `OAuthApplication`s may use this provider. Empty (the default) admits
+    /// none; a namespace is admitted when it is listed in `names` or matches `selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<AllowedNamespaces>,
+}
+
+/// What both provider kinds hold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSettings {
+    /// Clerk Backend API (`/v1/oauth_applications`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clerk: Option<ClerkProvider>,
+    /// TLS trust for the provider's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ProviderTls>,
+    /// Client-side request budget (a token bucket) shared by every application using this
+    /// provider, so that a resync of many applications never trips the provider's rate limit.
+    #[serde(default)]
+    pub request_budget: RequestBudget,
+}
+
+/// The Clerk backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClerkProvider {
+    /// Backend API base URL. Defaults to `https://api.clerk.com/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]'))").message("must be an https URL (http only on a loopback host)"))]
+    pub base_url: Option<String>,
+    /// The Secret holding the Clerk secret key (`sk_live_...` / `sk_test_...`). For an
+    /// `OAuthProvider` it is read from the provider's namespace, for a `ClusterOAuthProvider`
+    /// from the operator's namespace.
+    pub secret_key_ref: SecretKeySelector,
+}
+
+/// A key of a Secret (the Secret's namespace is implied by the provider kind).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret. Defaults to `secretKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+/// TLS settings for the provider's endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderTls {
+    /// PEM-encoded CA certificates trusted for the provider's endpoint, in addition to the
+    /// system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub ca_bundle: Option<String>,
+}
+
+/// A token bucket: at most `requests` per `periodSeconds`, in bursts of at most `requests`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestBudget {
+    /// Requests allowed per period. The default (80 per 10 s) stays below Clerk's documented
+    /// limit for development instances (100 per 10 s); production instances allow 1000.
+    #[serde(default = "default_budget_requests")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub requests: u32,
+    /// Length of the period in seconds.
+    #[serde(default = "default_budget_period")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: u32,
+}
+
+fn default_budget_requests() -> u32 {
+    80
+}
+fn default_budget_period() -> u32 {
+    10
+}
+
+impl Default for RequestBudget {
+    fn default() -> Self {
+        Self { requests: default_budget_requests(), period_seconds: default_budget_period() }
+    }
+}
+
+/// Namespaces admitted by a `ClusterOAuthProvider`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    /// Namespace names admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub names: Vec<String>,
+    /// Namespaces whose labels match this selector are admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Observed state of a provider.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderStatus {
+    /// The generation last reconciled successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `CredentialsFound`, `EndpointReachable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The backend block in use (`clerk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+}
+
+impl ProviderSettings {
+    pub fn backend_name(&self) -> &'static str {
+        match &self.clerk {
+            Some(_) => "clerk",
+            None => "none",
+        }
+    }
+}
