@@ -2,3 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
+pub mod providers;
+pub mod telemetry;

@@ -1,3 +1,108 @@
-fn main() {
-    print!("{}", oauth_operator::api::crds_yaml().unwrap());
+//! `oauth-operator`: `run` (the controller), `crd` (print the CRDs), `version`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use oauth_operator::controller::{self, Config};
+use oauth_operator::telemetry::{self, LogFormat, Metrics, Readiness};
+
+#[derive(Parser)]
+#[command(
+    name = "oauth-operator",
+    version,
+    about = "Manages OAuth 2.0 / OpenID Connect clients declaratively"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (uses the in-cluster config or $KUBECONFIG).
+    Run(RunArgs),
+    /// Print every CRD as YAML.
+    Crd,
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "OAUTH_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    #[arg(
+        long,
+        env = "OAUTH_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Namespace of the operator: where ClusterOAuthProvider credential Secrets are read.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "oauth-operator")]
+    operator_namespace: String,
+    /// Watch only this namespace (default: the whole cluster).
+    #[arg(long, env = "OAUTH_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// How often every application is compared with its provider (drift detection), e.g. 10m.
+    #[arg(long, env = "OAUTH_OPERATOR_RESYNC_INTERVAL", default_value = "10m")]
+    resync_interval: kube::core::Duration,
+    /// How long a deletion may wait for an unreachable provider before it gives up.
+    #[arg(long, env = "OAUTH_OPERATOR_DELETION_TIMEOUT", default_value = "10m")]
+    deletion_timeout: kube::core::Duration,
+    /// Timeout of each request to an authorization server.
+    #[arg(long, env = "OAUTH_OPERATOR_PROVIDER_TIMEOUT", default_value = "30s")]
+    provider_timeout: kube::core::Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", oauth_operator::api::crds_yaml()?);
+            Ok(())
+        }
+        Command::Version => {
+            println!("oauth-operator {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(args.log_format);
+    // One TLS crypto provider for kube and reqwest.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Config {
+        operator_namespace: args.operator_namespace,
+        watch_namespace: args.watch_namespace,
+        resync_interval: args.resync_interval.into(),
+        deletion_timeout: args.deletion_timeout.into(),
+        provider_timeout: args.provider_timeout.into(),
+        fault: std::env::var("OAUTH_OPERATOR_FAULT")
+            .ok()
+            .filter(|f| !f.is_empty()),
+    };
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(Readiness::default());
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let http = tokio::spawn(telemetry::serve_http(
+        listener,
+        metrics.clone(),
+        readiness.clone(),
+    ));
+    let result = controller::run(client, config, metrics, readiness).await;
+    http.abort();
+    result
 }

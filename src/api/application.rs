@@ -202,7 +202,10 @@ pub struct SecretSpec {
     /// Name of the Secret, in the application's namespace. Defaults to `<name>-oauth`.
     /// Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("secret.name is immutable"))]
     pub name: Option<String>,
     /// Key names in the Secret.
@@ -342,7 +345,12 @@ impl OAuthApplication {
             .secret
             .as_ref()
             .and_then(|s| s.name.clone())
-            .unwrap_or_else(|| format!("{}-oauth", self.metadata.name.as_deref().unwrap_or_default()))
+            .unwrap_or_else(|| {
+                format!(
+                    "{}-oauth",
+                    self.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
     }
 
     /// The client name at the provider: `spec.displayName` or `<namespace>/<name>`.
@@ -357,7 +365,11 @@ impl OAuthApplication {
     }
 
     pub fn rotate_token(&self) -> Option<&str> {
-        self.metadata.annotations.as_ref()?.get(ROTATE_ANNOTATION).map(String::as_str)
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(ROTATE_ANNOTATION)
+            .map(String::as_str)
     }
 
     pub fn force_delete(&self) -> bool {

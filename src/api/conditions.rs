@@ -82,11 +82,17 @@ mod tests {
         let t0 = first.last_transition_time.clone();
         set_condition(&mut conds, first);
         std::thread::sleep(std::time::Duration::from_millis(5));
-        set_condition(&mut conds, new_condition(READY, false, "RateLimited", "slow", Some(1)));
+        set_condition(
+            &mut conds,
+            new_condition(READY, false, "RateLimited", "slow", Some(1)),
+        );
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0].last_transition_time, t0);
         assert_eq!(conds[0].reason, "RateLimited");
-        set_condition(&mut conds, new_condition(READY, true, "Reconciled", "ok", Some(1)));
+        set_condition(
+            &mut conds,
+            new_condition(READY, true, "Reconciled", "ok", Some(1)),
+        );
         assert_ne!(conds[0].last_transition_time, t0);
     }
 
@@ -94,7 +100,8 @@ mod tests {
     fn equality_ignores_only_time() {
         let a = vec![new_condition(READY, true, "Reconciled", "ok", Some(2))];
         let mut b = a.clone();
-        b[0].last_transition_time = Time(Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(60));
+        b[0].last_transition_time =
+            Time(Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(60));
         assert!(eq_ignoring_time(&a, &b));
         b[0].message = "other".into();
         assert!(!eq_ignoring_time(&a, &b));

@@ -12,10 +12,15 @@ pub use provider::*;
 pub const GROUP: &str = "oauth-operator.dev";
 
 /// All CRDs this operator serves, in the order `crd` prints them.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![OAuthApplication::crd(), OAuthProvider::crd(), ClusterOAuthProvider::crd()]
+    vec![
+        OAuthApplication::crd(),
+        OAuthProvider::crd(),
+        ClusterOAuthProvider::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream (what `oauth-operator crd` prints and `crds/` holds).

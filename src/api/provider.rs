@@ -113,7 +113,7 @@ pub struct ProviderTls {
 }
 
 /// A token bucket: at most `requests` per `periodSeconds`, in bursts of at most `requests`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestBudget {
     /// Requests allowed per period. The default (80 per 10 s) stays below Clerk's documented
@@ -136,7 +136,10 @@ fn default_budget_period() -> u32 {
 
 impl Default for RequestBudget {
     fn default() -> Self {
-        Self { requests: default_budget_requests(), period_seconds: default_budget_period() }
+        Self {
+            requests: default_budget_requests(),
+            period_seconds: default_budget_period(),
+        }
     }
 }
 

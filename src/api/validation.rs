@@ -9,8 +9,14 @@ use url::{Host, Url};
 /// `isURL` because rules are evaluated independently.
 pub const REDIRECT_URI_RULES: &[(&str, &str)] = &[
     ("isURL(self)", "must be an absolute URI"),
-    ("!self.contains('#')", "must not contain a fragment (RFC 9700)"),
-    ("!self.contains('*')", "must not contain a wildcard (RFC 9700)"),
+    (
+        "!self.contains('#')",
+        "must not contain a fragment (RFC 9700)",
+    ),
+    (
+        "!self.contains('*')",
+        "must not contain a wildcard (RFC 9700)",
+    ),
     (
         "!isURL(self) || url(self).getScheme() == 'https' \
          || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', '::1', '[::1]', 'localhost']) \
@@ -102,13 +108,22 @@ mod tests {
         ));
         assert_eq!(
             validate_redirect_uri("https://app.example.com/cb#frag"),
-            Err(RedirectUriError::Fragment("https://app.example.com/cb#frag".into()))
+            Err(RedirectUriError::Fragment(
+                "https://app.example.com/cb#frag".into()
+            ))
         );
         assert_eq!(
             validate_redirect_uri("https://*.example.com/cb"),
-            Err(RedirectUriError::Wildcard("https://*.example.com/cb".into()))
+            Err(RedirectUriError::Wildcard(
+                "https://*.example.com/cb".into()
+            ))
         );
-        for bad in ["http://app.example.com/cb", "http://10.0.0.1/cb", "myapp:/cb", "ftp://x/y"] {
+        for bad in [
+            "http://app.example.com/cb",
+            "http://10.0.0.1/cb",
+            "myapp:/cb",
+            "ftp://x/y",
+        ] {
             assert_eq!(
                 validate_redirect_uri(bad),
                 Err(RedirectUriError::Scheme(bad.into())),

@@ -1,0 +1,230 @@
+//! Shared state of the controllers: clients, recorder, metrics, provider clients, the
+//! per-provider inventory used for drift detection, and per-object backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use rand::Rng;
+
+use super::error::Error;
+use crate::api::OAuthApplication;
+use crate::providers::{ProviderError, RemoteClient, SharedProviderClient};
+use crate::telemetry::Metrics;
+
+/// Operator settings (from the command line).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where `ClusterOAuthProvider` credential Secrets live.
+    pub operator_namespace: String,
+    /// Restrict the operator to one namespace (`None`: the whole cluster).
+    pub watch_namespace: Option<String>,
+    /// How often every application is checked against its provider (drift detection).
+    pub resync_interval: Duration,
+    /// After how long a deletion that cannot reach the provider gives up and removes the
+    /// finalizer anyway (the client is then left at the provider, with a Warning event).
+    pub deletion_timeout: Duration,
+    /// Timeout of every request to a provider.
+    pub provider_timeout: Duration,
+    /// Test-only fault injection (`OAUTH_OPERATOR_FAULT`), e.g. `abort-after-create`.
+    pub fault: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            operator_namespace: "oauth-operator".into(),
+            watch_namespace: None,
+            resync_interval: Duration::from_secs(600),
+            deletion_timeout: Duration::from_secs(600),
+            provider_timeout: Duration::from_secs(30),
+            fault: None,
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    /// Provider clients by provider key, rebuilt when the provider or its credential changes.
+    pub providers: Mutex<HashMap<String, (u64, SharedProviderClient)>>,
+    /// Per-provider list of remote clients, refreshed at most once per resync interval.
+    pub inventory: Inventory,
+    backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, config: Config) -> Self {
+        let reporter = Reporter {
+            controller: "oauth-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            config,
+            providers: Mutex::default(),
+            inventory: Inventory::default(),
+            backoff: Mutex::default(),
+        }
+    }
+
+    /// Publishes an event; a failure to publish is logged, never fatal.
+    pub async fn event(
+        &self,
+        app: &OAuthApplication,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        use kube::Resource;
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &app.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "failed to publish event");
+        }
+    }
+
+    /// Delay before the next attempt after an error: `Retry-After` when the provider gave one,
+    /// exponential backoff with jitter for transient errors, the resync interval for
+    /// permanent ones.
+    pub fn next_retry(&self, obj: &ObjectRef<OAuthApplication>, error: &Error) -> Duration {
+        if !error.is_transient() {
+            self.reset_backoff(obj);
+            return self.config.resync_interval;
+        }
+        let attempt = {
+            let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(obj.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let base = error
+            .retry_after()
+            .unwrap_or_else(|| backoff_delay(attempt));
+        jitter(base)
+    }
+
+    pub fn reset_backoff(&self, obj: &ObjectRef<OAuthApplication>) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(obj);
+    }
+
+    /// The periodic requeue after a successful pass, spread so that thousands of
+    /// applications do not all resync in the same second.
+    pub fn resync_delay(&self) -> Duration {
+        jitter(self.config.resync_interval)
+    }
+}
+
+/// 1 s, 2 s, 4 s ... capped at 5 minutes.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    let secs = 1u64
+        .checked_shl(attempt.saturating_sub(1).min(16))
+        .unwrap_or(u64::MAX);
+    Duration::from_secs(secs.min(300))
+}
+
+/// Adds up to +20% random jitter.
+pub fn jitter(d: Duration) -> Duration {
+    let factor = rand::rng().random_range(1.0..1.2);
+    d.mul_f64(factor)
+}
+
+/// A snapshot of every client at one provider.
+pub struct Snapshot {
+    pub fetched_at: Instant,
+    /// Wall-clock time of the list, reported as `status.lastSyncTime`.
+    pub fetched_wall: k8s_openapi::jiff::Timestamp,
+    pub clients: HashMap<String, RemoteClient>,
+}
+
+/// One list per provider per resync interval, shared by every application of that provider;
+/// the operator's own creates and updates are written through so the snapshot stays current.
+#[derive(Default)]
+pub struct Inventory {
+    by_provider: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
+}
+
+impl Inventory {
+    async fn slot(&self, provider: &str) -> Arc<tokio::sync::Mutex<Option<Snapshot>>> {
+        self.by_provider
+            .lock()
+            .await
+            .entry(provider.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The remote client `id` as of a snapshot no older than `max_age` (refreshing it with one
+    /// paginated list when needed). `Ok(None)`: not at the provider as of that snapshot.
+    pub async fn lookup(
+        &self,
+        provider: &str,
+        client: &SharedProviderClient,
+        id: &str,
+        max_age: Duration,
+    ) -> Result<Option<(RemoteClient, k8s_openapi::jiff::Timestamp)>, ProviderError> {
+        let slot = self.slot(provider).await;
+        // Held across the list call: concurrent reconciles of one provider wait for one list.
+        let mut guard = slot.lock().await;
+        let stale = guard
+            .as_ref()
+            .is_none_or(|s| s.fetched_at.elapsed() >= max_age);
+        if stale {
+            let clients = client.list_all().await?;
+            *guard = Some(Snapshot {
+                fetched_at: Instant::now(),
+                fetched_wall: k8s_openapi::jiff::Timestamp::now(),
+                clients: clients.into_iter().map(|c| (c.id.clone(), c)).collect(),
+            });
+        }
+        Ok(guard
+            .as_ref()
+            .and_then(|s| s.clients.get(id).map(|c| (c.clone(), s.fetched_wall))))
+    }
+
+    /// Records the operator's own write so the next lookup sees it without a list.
+    pub async fn upsert(&self, provider: &str, client: &RemoteClient) {
+        let slot = self.slot(provider).await;
+        if let Some(s) = slot.lock().await.as_mut() {
+            s.clients.insert(client.id.clone(), client.clone());
+        }
+    }
+
+    pub async fn remove(&self, provider: &str, id: &str) {
+        let slot = self.slot(provider).await;
+        if let Some(s) = slot.lock().await.as_mut() {
+            s.clients.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff_delay(1), Duration::from_secs(1));
+        assert_eq!(backoff_delay(2), Duration::from_secs(2));
+        assert_eq!(backoff_delay(5), Duration::from_secs(16));
+        assert_eq!(backoff_delay(40), Duration::from_secs(300));
+        let j = jitter(Duration::from_secs(10));
+        assert!(j >= Duration::from_secs(10) && j < Duration::from_secs(12));
+    }
+}

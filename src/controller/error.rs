@@ -1,0 +1,109 @@
+//! The one error type of the reconcilers: a static reason (condition reason, event reason,
+//! metric label) and a transient/permanent split that drives requeueing.
+
+use std::time::Duration;
+
+use crate::providers::ProviderError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("{0}")]
+    ProviderNotFound(String),
+    #[error("{0}")]
+    NamespaceNotAllowed(String),
+    #[error("{0}")]
+    CredentialsMissing(String),
+    #[error("{0}")]
+    SecretConflict(String),
+    #[error("{0}")]
+    AdoptionAmbiguous(String),
+    #[error("{0}")]
+    DeletionBlocked(String),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the object is malformed: {0}")]
+    Malformed(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The `Ready=False` reason, event reason and metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::ProviderNotFound(_) => "ProviderNotFound",
+            Error::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
+            Error::CredentialsMissing(_) => "CredentialsMissing",
+            Error::SecretConflict(_) => "SecretConflict",
+            Error::AdoptionAmbiguous(_) => "AdoptionAmbiguous",
+            Error::DeletionBlocked(_) => "DeletionBlocked",
+            Error::Provider(p) => match p {
+                ProviderError::Rejected { .. } | ProviderError::NotFound { .. } => {
+                    "ProviderRejected"
+                }
+                ProviderError::Unauthorized { .. } => "CredentialsRejected",
+                ProviderError::RateLimited { .. } => "RateLimited",
+                ProviderError::Unavailable { .. } => "ProviderUnavailable",
+                ProviderError::Unsupported(_) => "InvalidSpec",
+            },
+            Error::Kube(_) => "KubernetesError",
+            Error::Malformed(_) => "Malformed",
+        }
+    }
+
+    /// Transient errors are retried with per-object exponential backoff; permanent ones wait
+    /// for a change of the spec or the provider (or the periodic resync).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::ProviderNotFound(_)
+            | Error::CredentialsMissing(_)
+            | Error::DeletionBlocked(_)
+            | Error::Kube(_) => true,
+            Error::Provider(p) => {
+                matches!(
+                    p,
+                    ProviderError::RateLimited { .. } | ProviderError::Unavailable { .. }
+                )
+            }
+            _ => false,
+        }
+    }
+
+    /// The provider's `Retry-After`, when it gave one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Provider(ProviderError::RateLimited { retry_after, .. }) => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_and_classes() {
+        let e = Error::from(ProviderError::RateLimited {
+            operation: "list",
+            retry_after: Some(Duration::from_secs(7)),
+        });
+        assert_eq!(e.reason(), "RateLimited");
+        assert!(e.is_transient());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        let e = Error::from(ProviderError::Rejected {
+            operation: "create",
+            status: 422,
+            message: "bad".into(),
+        });
+        assert_eq!(e.reason(), "ProviderRejected");
+        assert!(!e.is_transient());
+        assert!(!Error::SecretConflict("x".into()).is_transient());
+        assert_eq!(Error::InvalidSpec("x".into()).reason(), "InvalidSpec");
+    }
+}

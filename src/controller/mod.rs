@@ -1,0 +1,176 @@
+//! The controllers: `OAuthApplication` (owning its Secrets, following its providers) and the
+//! two provider kinds.
+
+pub mod application;
+pub mod context;
+pub mod desired;
+pub mod error;
+pub mod provider;
+pub mod resolve;
+pub mod secret;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{Controller, watcher};
+use kube::{Client, Resource, ResourceExt};
+
+pub use context::{Config, Context};
+
+use crate::api::{ClusterOAuthProvider, OAuthApplication, OAuthProvider, ProviderKind};
+use crate::telemetry::{Metrics, Readiness};
+
+/// Waits until every CRD this operator serves is established, so the watches do not fail.
+pub async fn wait_for_crds(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crate::api::crds() {
+        let name = crd.name_any();
+        tokio::time::timeout(
+            timeout,
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| {
+            format!("CRD {name} is not established after {timeout:?}: install crds/ first")
+        })?
+        .with_context(|| format!("waiting for CRD {name}"))?;
+    }
+    Ok(())
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Applications that reference a provider (by kind, namespace and name).
+fn apps_using(
+    store: &kube::runtime::reflector::Store<DeserializeGuard<OAuthApplication>>,
+    kind: ProviderKind,
+    namespace: Option<String>,
+    name: String,
+) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|guard| {
+            guard.0.as_ref().is_ok_and(|app| {
+                app.spec.provider_ref.kind == kind
+                    && app.spec.provider_ref.name == name
+                    && (namespace.is_none() || app.namespace() == namespace)
+            })
+        })
+        .map(|guard| ObjectRef::from_obj(&*guard))
+        .collect()
+}
+
+/// Runs every controller until a termination signal.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<()> {
+    wait_for_crds(&client, Duration::from_secs(60)).await?;
+    let ns = config.watch_namespace.clone();
+    let ctx = Arc::new(Context::new(client.clone(), metrics, config));
+    let watch_cfg = watcher::Config::default().any_semantic();
+
+    let apps: Api<DeserializeGuard<OAuthApplication>> = api_for(&client, ns.as_deref());
+    let app_controller = Controller::new(apps, watch_cfg.clone());
+    let store = app_controller.store();
+    let (ns_store, cluster_store) = (store.clone(), store.clone());
+    // Metadata only, and only the Secrets this operator wrote.
+    let secrets: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
+    let secrets_cfg = watcher::Config::default().labels(&format!(
+        "{}={}",
+        secret::MANAGED_BY_LABEL,
+        secret::MANAGED_BY_VALUE
+    ));
+    let providers: Api<DeserializeGuard<OAuthProvider>> = api_for(&client, ns.as_deref());
+    let cluster_providers: Api<DeserializeGuard<ClusterOAuthProvider>> = Api::all(client.clone());
+
+    let app_controller = app_controller
+        .owns(secrets, secrets_cfg)
+        .watches(providers.clone(), watch_cfg.clone(), move |p| {
+            apps_using(
+                &ns_store,
+                ProviderKind::OAuthProvider,
+                p.namespace(),
+                p.name_any(),
+            )
+        })
+        .watches(cluster_providers.clone(), watch_cfg.clone(), move |p| {
+            apps_using(
+                &cluster_store,
+                ProviderKind::ClusterOAuthProvider,
+                None,
+                p.name_any(),
+            )
+        })
+        .shutdown_on_signal()
+        .run(
+            application::reconcile,
+            application::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "application controller event");
+            }
+        });
+
+    let provider_controller = Controller::new(providers, watch_cfg.clone())
+        .shutdown_on_signal()
+        .run(
+            provider::reconcile_namespaced,
+            provider::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    // In single-namespace mode, cluster providers are left to the cluster-wide operator.
+    let cluster_ctx = ctx.clone();
+    let cluster_controller = async move {
+        if ns.is_none() {
+            Controller::new(cluster_providers, watch_cfg)
+                .shutdown_on_signal()
+                .run(
+                    provider::reconcile_cluster,
+                    provider::error_policy,
+                    cluster_ctx,
+                )
+                .for_each(|_| async {})
+                .await;
+        }
+    };
+    let ready = async move {
+        if store.wait_until_ready().await.is_ok() {
+            readiness.set_ready();
+            tracing::info!("caches synced; ready");
+        }
+    };
+    tracing::info!("controllers started");
+    tokio::join!(
+        app_controller,
+        provider_controller,
+        cluster_controller,
+        ready
+    );
+    tracing::info!("controllers stopped");
+    Ok(())
+}

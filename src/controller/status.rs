@@ -1,0 +1,80 @@
+//! Status writes: server-side apply with a named field manager, skipped when nothing but
+//! condition timestamps would change.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+
+use super::error::Result;
+use crate::api::conditions::eq_ignoring_time;
+use crate::api::{OAuthApplication, OAuthApplicationStatus};
+
+pub const FIELD_MANAGER: &str = "oauth-operator";
+
+/// Whether two statuses differ in anything but condition transition times.
+pub fn status_changed(old: Option<&OAuthApplicationStatus>, new: &OAuthApplicationStatus) -> bool {
+    let Some(old) = old else { return true };
+    let mut a = old.clone();
+    let mut b = new.clone();
+    if !eq_ignoring_time(&a.conditions, &b.conditions) {
+        return true;
+    }
+    a.conditions.clear();
+    b.conditions.clear();
+    a != b
+}
+
+/// Applies the application's status (the whole status this manager owns).
+pub async fn write_app_status(
+    api: &Api<OAuthApplication>,
+    app: &OAuthApplication,
+    status: &OAuthApplicationStatus,
+) -> Result<()> {
+    if !status_changed(app.status.as_ref(), status) {
+        return Ok(());
+    }
+    apply_status::<OAuthApplication, _>(api, &app.name_any(), status).await
+}
+
+/// Server-side apply of `{apiVersion, kind, status}` on the status subresource.
+pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::{READY, new_condition};
+
+    #[test]
+    fn only_timestamps_changing_is_no_change() {
+        let mut a = OAuthApplicationStatus {
+            client_id: Some("c".into()),
+            conditions: vec![new_condition(READY, true, "Reconciled", "ok", Some(1))],
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.conditions[0].last_transition_time.0 += k8s_openapi::jiff::SignedDuration::from_secs(5);
+        assert!(!status_changed(Some(&a), &b));
+        b.observed_generation = Some(2);
+        assert!(status_changed(Some(&a), &b));
+        a.observed_generation = Some(2);
+        assert!(!status_changed(Some(&a), &b));
+        assert!(status_changed(None, &b));
+    }
+}

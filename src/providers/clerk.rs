@@ -1,0 +1,609 @@
+//! Clerk Backend API: `/v1/oauth_applications`, exactly as in Clerk's OpenAPI spec
+//! (`shared/reference/clerk/bapi-2026-05-12.yml`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use super::{DesiredClient, IssuedClient, ProviderError, RemoteClient, RequestBudgetLimiter};
+use crate::api::Endpoints;
+use crate::telemetry::{Metrics, OperationLabels, RequestLabels};
+
+/// The Clerk API version this client is written against (the spec's version).
+pub const CLERK_API_VERSION: &str = "2026-05-12";
+/// Clerk's maximum page size for list endpoints.
+const PAGE_LIMIT: usize = 500;
+const BACKEND: &str = "clerk";
+const DEFAULT_SCOPES: &str = "profile email";
+
+/// A Clerk Backend API client for one provider (one instance, one secret key).
+pub struct ClerkClient {
+    http: reqwest::Client,
+    base_url: url::Url,
+    secret_key: SecretString,
+    budget: Arc<RequestBudgetLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+/// `OAuthApplication` (and `OAuthApplicationWithSecret`) from the spec. Unknown fields are
+/// ignored so that a newer Clerk does not break us.
+#[derive(Deserialize)]
+struct ClerkApp {
+    id: String,
+    name: String,
+    client_id: String,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    pkce_required: bool,
+    #[serde(default)]
+    consent_screen_enabled: bool,
+    #[serde(default)]
+    scopes: String,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    authorize_url: Option<String>,
+    #[serde(default)]
+    token_fetch_url: Option<String>,
+    #[serde(default)]
+    user_info_url: Option<String>,
+    #[serde(default)]
+    discovery_url: Option<String>,
+    #[serde(default)]
+    created_at: Option<i64>,
+    /// Only in create and rotate_secret responses ("Empty if public client").
+    #[serde(default)]
+    client_secret: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+struct ClerkAppList {
+    data: Vec<ClerkApp>,
+    total_count: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct ClerkErrors {
+    #[serde(default)]
+    errors: Vec<ClerkErrorItem>,
+}
+
+#[derive(Deserialize)]
+struct ClerkErrorItem {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    long_message: String,
+}
+
+/// The body of create and PATCH: only fields the spec lists (PATCH has
+/// `additionalProperties: false`).
+#[derive(Serialize, Debug, PartialEq)]
+struct ClerkAppBody<'a> {
+    name: &'a str,
+    redirect_uris: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consent_screen_enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pkce_required: Option<bool>,
+    public: bool,
+}
+
+fn body_for(desired: &DesiredClient) -> ClerkAppBody<'_> {
+    ClerkAppBody {
+        name: &desired.name,
+        redirect_uris: &desired.redirect_uris,
+        scopes: (!desired.scopes.is_empty()).then(|| desired.scopes.join(" ")),
+        consent_screen_enabled: desired.consent_screen,
+        pkce_required: desired.pkce_required,
+        public: desired.public,
+    }
+}
+
+/// What Clerk cannot represent, refused before any call.
+pub fn check_supported(desired: &DesiredClient) -> Result<(), ProviderError> {
+    if !desired.post_logout_redirect_uris.is_empty() {
+        return Err(ProviderError::Unsupported(
+            "the Clerk backend does not support postLogoutRedirectUris".into(),
+        ));
+    }
+    if let Some(g) = desired
+        .grant_types
+        .iter()
+        .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token"))
+    {
+        return Err(ProviderError::Unsupported(format!(
+            "the Clerk backend supports only the authorization_code and refresh_token grants, not {g}"
+        )));
+    }
+    if desired.name.chars().count() > 256 {
+        return Err(ProviderError::Unsupported(
+            "Clerk limits names to 256 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Managed fields that differ at Clerk (scopes compare as sets; unmanaged fields are skipped).
+pub fn diff(desired: &DesiredClient, remote: &RemoteClient) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if desired.name != remote.name {
+        fields.push("name");
+    }
+    if desired.redirect_uris != remote.redirect_uris {
+        fields.push("redirectUris");
+    }
+    if !desired.scopes.is_empty() {
+        let mut want: Vec<&str> = desired.scopes.iter().map(String::as_str).collect();
+        let mut have: Vec<&str> = remote.scopes.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        want.dedup();
+        have.sort_unstable();
+        have.dedup();
+        if want != have {
+            fields.push("scopes");
+        }
+    }
+    if desired.public != remote.public {
+        fields.push("clientType");
+    }
+    if desired
+        .pkce_required
+        .is_some_and(|p| p != remote.pkce_required)
+    {
+        fields.push("pkceRequired");
+    }
+    if desired
+        .consent_screen
+        .is_some_and(|c| c != remote.consent_screen)
+    {
+        fields.push("consentScreen");
+    }
+    fields
+}
+
+/// Clerk documents `created_at` as a Unix timestamp; its API returns milliseconds. Accept both.
+fn timestamp_from_unix(value: i64) -> Option<Timestamp> {
+    if value > 100_000_000_000 {
+        Timestamp::from_millisecond(value).ok()
+    } else {
+        Timestamp::from_second(value).ok()
+    }
+}
+
+impl ClerkApp {
+    fn into_issued(mut self) -> IssuedClient {
+        let secret = self
+            .client_secret
+            .take()
+            .filter(|s| !self.public && !s.expose_secret().is_empty());
+        IssuedClient {
+            client: self.into_remote(),
+            client_secret: secret,
+        }
+    }
+
+    fn into_remote(self) -> RemoteClient {
+        let scopes = if self.scopes.trim().is_empty() {
+            DEFAULT_SCOPES
+        } else {
+            &self.scopes
+        };
+        let issuer = self
+            .discovery_url
+            .as_deref()
+            .and_then(|d| d.strip_suffix("/.well-known/openid-configuration"))
+            .map(str::to_string);
+        RemoteClient {
+            scopes: scopes.split_whitespace().map(str::to_string).collect(),
+            endpoints: Endpoints {
+                issuer,
+                discovery: self.discovery_url,
+                authorize: self.authorize_url,
+                token: self.token_fetch_url,
+                userinfo: self.user_info_url,
+            },
+            created_at: self.created_at.and_then(timestamp_from_unix),
+            id: self.id,
+            client_id: self.client_id,
+            name: self.name,
+            redirect_uris: self.redirect_uris,
+            public: self.public,
+            pkce_required: self.pkce_required,
+            consent_screen: self.consent_screen_enabled,
+        }
+    }
+}
+
+/// Clerk's error body as one line: `code: long_message` for each error.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    let parsed: ClerkErrors = serde_json::from_slice(body).unwrap_or_default();
+    let parts: Vec<String> = parsed
+        .errors
+        .iter()
+        .map(|e| {
+            let text = if e.long_message.is_empty() {
+                &e.message
+            } else {
+                &e.long_message
+            };
+            if e.code.is_empty() {
+                text.clone()
+            } else {
+                format!("{}: {}", e.code, text)
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+impl ClerkClient {
+    /// `base_url` is the Backend API root (e.g. `https://api.clerk.com/v1`).
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        secret_key: SecretString,
+        budget: Arc<RequestBudgetLimiter>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProviderError> {
+        let mut base_url = url::Url::parse(base_url)
+            .map_err(|e| ProviderError::Unsupported(format!("invalid Clerk baseUrl: {e}")))?;
+        if !base_url.path().ends_with('/') {
+            let path = format!("{}/", base_url.path());
+            base_url.set_path(&path);
+        }
+        Ok(Self {
+            http,
+            base_url,
+            secret_key,
+            budget,
+            metrics,
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<url::Url, ProviderError> {
+        self.base_url
+            .join(path)
+            .map_err(|e| ProviderError::Unsupported(format!("invalid Clerk URL for {path}: {e}")))
+    }
+
+    /// One request: budget, timeout (set on the reqwest client), span, metrics, error mapping.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&ClerkAppBody<'_>>,
+    ) -> Result<T, ProviderError> {
+        let url = self.url(path)?;
+        let span = tracing::debug_span!("clerk_request", operation, %method, path);
+        async {
+            self.budget.acquire().await;
+            let mut request = self
+                .http
+                .request(method, url)
+                .bearer_auth(self.secret_key.expose_secret())
+                .header("Clerk-API-Version", CLERK_API_VERSION)
+                .query(query);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let start = Instant::now();
+            let result = request.send().await;
+            let elapsed = start.elapsed();
+            self.metrics
+                .provider_request_duration
+                .get_or_create(&OperationLabels {
+                    backend: BACKEND,
+                    operation,
+                })
+                .observe(elapsed.as_secs_f64());
+            let response = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.count(operation, if e.is_timeout() { "timeout" } else { "error" });
+                    return Err(ProviderError::Unavailable {
+                        operation,
+                        // without_url: the URL holds no secret, but keep messages short.
+                        message: e.without_url().to_string(),
+                    });
+                }
+            };
+            let status = response.status();
+            self.count(operation, status.as_str());
+            let headers = response.headers().clone();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| ProviderError::Unavailable {
+                    operation,
+                    message: format!("reading response: {}", e.without_url()),
+                })?;
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "clerk response"
+            );
+            if status.is_success() {
+                return serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
+                    operation,
+                    message: format!("unexpected response body: {e}"),
+                });
+            }
+            Err(match status {
+                StatusCode::NOT_FOUND => ProviderError::NotFound { operation },
+                StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
+                    operation,
+                    retry_after: retry_after(&headers),
+                },
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized {
+                    operation,
+                    status: status.as_u16(),
+                    message: error_message(status, &bytes),
+                },
+                s if s.is_client_error() => ProviderError::Rejected {
+                    operation,
+                    status: s.as_u16(),
+                    message: error_message(s, &bytes),
+                },
+                s => ProviderError::Unavailable {
+                    operation,
+                    message: format!("HTTP {}: {}", s.as_u16(), error_message(s, &bytes)),
+                },
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn count(&self, operation: &'static str, status: &str) {
+        self.metrics
+            .provider_requests
+            .get_or_create(&RequestLabels {
+                backend: BACKEND,
+                operation,
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub async fn create(&self, desired: &DesiredClient) -> Result<IssuedClient, ProviderError> {
+        let app: ClerkApp = self
+            .send(
+                "create",
+                Method::POST,
+                "oauth_applications",
+                &[],
+                Some(&body_for(desired)),
+            )
+            .await?;
+        Ok(app.into_issued())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<RemoteClient, ProviderError> {
+        let app: ClerkApp = self
+            .send(
+                "get",
+                Method::GET,
+                &format!("oauth_applications/{id}"),
+                &[],
+                None,
+            )
+            .await?;
+        Ok(app.into_remote())
+    }
+
+    pub async fn update(
+        &self,
+        id: &str,
+        desired: &DesiredClient,
+    ) -> Result<RemoteClient, ProviderError> {
+        let app: ClerkApp = self
+            .send(
+                "update",
+                Method::PATCH,
+                &format!("oauth_applications/{id}"),
+                &[],
+                Some(&body_for(desired)),
+            )
+            .await?;
+        Ok(app.into_remote())
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), ProviderError> {
+        match self
+            .send::<serde_json::Value>(
+                "delete",
+                Method::DELETE,
+                &format!("oauth_applications/{id}"),
+                &[],
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(ProviderError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn rotate_secret(&self, id: &str) -> Result<IssuedClient, ProviderError> {
+        let app: ClerkApp = self
+            .send(
+                "rotate_secret",
+                Method::POST,
+                &format!("oauth_applications/{id}/rotate_secret"),
+                &[],
+                None,
+            )
+            .await?;
+        Ok(app.into_issued())
+    }
+
+    /// All applications (optionally those matching `name_query`), 500 per page.
+    pub async fn list(&self, name_query: Option<&str>) -> Result<Vec<RemoteClient>, ProviderError> {
+        let mut all = Vec::new();
+        loop {
+            let mut query = vec![
+                ("limit", PAGE_LIMIT.to_string()),
+                ("offset", all.len().to_string()),
+                ("order_by", "+created_at".to_string()),
+            ];
+            if let Some(q) = name_query {
+                query.push(("name_query", q.to_string()));
+            }
+            let page: ClerkAppList = self
+                .send("list", Method::GET, "oauth_applications", &query, None)
+                .await?;
+            let got = page.data.len();
+            all.extend(page.data.into_iter().map(ClerkApp::into_remote));
+            if got == 0 || got < PAGE_LIMIT || all.len() as i64 >= page.total_count {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn check_reachable(&self) -> Result<(), ProviderError> {
+        let _: ClerkAppList = self
+            .send(
+                "list",
+                Method::GET,
+                "oauth_applications",
+                &[("limit", "1".to_string())],
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired() -> DesiredClient {
+        DesiredClient {
+            name: "team/app".into(),
+            redirect_uris: vec!["https://app.example.com/cb".into()],
+            post_logout_redirect_uris: vec![],
+            scopes: vec!["profile".into(), "email".into()],
+            public: false,
+            grant_types: vec![],
+            pkce_required: Some(true),
+            consent_screen: None,
+        }
+    }
+
+    fn remote() -> RemoteClient {
+        RemoteClient {
+            id: "oa_1".into(),
+            client_id: "c1".into(),
+            name: "team/app".into(),
+            redirect_uris: vec!["https://app.example.com/cb".into()],
+            scopes: vec!["email".into(), "profile".into()],
+            public: false,
+            pkce_required: true,
+            consent_screen: false,
+            endpoints: Endpoints::default(),
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn body_has_only_spec_fields_and_joins_scopes() {
+        let d = desired();
+        let json = serde_json::to_value(body_for(&d)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": "team/app",
+                "redirect_uris": ["https://app.example.com/cb"],
+                "scopes": "profile email",
+                "pkce_required": true,
+                "public": false
+            })
+        );
+    }
+
+    #[test]
+    fn diff_ignores_scope_order_and_unmanaged_fields() {
+        assert!(diff(&desired(), &remote()).is_empty());
+        let mut r = remote();
+        r.redirect_uris.push("https://evil.example.com/cb".into());
+        r.pkce_required = false;
+        r.scopes = vec!["profile".into()];
+        assert_eq!(
+            diff(&desired(), &r),
+            vec!["redirectUris", "scopes", "pkceRequired"]
+        );
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_before_any_call() {
+        let mut d = desired();
+        d.post_logout_redirect_uris = vec!["https://app.example.com/bye".into()];
+        assert!(matches!(
+            check_supported(&d),
+            Err(ProviderError::Unsupported(_))
+        ));
+        let mut d = desired();
+        d.grant_types = vec!["client_credentials".into()];
+        assert!(matches!(
+            check_supported(&d),
+            Err(ProviderError::Unsupported(_))
+        ));
+        assert!(check_supported(&desired()).is_ok());
+    }
+
+    #[test]
+    fn clerk_error_body_becomes_the_message() {
+        let body = br#"{"errors":[{"code":"form_param_unknown","message":"is unknown","long_message":"foo is not a valid parameter"}],"clerk_trace_id":"t"}"#;
+        assert_eq!(
+            error_message(StatusCode::UNPROCESSABLE_ENTITY, body),
+            "form_param_unknown: foo is not a valid parameter"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, b"<html>"),
+            "Bad Gateway"
+        );
+    }
+
+    #[test]
+    fn secret_is_dropped_for_public_clients_and_issuer_derived() {
+        let app: ClerkApp = serde_json::from_value(serde_json::json!({
+            "object": "oauth_application", "id": "oa_1", "instance_id": "ins_1", "name": "n",
+            "client_id": "c", "public": true, "scopes": "", "redirect_uris": [],
+            "discovery_url": "https://x.clerk.accounts.dev/.well-known/openid-configuration",
+            "client_secret": "", "created_at": 1_700_000_000_000i64
+        }))
+        .unwrap();
+        let issued = app.into_issued();
+        assert!(issued.client_secret.is_none());
+        assert_eq!(
+            issued.client.endpoints.issuer.as_deref(),
+            Some("https://x.clerk.accounts.dev")
+        );
+        assert_eq!(issued.client.scopes, vec!["profile", "email"]);
+        assert_eq!(issued.client.created_at.unwrap().as_second(), 1_700_000_000);
+    }
+}
