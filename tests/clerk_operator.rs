@@ -1,0 +1,545 @@
+//! End-to-end: the operator binary against a real kube-apiserver + etcd and the Clerk emulator.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clerk_emulator::routes;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use support::{Env, data, ready};
+
+fn app_yaml(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: oauth-operator.dev/v1alpha1
+kind: OAuthApplication
+metadata: {{name: {name}}}
+spec:
+  providerRef: {{name: clerk}}
+  redirectUris: ["https://{name}.example.com/callback"]
+  scopes: [profile, email]
+{extra}
+"#
+    )
+}
+
+fn secret_value(s: &Secret) -> String {
+    data(s).get("CLIENT_SECRET").cloned().unwrap_or_default()
+}
+
+/// Create: register, POST the Secret (owned, annotated), Ready with ids and observedGeneration.
+/// Spec change: one PATCH; the Secret's data and resourceVersion stay.
+#[tokio::test]
+async fn create_then_update_writes_secret_once() -> Result<()> {
+    let env = Env::new("create").await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "  pkceRequired: true"))
+        .await?;
+    let app = env.wait_ready("web").await?;
+    let status = app.status.clone().unwrap();
+    let client_id = status.client_id.clone().unwrap();
+    assert!(
+        status
+            .provider_object_id
+            .as_deref()
+            .unwrap()
+            .starts_with("oa_")
+    );
+    assert_eq!(status.secret_name.as_deref(), Some("web-oauth"));
+    assert!(status.pending_registration.is_none());
+
+    let secret = env.secrets().get("web-oauth").await?;
+    let d = data(&secret);
+    assert_eq!(d["CLIENT_ID"], client_id);
+    for key in [
+        "CLIENT_SECRET",
+        "ISSUER_URL",
+        "DISCOVERY_URL",
+        "AUTHORIZE_URL",
+        "TOKEN_URL",
+        "USERINFO_URL",
+    ] {
+        assert!(
+            d.get(key).is_some_and(|v| !v.is_empty()),
+            "Secret lacks {key}"
+        );
+    }
+    assert!(
+        env.clerk.secret_is_valid(&client_id, &d["CLIENT_SECRET"]),
+        "the stored secret works"
+    );
+    assert_eq!(secret.owner_references()[0].uid, app.uid().unwrap());
+    assert_eq!(
+        secret.annotations()["oauth-operator.dev/owner-uid"],
+        app.uid().unwrap()
+    );
+    assert_eq!(env.clerk.apps().len(), 1);
+    let remote = &env.clerk.apps()[0];
+    assert_eq!(remote.name, format!("{}/web", env.ns));
+    assert!(remote.pkce_required);
+    assert_eq!(
+        remote.redirect_uris,
+        vec!["https://web.example.com/callback"]
+    );
+
+    // Spec change: one PATCH, Secret untouched.
+    let patches_before = env.clerk.request_count("PATCH", routes::OAUTH_APPLICATION);
+    let patch = serde_json::json!({"spec": {
+        "redirectUris": ["https://web.example.com/callback", "https://web.example.com/cb2"],
+        "scopes": ["profile", "email", "public_metadata"],
+        "displayName": "Web App",
+        "consentScreen": false,
+    }});
+    env.apps()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    env.wait_app("web", "generation 2 applied", |a| {
+        a.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+    })
+    .await?;
+    let remote = env
+        .clerk
+        .app(&status.provider_object_id.clone().unwrap())
+        .unwrap();
+    assert_eq!(remote.redirect_uris.len(), 2);
+    assert_eq!(remote.scopes, "profile email public_metadata");
+    assert_eq!(remote.name, "Web App");
+    assert!(!remote.consent_screen_enabled);
+    assert_eq!(
+        env.clerk.request_count("PATCH", routes::OAUTH_APPLICATION) - patches_before,
+        1,
+        "exactly one PATCH for one spec change"
+    );
+    let after = env.secrets().get("web-oauth").await?;
+    assert_eq!(after.resource_version(), secret.resource_version());
+    assert_eq!(after.data, secret.data);
+    assert_eq!(env.clerk.apps().len(), 1, "never a second app");
+    Ok(())
+}
+
+/// A foreign Secret of the same name is never touched, and nothing is registered.
+#[tokio::test]
+async fn foreign_secret_is_a_conflict_and_nothing_is_registered() -> Result<()> {
+    let env = Env::new("conflict").await?;
+    let foreign: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-oauth"}, "stringData": {"CLIENT_SECRET": "mine"}
+    }))?;
+    let foreign = env
+        .secrets()
+        .create(&PostParams::default(), &foreign)
+        .await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    let app = env.wait_reason("web", "SecretConflict").await?;
+    assert!(app.status.unwrap().observed_generation.is_none());
+    assert!(env.clerk.apps().is_empty());
+    assert_eq!(
+        env.clerk.request_count("POST", routes::OAUTH_APPLICATIONS),
+        0
+    );
+    let after = env.secrets().get("web-oauth").await?;
+    assert_eq!(after.resource_version(), foreign.resource_version());
+    assert!(
+        env.wait_event("web", "SecretConflict")
+            .await?
+            .contains("never takes over")
+    );
+    Ok(())
+}
+
+/// Drift: edits at Clerk are corrected (Correct) or reported (Report), found by one list per
+/// provider per resync rather than a GET per application.
+#[tokio::test]
+async fn drift_is_corrected_or_reported() -> Result<()> {
+    let env = Env::new("drift").await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("fix", "")).await?;
+    env.apply_app(&app_yaml("watch", "  driftPolicy: Report"))
+        .await?;
+    let fix = env
+        .wait_ready("fix")
+        .await?
+        .status
+        .unwrap()
+        .provider_object_id
+        .unwrap();
+    let watch = env
+        .wait_ready("watch")
+        .await?
+        .status
+        .unwrap()
+        .provider_object_id
+        .unwrap();
+    env.clerk.reset_requests();
+    for id in [&fix, &watch] {
+        env.clerk.edit_app(id, |a| {
+            a.redirect_uris = vec!["https://attacker.example.com/cb".into()];
+        });
+    }
+    env.wait_event("fix", "DriftCorrected").await?;
+    assert_eq!(
+        env.clerk.app(&fix).unwrap().redirect_uris,
+        vec!["https://fix.example.com/callback"]
+    );
+    let watched = env
+        .wait_app("watch", "Drifted condition", |a| {
+            a.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Drifted" && c.status == "True")
+            })
+        })
+        .await?;
+    assert_eq!(watched.status.unwrap().drifted_fields, vec!["redirectUris"]);
+    assert!(
+        env.wait_event("watch", "Drifted")
+            .await?
+            .contains("redirectUris")
+    );
+    assert_eq!(
+        env.clerk.app(&watch).unwrap().redirect_uris,
+        vec!["https://attacker.example.com/cb"],
+        "Report changes nothing"
+    );
+    assert_eq!(
+        env.clerk.request_count("GET", routes::OAUTH_APPLICATION),
+        0,
+        "drift is found from the list, not by a GET per application"
+    );
+    assert!(env.clerk.request_count("GET", routes::OAUTH_APPLICATIONS) >= 1);
+    Ok(())
+}
+
+/// A deleted Secret is recovered by rotation; rotation on request rotates once per token and
+/// annotates the Secret; no secret value ever reaches the logs, events or status.
+#[tokio::test]
+async fn recovery_rotation_and_no_secret_in_logs() -> Result<()> {
+    let env = Env::new("rotate").await?;
+    let op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    let client_id = env
+        .wait_ready("web")
+        .await?
+        .status
+        .unwrap()
+        .client_id
+        .unwrap();
+    let first = env.secrets().get("web-oauth").await?;
+    let mut issued = vec![secret_value(&first)];
+
+    // Recovery after deletion.
+    env.secrets()
+        .delete("web-oauth", &DeleteParams::default())
+        .await?;
+    let recovered = env
+        .wait_secret("web-oauth", |s| secret_value(s) != issued[0])
+        .await?;
+    issued.push(secret_value(&recovered));
+    assert!(
+        !env.clerk.secret_is_valid(&client_id, &issued[0]),
+        "the lost secret is revoked"
+    );
+    assert!(env.clerk.secret_is_valid(&client_id, &issued[1]));
+    assert!(
+        env.wait_event("web", "SecretRecovered")
+            .await?
+            .contains("web-oauth")
+    );
+
+    // Rotation on request, once per token.
+    let rotations = env.clerk.request_count("POST", routes::ROTATE_SECRET);
+    let annotate = |token: &str| serde_json::json!({"metadata": {"annotations": {"oauth-operator.dev/rotate": token}}});
+    env.apps()
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&annotate("one")),
+        )
+        .await?;
+    let app = env
+        .wait_app("web", "rotation token recorded", |a| {
+            a.status
+                .as_ref()
+                .and_then(|s| s.last_rotation_token.as_deref())
+                == Some("one")
+        })
+        .await?;
+    assert!(app.status.unwrap().secret_rotated_at.is_some());
+    let rotated = env.secrets().get("web-oauth").await?;
+    issued.push(secret_value(&rotated));
+    assert_ne!(issued[2], issued[1]);
+    assert!(env.clerk.secret_is_valid(&client_id, &issued[2]));
+    assert!(!env.clerk.secret_is_valid(&client_id, &issued[1]));
+    assert!(
+        rotated
+            .annotations()
+            .contains_key("oauth-operator.dev/secret-rotated-at")
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await; // a few resyncs
+    assert_eq!(
+        env.clerk.request_count("POST", routes::ROTATE_SECRET) - rotations,
+        1,
+        "one rotation per token"
+    );
+    assert_eq!(
+        secret_value(&env.secrets().get("web-oauth").await?),
+        issued[2]
+    );
+
+    // No secret value in logs, events or status.
+    let logs = op.logs();
+    assert!(logs.contains("\"level\""), "JSON logs were captured");
+    let events = format!("{:?}", env.event_reasons("web").await?);
+    let status = serde_json::to_string(&env.apps().get("web").await?.status)?;
+    let metrics = op.get("/metrics").await?.1;
+    for secret in &issued {
+        assert!(!secret.is_empty());
+        for (what, text) in [
+            ("logs", &logs),
+            ("events", &events),
+            ("status", &status),
+            ("metrics", &metrics),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a client secret leaked into {what}"
+            );
+        }
+    }
+    assert!(
+        !logs.contains(env.clerk.secret_key()),
+        "the admin key leaked into logs"
+    );
+    Ok(())
+}
+
+/// Crash between Clerk issuing a secret and the Secret existing: after a restart the client is
+/// adopted (found by name) and its secret rotated: never a duplicate, never an unheld secret.
+#[tokio::test]
+async fn crash_after_create_is_recovered_without_duplicate() -> Result<()> {
+    let env = Env::new("crash").await?;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "abort-after-create")])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    op.wait_exit(Duration::from_secs(60)).await?;
+    assert_eq!(env.clerk.apps().len(), 1, "the create call happened");
+    assert!(
+        env.secrets().get_opt("web-oauth").await?.is_none(),
+        "the crash lost the secret"
+    );
+    let app = env.apps().get("web").await?;
+    assert!(
+        app.status.unwrap().pending_registration.is_some(),
+        "pending registration was recorded first"
+    );
+
+    let _op = env.start_operator(&[])?;
+    let app = env.wait_ready("web").await?;
+    assert_eq!(env.clerk.apps().len(), 1, "no duplicate app");
+    let status = app.status.unwrap();
+    assert_eq!(
+        status.provider_object_id.as_deref(),
+        Some(env.clerk.apps()[0].id.as_str())
+    );
+    let secret = env.secrets().get("web-oauth").await?;
+    assert!(
+        env.clerk
+            .secret_is_valid(status.client_id.as_deref().unwrap(), &secret_value(&secret))
+    );
+    assert_eq!(env.clerk.request_count("POST", routes::ROTATE_SECRET), 1);
+    env.wait_event("web", "ClientAdopted").await?;
+    Ok(())
+}
+
+/// Deletion honours deletionPolicy; a provider that is gone does not block forever.
+#[tokio::test]
+async fn deletion_policies_and_unreachable_provider() -> Result<()> {
+    let env = Env::new("delete").await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("gone", "")).await?;
+    env.apply_app(&app_yaml("kept", "  deletionPolicy: Orphan"))
+        .await?;
+    let gone = env
+        .wait_ready("gone")
+        .await?
+        .status
+        .unwrap()
+        .provider_object_id
+        .unwrap();
+    let kept = env
+        .wait_ready("kept")
+        .await?
+        .status
+        .unwrap()
+        .provider_object_id
+        .unwrap();
+
+    env.apps().delete("gone", &DeleteParams::default()).await?;
+    env.wait_gone("gone").await?;
+    assert!(
+        env.clerk.app(&gone).is_none(),
+        "Delete removes the Clerk app"
+    );
+    assert!(env.secrets().get_opt("gone-oauth").await?.is_none());
+
+    env.apps().delete("kept", &DeleteParams::default()).await?;
+    env.wait_gone("kept").await?;
+    assert!(
+        env.clerk.app(&kept).is_some(),
+        "Orphan leaves the Clerk app"
+    );
+    let secret = env.secrets().get("kept-oauth").await?;
+    assert!(
+        secret.owner_references().is_empty(),
+        "the orphaned Secret is released"
+    );
+
+    // Provider unreachable: blocked with a clear condition, then removed on force-delete.
+    env.apply_app(&app_yaml("stuck", "")).await?;
+    env.wait_ready("stuck").await?;
+    env.clerk
+        .fail_next(1000, "DELETE", routes::OAUTH_APPLICATION, 503);
+    env.apps().delete("stuck", &DeleteParams::default()).await?;
+    let app = env.wait_reason("stuck", "DeletionBlocked").await?;
+    assert!(ready(&app).is_some());
+    let force = serde_json::json!({"metadata": {"annotations": {"oauth-operator.dev/force-delete": "true"}}});
+    env.apps()
+        .patch("stuck", &PatchParams::default(), &Patch::Merge(&force))
+        .await?;
+    env.wait_gone("stuck").await?;
+    env.clerk.clear_faults();
+    Ok(())
+}
+
+/// Every failure is Ready=False with a specific reason, and no observedGeneration.
+#[tokio::test]
+async fn failures_have_specific_reasons() -> Result<()> {
+    let env = Env::new("reasons").await?;
+    let _op = env.start_operator(&[])?;
+
+    env.apply_app(&app_yaml("noprov", "").replace("{name: clerk}", "{name: missing}"))
+        .await?;
+    env.wait_reason("noprov", "ProviderNotFound").await?;
+
+    env.apply_app(&app_yaml("cluster", "").replace(
+        "{name: clerk}",
+        "{kind: ClusterOAuthProvider, name: nobody-allowed}",
+    ))
+    .await?;
+    let cluster: oauth_operator::api::ClusterOAuthProvider = serde_json::from_value(
+        serde_json::json!({
+            "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "ClusterOAuthProvider",
+            "metadata": {"name": format!("{}-shared", env.ns)},
+            "spec": {"clerk": {"baseUrl": env.clerk.base_url(), "secretKeyRef": {"name": "clerk-admin"}}},
+        }),
+    )?;
+    kube::Api::<oauth_operator::api::ClusterOAuthProvider>::all(env.client.clone())
+        .create(&PostParams::default(), &cluster)
+        .await?;
+    env.apply_app(&app_yaml("notallowed", "").replace(
+        "{name: clerk}",
+        &format!("{{kind: ClusterOAuthProvider, name: {}-shared}}", env.ns),
+    ))
+    .await?;
+    env.wait_reason("notallowed", "NamespaceNotAllowed").await?;
+
+    env.create_provider_without_secret("nocreds").await?;
+    env.apply_app(&app_yaml("nocreds", "").replace("{name: clerk}", "{name: nocreds}"))
+        .await?;
+    env.wait_reason("nocreds", "CredentialsMissing").await?;
+
+    env.apply_app(&app_yaml(
+        "unsupported",
+        "  postLogoutRedirectUris: [\"https://x.example.com/bye\"]",
+    ))
+    .await?;
+    env.wait_reason("unsupported", "InvalidSpec").await?;
+
+    env.clerk
+        .fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 422);
+    env.apply_app(&app_yaml("rejected", "")).await?;
+    let app = env.wait_reason("rejected", "ProviderRejected").await?;
+    assert!(app.status.unwrap().observed_generation.is_none());
+
+    env.clerk
+        .fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 503);
+    env.apply_app(&app_yaml("flaky", "")).await?;
+    env.wait_reason("flaky", "ProviderUnavailable").await?;
+    env.wait_ready("flaky").await?; // transient: retried with backoff
+
+    assert_eq!(
+        env.clerk.apps().len(),
+        1,
+        "only the flaky app got registered; nothing for invalid ones"
+    );
+    for (name, reason) in [
+        ("noprov", "ProviderNotFound"),
+        ("unsupported", "InvalidSpec"),
+    ] {
+        assert!(
+            env.event_reasons(name)
+                .await?
+                .iter()
+                .any(|(r, _)| r == reason),
+            "{name} has a {reason} event"
+        );
+    }
+    Ok(())
+}
+
+/// 429 from Clerk: reason RateLimited, retried after Retry-After, then Ready.
+#[tokio::test]
+async fn rate_limit_is_honoured() -> Result<()> {
+    let env = Env::new("ratelimit").await?;
+    env.clerk.set_rate_limit(Some(clerk_emulator::RateLimit {
+        requests: 1,
+        window: Duration::from_secs(3),
+    }));
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("a", "")).await?;
+    env.apply_app(&app_yaml("b", "")).await?;
+    // One of them runs into the limit.
+    let mut saw_rate_limited = false;
+    for _ in 0..100 {
+        for name in ["a", "b"] {
+            if env
+                .apps()
+                .get(name)
+                .await?
+                .status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "RateLimited"))
+            {
+                saw_rate_limited = true;
+            }
+        }
+        if saw_rate_limited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_rate_limited, "a 429 is reported as RateLimited");
+    env.wait_ready("a").await?;
+    env.wait_ready("b").await?;
+    assert_eq!(env.clerk.apps().len(), 2);
+    Ok(())
+}
+
+/// /metrics, /healthz and /readyz answer; metrics count provider requests by status.
+#[tokio::test]
+async fn metrics_and_health() -> Result<()> {
+    let env = Env::new("metrics").await?;
+    let op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    env.wait_ready("web").await?;
+    assert_eq!(op.get("/healthz").await?.0, 200);
+    assert_eq!(op.get("/readyz").await?.0, 200);
+    let (code, body) = op.get("/metrics").await?;
+    assert_eq!(code, 200);
+    assert!(body.contains(r#"oauth_operator_provider_requests_total{backend="clerk",operation="create",status="200"} 1"#), "{body}");
+    assert!(body.contains("oauth_operator_reconciles_total"));
+    assert!(body.contains("oauth_operator_rate_limit_wait_seconds"));
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The CRD's OpenAPI schema and CEL rules, enforced by a real kube-apiserver at apply time.
+
+mod support;
+
+use anyhow::Result;
+use kube::api::{Patch, PatchParams, PostParams};
+use oauth_operator::api::OAuthApplication;
+use support::Env;
+
+fn app(name: &str, spec: serde_json::Value) -> OAuthApplication {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "oauth-operator.dev/v1alpha1",
+        "kind": "OAuthApplication",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("test fixture")
+}
+
+async fn rejected(env: &Env, name: &str, spec: serde_json::Value) -> String {
+    match env
+        .apps()
+        .create(&PostParams::default(), &app(name, spec))
+        .await
+    {
+        Ok(_) => panic!("{name}: the apiserver accepted an invalid OAuthApplication"),
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{name}: {s:?}");
+            s.message
+        }
+        Err(e) => panic!("{name}: unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
+    let env = Env::new("crd").await?;
+    let base = |uris: serde_json::Value| serde_json::json!({"providerRef": {"name": "clerk"}, "redirectUris": uris});
+    let cases = [
+        (
+            "relative",
+            base(serde_json::json!(["/callback"])),
+            "must be an absolute URI",
+        ),
+        (
+            "fragment",
+            base(serde_json::json!(["https://a.example.com/cb#x"])),
+            "must not contain a fragment",
+        ),
+        (
+            "wildcard",
+            base(serde_json::json!(["https://*.example.com/cb"])),
+            "must not contain a wildcard",
+        ),
+        (
+            "plainhttp",
+            base(serde_json::json!(["http://a.example.com/cb"])),
+            "must use https",
+        ),
+        (
+            "publicsecret",
+            serde_json::json!({"providerRef": {"name": "clerk"}, "clientType": "public", "secret": {"keys": {"clientSecret": "S"}}}),
+            "a public client has no client secret",
+        ),
+        (
+            "publiccc",
+            serde_json::json!({"providerRef": {"name": "clerk"}, "clientType": "public", "grantTypes": ["client_credentials"]}),
+            "cannot use the client_credentials grant",
+        ),
+        (
+            "badenum",
+            serde_json::json!({"providerRef": {"name": "clerk"}, "deletionPolicy": "Keep"}),
+            "Unsupported value",
+        ),
+        (
+            "badscope",
+            serde_json::json!({"providerRef": {"name": "clerk"}, "scopes": ["two words"]}),
+            "should match",
+        ),
+    ];
+    for (name, spec, message) in cases {
+        let got = rejected(&env, name, spec).await;
+        assert!(got.contains(message), "{name}: {got:?} lacks {message:?}");
+    }
+    let too_many: Vec<String> = (0..33)
+        .map(|i| format!("https://a.example.com/cb{i}"))
+        .collect();
+    let got = rejected(&env, "toomany", base(serde_json::json!(too_many))).await;
+    assert!(got.contains("must have at most 32 items"), "{got}");
+
+    // Valid: loopback http, [::1], private-use scheme.
+    env.apps()
+        .create(
+            &PostParams::default(),
+            &app(
+                "ok",
+                base(serde_json::json!([
+                    "http://127.0.0.1:8080/cb",
+                    "http://[::1]/cb",
+                    "http://localhost/cb",
+                    "com.example.app:/cb",
+                    "https://a.example.com/cb?x=1"
+                ])),
+            ),
+        )
+        .await?;
+    // providerRef is immutable.
+    let patch = serde_json::json!({"spec": {"providerRef": {"name": "other"}}});
+    let err = env
+        .apps()
+        .patch("ok", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("providerRef is immutable"),
+        "{err}"
+    );
+    Ok(())
+}

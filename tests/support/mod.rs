@@ -1,0 +1,304 @@
+//! Test support for the operator's end-to-end tests: a real kube-apiserver + etcd (shared per
+//! test binary, a namespace per test), the Clerk emulator in-process, and the operator binary
+//! run as a separate process restricted to the test's namespace.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clerk_emulator::{Emulator, EmulatorConfig, RunningEmulator};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use oauth_operator::api::{OAuthApplication, OAuthProvider};
+use testenv::kube::ControlPlane;
+use testenv::{GuardedChild, free_port};
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Env {
+    pub cp: &'static ControlPlane,
+    pub client: Client,
+    pub ns: String,
+    pub clerk: RunningEmulator,
+    pub log_dir: PathBuf,
+}
+
+/// Installs the operator's CRDs (server-side apply, idempotent) and waits until established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in oauth_operator::api::crds() {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply("oauth-operator-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+        tokio::time::timeout(
+            TIMEOUT,
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .context("CRD not established")??;
+    }
+    Ok(())
+}
+
+impl Env {
+    /// A namespace, the CRDs, a Clerk emulator, and an `OAuthProvider` named `clerk` with its
+    /// credential Secret pointing at the emulator.
+    pub async fn new(prefix: &str) -> Result<Env> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cp = ControlPlane::shared()?;
+        let client = cp.admin_client().await?;
+        install_crds(&client).await?;
+        let ns = cp.create_namespace(prefix).await?;
+        let clerk = Emulator::start(EmulatorConfig::default())?;
+        let log_dir = std::env::temp_dir().join(format!("oauth-operator-tests-{ns}"));
+        std::fs::create_dir_all(&log_dir)?;
+        let env = Env {
+            cp,
+            client,
+            ns,
+            clerk,
+            log_dir,
+        };
+        env.create_provider("clerk", "clerk-admin").await?;
+        Ok(env)
+    }
+
+    pub fn apps(&self) -> Api<OAuthApplication> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub async fn create_provider(&self, name: &str, secret_name: &str) -> Result<()> {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": secret_name},
+            "stringData": {"secretKey": self.clerk.secret_key()},
+        }))?;
+        self.secrets()
+            .create(&PostParams::default(), &secret)
+            .await?;
+        let provider: OAuthProvider = serde_json::from_value(serde_json::json!({
+            "apiVersion": "oauth-operator.dev/v1alpha1",
+            "kind": "OAuthProvider",
+            "metadata": {"name": name},
+            "spec": {"clerk": {"baseUrl": self.clerk.base_url(), "secretKeyRef": {"name": secret_name}}},
+        }))?;
+        Api::<OAuthProvider>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &provider)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts the operator binary for this namespace.
+    pub fn start_operator(&self, extra_env: &[(&str, &str)]) -> Result<Operator> {
+        let port = free_port()?;
+        let log = self.log_dir.join(format!("operator-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oauth-operator"));
+        cmd.args([
+            "run",
+            "--log-format",
+            "json",
+            "--resync-interval",
+            "2s",
+            "--deletion-timeout",
+            "15s",
+        ])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "--watch-namespace",
+            &self.ns,
+            "--operator-namespace",
+            &self.ns,
+        ])
+        .env("KUBECONFIG", self.cp.kubeconfig_path())
+        .env("RUST_LOG", "info,oauth_operator=debug");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = GuardedChild::spawn("oauth-operator", cmd, &log)?;
+        Ok(Operator { child, log, port })
+    }
+
+    pub async fn apply_app(&self, yaml: &str) -> Result<OAuthApplication> {
+        let app: OAuthApplication = serde_yaml::from_str(yaml)?;
+        Ok(self.apps().create(&PostParams::default(), &app).await?)
+    }
+
+    /// Polls the application until `check` holds.
+    pub async fn wait_app(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&OAuthApplication) -> bool,
+    ) -> Result<OAuthApplication> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let app = self.apps().get_opt(name).await?;
+            if let Some(app) = &app
+                && check(app)
+            {
+                return Ok(app.clone());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {name}: {what}; last: {:?}",
+                    app.and_then(|a| a.status)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self, name: &str) -> Result<OAuthApplication> {
+        self.wait_app(name, "Ready=True at the current generation", |a| {
+            ready(a).is_some_and(|(s, _)| s == "True")
+                && a.status.as_ref().and_then(|s| s.observed_generation) == a.metadata.generation
+        })
+        .await
+    }
+
+    pub async fn wait_reason(&self, name: &str, reason: &str) -> Result<OAuthApplication> {
+        self.wait_app(name, &format!("Ready reason {reason}"), |a| {
+            ready(a).is_some_and(|(_, r)| r == reason)
+        })
+        .await
+    }
+
+    pub async fn wait_secret(&self, name: &str, check: impl Fn(&Secret) -> bool) -> Result<Secret> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(s) = self.secrets().get_opt(name).await?
+                && check(&s)
+            {
+                return Ok(s);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out waiting for Secret {name}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Event reasons recorded for an object of this namespace.
+    pub async fn event_reasons(&self, object: &str) -> Result<Vec<(String, String)>> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(object))
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect())
+    }
+
+    pub async fn wait_event(&self, object: &str, reason: &str) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some((_, m)) = self
+                .event_reasons(object)
+                .await?
+                .into_iter()
+                .find(|(r, _)| r == reason)
+            {
+                return Ok(m);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out waiting for event {reason} on {object}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// `(status, reason)` of the Ready condition.
+pub fn ready(app: &OAuthApplication) -> Option<(String, String)> {
+    let c = app
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+pub fn data(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+pub struct Operator {
+    pub child: GuardedChild,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl Operator {
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself (e.g. the abort fault).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.child.check_running().is_ok() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("operator still running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let response = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+}
+
+impl Env {
+    pub async fn wait_gone(&self, name: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.apps().get_opt(name).await?.is_some() {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{name} was not deleted: {:?}",
+                    self.apps().get_opt(name).await?.and_then(|a| a.status)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    pub async fn create_provider_without_secret(&self, name: &str) -> Result<()> {
+        let provider: OAuthProvider = serde_json::from_value(serde_json::json!({
+            "apiVersion": "oauth-operator.dev/v1alpha1",
+            "kind": "OAuthProvider",
+            "metadata": {"name": name},
+            "spec": {"clerk": {"baseUrl": self.clerk.base_url(), "secretKeyRef": {"name": format!("{name}-missing")}}},
+        }))?;
+        Api::<OAuthProvider>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &provider)
+            .await?;
+        Ok(())
+    }
+}
