@@ -42,5 +42,9 @@ crds-check:
 	$(CARGO) run --quiet --bin oauth-operator -- crd | diff -u crds/oauth-operator.dev.yaml - \
 	  || { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
 
+## run: local control plane + Clerk emulator (or real Clerk with CLERK_SECRET_KEY) + examples/ + the operator
+run: testenv
+	bash scripts/run-local.sh
+
 clean-testenv:
 	rm -rf "$(TESTENV_DIR)"

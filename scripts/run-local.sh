@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# `make run`: a local control plane (etcd + kube-apiserver from testenv/), a Clerk emulator on
+# loopback (or real Clerk when CLERK_SECRET_KEY is set), the CRDs, examples/, and the operator.
+# Shows the resulting Secret keys and the application's status, then keeps the operator running
+# until Ctrl-C (RUN_ONCE=1 stops after showing the result).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${TESTENV_DIR:=$(bash testenv/build.sh --print-dir)}"
+export TESTENV_DIR
+STATE=${RUN_STATE_DIR:-$PWD/target/run}
+rm -rf "$STATE" && mkdir -p "$STATE"
+KUBECONFIG_FILE=$STATE/kubeconfig
+KUBECTL=("$TESTENV_DIR/bin/kubectl" --kubeconfig "$KUBECONFIG_FILE")
+NS=default
+
+cargo build --quiet --bin oauth-operator -p oauth-operator -p clerk-emulator -p testenv --bins
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+echo "==> starting etcd + kube-apiserver on 127.0.0.1"
+target/debug/testenv control-plane --kubeconfig "$KUBECONFIG_FILE" >"$STATE/control-plane.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 120); do [[ -f $KUBECONFIG_FILE ]] && break; sleep 0.5; done
+[[ -f $KUBECONFIG_FILE ]] || { echo "control plane did not start:"; tail -20 "$STATE/control-plane.log"; exit 1; }
+head -1 "$STATE/control-plane.log"
+
+if [[ -n "${CLERK_SECRET_KEY:-}" ]]; then
+  echo "==> using real Clerk (CLERK_SECRET_KEY is set)"
+  BASE_URL=${CLERK_API_URL:-https://api.clerk.com/v1}
+  KEY=$CLERK_SECRET_KEY
+else
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  KEY=sk_test_local_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  echo "==> starting the Clerk emulator on 127.0.0.1:$PORT"
+  env -u CLERK_SECRET_KEY target/debug/clerk-emulator --listen "127.0.0.1:$PORT" --secret-key "$KEY" >"$STATE/clerk-emulator.log" 2>&1 &
+  pids+=($!)
+  BASE_URL=http://127.0.0.1:$PORT/v1
+  for _ in $(seq 1 50); do curl -fsS -o /dev/null -H "Authorization: Bearer $KEY" "$BASE_URL/oauth_applications" && break; sleep 0.2; done
+fi
+
+echo "==> installing CRDs and examples/"
+"${KUBECTL[@]}" apply --server-side -f crds/ >/dev/null
+"${KUBECTL[@]}" wait --for=condition=Established crd --all --timeout=60s >/dev/null
+# The example provider, pointed at this run's endpoint and key.
+"${KUBECTL[@]}" -n $NS create secret generic clerk-admin --from-literal=secretKey="$KEY" \
+  --dry-run=client -o yaml | "${KUBECTL[@]}" apply -f - >/dev/null
+sed "s#baseUrl: https://api.clerk.com/v1#baseUrl: $BASE_URL#" examples/clerk-provider.yaml \
+  | awk 'BEGIN{skip=0} /^kind: Secret/{skip=1} /^---/{if(skip){skip=0; next}} !skip' \
+  | "${KUBECTL[@]}" -n $NS apply -f - >/dev/null
+"${KUBECTL[@]}" -n $NS apply -f examples/web-app.yaml >/dev/null
+
+echo "==> running the operator (logs: $STATE/operator.log)"
+KUBECONFIG=$KUBECONFIG_FILE target/debug/oauth-operator run --http-addr 127.0.0.1:0 \
+  --operator-namespace $NS >"$STATE/operator.log" 2>&1 &
+pids+=($!)
+
+"${KUBECTL[@]}" -n $NS wait --for=condition=Ready oauthapplication/web --timeout=90s >/dev/null || {
+  echo "the example did not become Ready:"; "${KUBECTL[@]}" -n $NS get oauthapplication web -o yaml; tail -20 "$STATE/operator.log"; exit 1; }
+echo
+"${KUBECTL[@]}" -n $NS get oauthproviders,oauthapplications
+echo
+echo "Secret web-oauth keys (values not shown):"
+"${KUBECTL[@]}" -n $NS get secret web-oauth -o go-template='{{range $k, $v := .data}}  {{$k}}{{"\n"}}{{end}}'
+echo
+echo "OAuthApplication web status:"
+"${KUBECTL[@]}" -n $NS get oauthapplication web -o jsonpath='{.status}' | python3 -m json.tool
+echo
+echo "kubeconfig: $KUBECONFIG_FILE  (e.g. $TESTENV_DIR/bin/kubectl --kubeconfig $KUBECONFIG_FILE get oauthapp)"
+if [[ -n "${RUN_ONCE:-}" ]]; then exit 0; fi
+echo "The operator keeps running; Ctrl-C stops everything."
+wait "${pids[-1]}"
