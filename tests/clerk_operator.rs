@@ -410,6 +410,28 @@ async fn deletion_policies_and_unreachable_provider() -> Result<()> {
         .await?;
     env.wait_gone("stuck").await?;
     env.clerk.clear_faults();
+
+    // Provider deleted: blocked, then removed after --deletion-timeout (15 s in tests).
+    env.apply_app(&app_yaml("orphaned", "")).await?;
+    let orphaned = env
+        .wait_ready("orphaned")
+        .await?
+        .status
+        .unwrap()
+        .provider_object_id
+        .unwrap();
+    kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+        .delete("clerk", &DeleteParams::default())
+        .await?;
+    env.apps()
+        .delete("orphaned", &DeleteParams::default())
+        .await?;
+    env.wait_reason("orphaned", "DeletionBlocked").await?;
+    env.wait_gone("orphaned").await?;
+    assert!(
+        env.clerk.app(&orphaned).is_some(),
+        "the provider was gone: the client is left behind"
+    );
     Ok(())
 }
 
@@ -461,7 +483,18 @@ async fn failures_have_specific_reasons() -> Result<()> {
         .fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 422);
     env.apply_app(&app_yaml("rejected", "")).await?;
     let app = env.wait_reason("rejected", "ProviderRejected").await?;
-    assert!(app.status.unwrap().observed_generation.is_none());
+    let status = app.status.unwrap();
+    assert!(status.observed_generation.is_none());
+    let message = &status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("HTTP 422"),
+        "Clerk's error becomes the message: {message}"
+    );
 
     env.clerk
         .fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 503);
@@ -541,5 +574,136 @@ async fn metrics_and_health() -> Result<()> {
     assert!(body.contains(r#"oauth_operator_provider_requests_total{backend="clerk",operation="create",status="200"} 1"#), "{body}");
     assert!(body.contains("oauth_operator_reconciles_total"));
     assert!(body.contains("oauth_operator_rate_limit_wait_seconds"));
+    Ok(())
+}
+
+/// Providers report CredentialsFound / EndpointReachable / Ready; a wrong key is rejected.
+#[tokio::test]
+async fn provider_status_conditions() -> Result<()> {
+    let env = Env::new("provstatus").await?;
+    let wrong: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "wrong-key"}, "stringData": {"secretKey": "sk_test_wrong"}
+    }))?;
+    env.secrets().create(&PostParams::default(), &wrong).await?;
+    let bad: oauth_operator::api::OAuthProvider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+        "metadata": {"name": "bad"},
+        "spec": {"clerk": {"baseUrl": env.clerk.base_url(), "secretKeyRef": {"name": "wrong-key"}}},
+    }))?;
+    let providers =
+        kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns);
+    providers.create(&PostParams::default(), &bad).await?;
+    let _op = env.start_operator(&[])?;
+    let condition = |p: &oauth_operator::api::OAuthProvider, t: &str| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let good = providers.get("clerk").await?;
+        let bad = providers.get("bad").await?;
+        if condition(&good, "Ready").is_some_and(|c| c.0 == "True")
+            && condition(&bad, "Ready").is_some()
+        {
+            assert_eq!(condition(&good, "CredentialsFound").unwrap().0, "True");
+            assert_eq!(condition(&good, "EndpointReachable").unwrap().0, "True");
+            assert_eq!(
+                good.status.as_ref().unwrap().backend.as_deref(),
+                Some("clerk")
+            );
+            assert_eq!(
+                condition(&bad, "Ready").unwrap(),
+                ("False".to_string(), "CredentialsRejected".to_string())
+            );
+            assert_eq!(condition(&bad, "CredentialsFound").unwrap().0, "True");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "provider conditions not set: {:?} / {:?}",
+            good.status,
+            bad.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// A ClusterOAuthProvider serves the namespaces it admits, with its credential in the
+/// operator's namespace.
+#[tokio::test]
+async fn cluster_provider_serves_allowed_namespace() -> Result<()> {
+    let env = Env::new("cluster").await?;
+    // The operator's namespace is the test namespace (see start_operator), where clerk-admin is.
+    let cluster: oauth_operator::api::ClusterOAuthProvider =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "ClusterOAuthProvider",
+            "metadata": {"name": format!("{}-shared", env.ns)},
+            "spec": {
+                "clerk": {"baseUrl": env.clerk.base_url(), "secretKeyRef": {"name": "clerk-admin"}},
+                "allowedNamespaces": {"names": [env.ns]},
+            },
+        }))?;
+    kube::Api::<oauth_operator::api::ClusterOAuthProvider>::all(env.client.clone())
+        .create(&PostParams::default(), &cluster)
+        .await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "").replace(
+        "{name: clerk}",
+        &format!("{{kind: ClusterOAuthProvider, name: {}-shared}}", env.ns),
+    ))
+    .await?;
+    let app = env.wait_ready("web").await?;
+    let secret = env.secrets().get("web-oauth").await?;
+    assert!(env.clerk.secret_is_valid(
+        app.status.unwrap().client_id.as_deref().unwrap(),
+        &secret_value(&secret)
+    ));
+    Ok(())
+}
+
+/// The provider's request budget keeps a burst of applications below the provider's own rate
+/// limit: the emulator never answers 429, and the operator records waiting.
+#[tokio::test]
+async fn request_budget_stays_below_provider_limit() -> Result<()> {
+    let env = Env::new("budget").await?;
+    env.clerk.set_rate_limit(Some(clerk_emulator::RateLimit {
+        requests: 6,
+        window: Duration::from_secs(2),
+    }));
+    let budget =
+        serde_json::json!({"spec": {"requestBudget": {"requests": 4, "periodSeconds": 2}}});
+    kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+        .patch("clerk", &PatchParams::default(), &Patch::Merge(&budget))
+        .await?;
+    let op = env.start_operator(&[])?;
+    let names: Vec<String> = (0..6).map(|i| format!("app{i}")).collect();
+    for name in &names {
+        env.apply_app(&app_yaml(name, "")).await?;
+    }
+    for name in &names {
+        env.wait_ready(name).await?;
+    }
+    let throttled = env
+        .clerk
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(429))
+        .count();
+    assert_eq!(
+        throttled, 0,
+        "the budget kept us under the provider's limit"
+    );
+    assert_eq!(env.clerk.apps().len(), 6);
+    let metrics = op.get("/metrics").await?.1;
+    let waited: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("oauth_operator_rate_limit_wait_seconds_sum"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(waited > 0.5, "requests waited for the budget: {waited}");
     Ok(())
 }
