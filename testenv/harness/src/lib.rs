@@ -4,6 +4,10 @@
 //! Binaries come from `make testenv` (see `testenv/build.sh`); their directory is
 //! `$TESTENV_DIR`, or what `testenv/build.sh --print-dir` prints.
 
+pub mod hydra;
+pub mod keycloak;
+pub mod oidc_provider;
 pub mod process;
+pub mod server_support;
 
 pub use process::{free_port, testenv_dir, workspace_root, GuardedChild};
