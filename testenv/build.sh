@@ -160,9 +160,13 @@ fetch_keycloak() {
   local tmp="$DIR/.keycloak.tmp.$$" zip
   mkdir -p "$tmp/zip" "$tmp/x"
   # Run from the temp dir so no pom.xml around is picked up; the zip stays in ~/.m2 too.
-  (cd "$tmp" && mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+  if ! (cd "$tmp" && mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
       "-Dartifact=org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" \
-      -DoutputDirectory="$tmp/zip")
+      -DoutputDirectory="$tmp/zip") > "$tmp/mvn.log" 2>&1; then
+    cat "$tmp/mvn.log" >&2
+    echo "testenv/build.sh: mvn could not fetch keycloak-quarkus-dist $KEYCLOAK_VERSION" >&2
+    exit 1
+  fi
   zip="$tmp/zip/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip"
   if command -v unzip >/dev/null; then
     unzip -q "$zip" -d "$tmp/x"
