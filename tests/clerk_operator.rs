@@ -522,41 +522,40 @@ async fn failures_have_specific_reasons() -> Result<()> {
     Ok(())
 }
 
-/// 429 from Clerk: reason RateLimited, retried after Retry-After, then Ready.
+/// 429 from Clerk: reason RateLimited, retried no earlier than Retry-After, then Ready.
 #[tokio::test]
 async fn rate_limit_is_honoured() -> Result<()> {
     let env = Env::new("ratelimit").await?;
-    env.clerk.set_rate_limit(Some(clerk_emulator::RateLimit {
-        requests: 1,
-        window: Duration::from_secs(3),
-    }));
+    env.clerk.inject_fault(clerk_emulator::Fault {
+        method: Some("POST".into()),
+        route: Some(routes::OAUTH_APPLICATIONS.into()),
+        times: 1,
+        action: clerk_emulator::FaultAction::Status {
+            status: 429,
+            code: None,
+            message: None,
+            retry_after: Some(3),
+        },
+    });
     let _op = env.start_operator(&[])?;
-    env.apply_app(&app_yaml("a", "")).await?;
-    env.apply_app(&app_yaml("b", "")).await?;
-    // One of them runs into the limit.
-    let mut saw_rate_limited = false;
-    for _ in 0..100 {
-        for name in ["a", "b"] {
-            if env
-                .apps()
-                .get(name)
-                .await?
-                .status
-                .as_ref()
-                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "RateLimited"))
-            {
-                saw_rate_limited = true;
-            }
-        }
-        if saw_rate_limited {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(saw_rate_limited, "a 429 is reported as RateLimited");
-    env.wait_ready("a").await?;
-    env.wait_ready("b").await?;
-    assert_eq!(env.clerk.apps().len(), 2);
+    env.apply_app(&app_yaml("web", "")).await?;
+    let app = env.wait_reason("web", "RateLimited").await?;
+    assert!(app.status.unwrap().observed_generation.is_none());
+    env.wait_ready("web").await?;
+    let posts: Vec<_> = env
+        .clerk
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.route.as_deref() == Some(routes::OAUTH_APPLICATIONS))
+        .collect();
+    assert_eq!(posts.len(), 2, "one throttled create, one retry: {posts:?}");
+    assert_eq!(posts[0].status, Some(429));
+    let waited = (posts[1].timestamp - posts[0].timestamp).num_milliseconds();
+    assert!(
+        waited >= 3000,
+        "the retry waited for Retry-After (3 s), not {waited} ms"
+    );
+    assert_eq!(env.clerk.apps().len(), 1);
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::context::Context;
+use super::context::{Context, trigger_fingerprint};
 use super::desired::desired_client;
 use super::error::{Error, Result};
 use super::resolve::{ResolvedProvider, resolve_provider};
@@ -51,13 +51,18 @@ pub async fn reconcile(
             return Ok(Action::await_change());
         }
     };
+    let obj_ref = ObjectRef::from_obj(&*app);
+    if let Some(left) = ctx.gate(&obj_ref, trigger_fingerprint(&app)) {
+        // Backing off: a status or Secret event must not turn into a retry storm.
+        return Ok(Action::requeue(left));
+    }
     let start = Instant::now();
     let namespace = app.namespace().unwrap_or_default();
     let api: Api<OAuthApplication> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, app, |event| async {
         match event {
-            Finalizer::Apply(app) => Ok(report(&api, &app, &ctx, false).await),
-            Finalizer::Cleanup(app) => Ok(report(&api, &app, &ctx, true).await),
+            Finalizer::Apply(app) => report(&api, &app, &ctx, false).await,
+            Finalizer::Cleanup(app) => report(&api, &app, &ctx, true).await,
         }
     })
     .await;
@@ -71,33 +76,41 @@ pub async fn reconcile(
         .reconcile_duration
         .get_or_create(&labels)
         .observe(start.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.reset_backoff(&obj_ref);
+    }
     result
 }
 
-/// Backoff for failures of the finalizer machinery itself (adding/removing the finalizer).
+/// Requeue delay after a failed pass (per-object backoff, `Retry-After`, or the resync
+/// interval for permanent errors).
 pub fn error_policy(
     guard: Arc<DeserializeGuard<OAuthApplication>>,
     error: &kube::runtime::finalizer::Error<Error>,
     ctx: Arc<Context>,
 ) -> Action {
-    warn!(error = %error, "finalizer update failed");
-    let delay = match &guard.0 {
-        Ok(app) => ctx.next_retry(
-            &ObjectRef::from_obj(app),
-            &Error::Malformed(error.to_string()),
-        ),
-        Err(_) => ctx.config.resync_interval,
+    use kube::runtime::finalizer::Error as FinalizerError;
+    let Ok(app) = &guard.0 else {
+        return Action::await_change();
     };
-    Action::requeue(delay.min(std::time::Duration::from_secs(60)))
+    let inner = match error {
+        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => Some(e),
+        other => {
+            warn!(error = %other, "finalizer update failed");
+            None
+        }
+    };
+    Action::requeue(ctx.next_retry(&ObjectRef::from_obj(app), inner, trigger_fingerprint(app)))
 }
 
-/// Runs one pass and turns its failure into status, an event, a metric and a retry delay.
+/// Runs one pass; a failure becomes status (`Ready=False` with the error's reason), an event
+/// and a metric, and is returned so that the finalizer is kept and the pass retried.
 async fn report(
     api: &Api<OAuthApplication>,
     app: &OAuthApplication,
     ctx: &Context,
     deleting: bool,
-) -> Action {
+) -> Result<Action> {
     let obj_ref = ObjectRef::from_obj(app);
     let mut status = app.status.clone().unwrap_or_default();
     let result = if deleting {
@@ -105,32 +118,26 @@ async fn report(
     } else {
         apply(api, app, ctx, &mut status).await
     };
-    match result {
-        Ok(action) => {
-            ctx.reset_backoff(&obj_ref);
-            action
+    if let Err(error) = &result {
+        let reason = error.reason();
+        let message = error.to_string();
+        warn!(app = %obj_ref, reason, %message, "reconcile failed");
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabels { kind: KIND, reason })
+            .inc();
+        // observedGeneration stays where it was: the work for this generation did not happen.
+        set_condition(
+            &mut status.conditions,
+            new_condition(READY, false, reason, &message, app.metadata.generation),
+        );
+        if let Err(e) = write_app_status(api, app, &status).await {
+            warn!(app = %obj_ref, error = %e, "failed to write failure status");
         }
-        Err(error) => {
-            let reason = error.reason();
-            let message = error.to_string();
-            warn!(app = %obj_ref, reason, %message, "reconcile failed");
-            ctx.metrics
-                .reconcile_errors
-                .get_or_create(&ErrorLabels { kind: KIND, reason })
-                .inc();
-            // observedGeneration stays where it was: the work for this generation did not happen.
-            set_condition(
-                &mut status.conditions,
-                new_condition(READY, false, reason, &message, app.metadata.generation),
-            );
-            if let Err(e) = write_app_status(api, app, &status).await {
-                warn!(app = %obj_ref, error = %e, "failed to write failure status");
-            }
-            ctx.event(app, EventType::Warning, reason, "Reconcile", message)
-                .await;
-            Action::requeue(ctx.next_retry(&obj_ref, &error))
-        }
+        ctx.event(app, EventType::Warning, reason, "Reconcile", message)
+            .await;
     }
+    result
 }
 
 async fn apply(

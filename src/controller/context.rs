@@ -55,7 +55,27 @@ pub struct Context {
     pub providers: Mutex<HashMap<String, (u64, SharedProviderClient)>>,
     /// Per-provider list of remote clients, refreshed at most once per resync interval.
     pub inventory: Inventory,
-    backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, u32>>,
+    backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
+}
+
+/// Per-object retry state after a failure.
+struct Backoff {
+    attempts: u32,
+    not_before: Instant,
+    /// What the object looked like when it failed (see [`trigger_fingerprint`]).
+    fingerprint: u64,
+}
+
+/// Hash of what a user changes to ask for a new attempt: the spec (generation), annotations
+/// (rotate, force-delete) and deletion. Status and Secret events do not change it, so they
+/// cannot cut a backoff short.
+pub fn trigger_fingerprint(app: &OAuthApplication) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    app.metadata.generation.hash(&mut h);
+    app.metadata.annotations.hash(&mut h);
+    app.metadata.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
 }
 
 impl Context {
@@ -99,22 +119,44 @@ impl Context {
 
     /// Delay before the next attempt after an error: `Retry-After` when the provider gave one,
     /// exponential backoff with jitter for transient errors, the resync interval for
-    /// permanent ones.
-    pub fn next_retry(&self, obj: &ObjectRef<OAuthApplication>, error: &Error) -> Duration {
-        if !error.is_transient() {
-            self.reset_backoff(obj);
-            return self.config.resync_interval;
-        }
-        let attempt = {
-            let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(obj.clone()).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
+    /// permanent ones. Until then, events that do not change the object's
+    /// [`trigger_fingerprint`] are held back (see [`Context::gate`]).
+    pub fn next_retry(
+        &self,
+        obj: &ObjectRef<OAuthApplication>,
+        error: Option<&Error>,
+        fingerprint: u64,
+    ) -> Duration {
+        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let state = map.entry(obj.clone()).or_insert(Backoff {
+            attempts: 0,
+            not_before: Instant::now(),
+            fingerprint,
+        });
+        let transient = error.is_none_or(Error::is_transient);
+        let delay = if transient {
+            state.attempts = state.attempts.saturating_add(1);
+            jitter(
+                error
+                    .and_then(Error::retry_after)
+                    .unwrap_or_else(|| backoff_delay(state.attempts)),
+            )
+        } else {
+            state.attempts = 0;
+            self.config.resync_interval
         };
-        let base = error
-            .retry_after()
-            .unwrap_or_else(|| backoff_delay(attempt));
-        jitter(base)
+        state.not_before = Instant::now() + delay;
+        state.fingerprint = fingerprint;
+        delay
+    }
+
+    /// While an object backs off, a reconcile triggered by something other than a change of
+    /// spec, annotations or deletion is postponed: returns the time left.
+    pub fn gate(&self, obj: &ObjectRef<OAuthApplication>, fingerprint: u64) -> Option<Duration> {
+        let map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let state = map.get(obj)?;
+        let left = state.not_before.checked_duration_since(Instant::now())?;
+        (state.fingerprint == fingerprint && !left.is_zero()).then_some(left)
     }
 
     pub fn reset_backoff(&self, obj: &ObjectRef<OAuthApplication>) {

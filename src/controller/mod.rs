@@ -79,6 +79,19 @@ fn apps_using(
         .collect()
 }
 
+/// A provider changed: its applications retry now rather than after their backoff.
+fn retry_now(
+    ctx: &Context,
+    apps: Vec<ObjectRef<DeserializeGuard<OAuthApplication>>>,
+) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
+    for app in &apps {
+        let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
+        plain.namespace = app.namespace.clone();
+        ctx.reset_backoff(&plain);
+    }
+    apps
+}
+
 /// Runs every controller until a termination signal.
 pub async fn run(
     client: Client,
@@ -95,6 +108,7 @@ pub async fn run(
     let app_controller = Controller::new(apps, watch_cfg.clone());
     let store = app_controller.store();
     let (ns_store, cluster_store) = (store.clone(), store.clone());
+    let (ns_ctx, cluster_ctx_map) = (ctx.clone(), ctx.clone());
     // Metadata only, and only the Secrets this operator wrote.
     let secrets: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
     let secrets_cfg = watcher::Config::default().labels(&format!(
@@ -108,20 +122,22 @@ pub async fn run(
     let app_controller = app_controller
         .owns(secrets, secrets_cfg)
         .watches(providers.clone(), watch_cfg.clone(), move |p| {
-            apps_using(
+            let apps = apps_using(
                 &ns_store,
                 ProviderKind::OAuthProvider,
                 p.namespace(),
                 p.name_any(),
-            )
+            );
+            retry_now(&ns_ctx, apps)
         })
         .watches(cluster_providers.clone(), watch_cfg.clone(), move |p| {
-            apps_using(
+            let apps = apps_using(
                 &cluster_store,
                 ProviderKind::ClusterOAuthProvider,
                 None,
                 p.name_any(),
-            )
+            );
+            retry_now(&cluster_ctx_map, apps)
         })
         .shutdown_on_signal()
         .run(

@@ -12,7 +12,10 @@ use governor::{Quota, RateLimiter};
 use crate::api::RequestBudget;
 use crate::telemetry::{Metrics, ProviderLabels};
 
-/// At most `requests` per `period_seconds`, with bursts of at most `requests`.
+/// At most `requests` in any window of `period_seconds`: a token bucket holding half of the
+/// budget, refilled with the other half per period. (A bucket of the full budget refilled at
+/// the full rate would allow twice the budget in one window, enough to trip the provider's own
+/// fixed-window limit.)
 pub struct RequestBudgetLimiter {
     limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
     provider: String,
@@ -21,12 +24,14 @@ pub struct RequestBudgetLimiter {
 
 impl RequestBudgetLimiter {
     pub fn new(budget: &RequestBudget, provider: String, metrics: Arc<Metrics>) -> Self {
-        let requests = NonZeroU32::new(budget.requests).unwrap_or(NonZeroU32::MIN);
+        let requests = budget.requests.max(1);
+        let burst = NonZeroU32::new(requests / 2).unwrap_or(NonZeroU32::MIN);
+        let refill = (requests - burst.get()).max(1);
         let period = Duration::from_secs(u64::from(budget.period_seconds.max(1)));
-        // Quota::new fails only for a zero period, excluded above.
-        let quota = Quota::with_period(period / requests.get())
-            .unwrap_or_else(|| Quota::per_second(requests))
-            .allow_burst(requests);
+        // with_period fails only for a zero interval, excluded above.
+        let quota = Quota::with_period(period / refill)
+            .unwrap_or_else(|| Quota::per_second(burst))
+            .allow_burst(burst);
         Self {
             limiter: RateLimiter::direct(quota),
             provider,
@@ -56,26 +61,30 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn budget_spaces_requests_after_the_burst() {
+    async fn never_more_than_the_budget_in_any_window() {
         let budget = RequestBudget {
-            requests: 5,
+            requests: 6,
             period_seconds: 1,
         };
         let limiter = RequestBudgetLimiter::new(&budget, "t".into(), Arc::new(Metrics::default()));
         let start = Instant::now();
-        for _ in 0..5 {
+        let mut times = Vec::new();
+        for _ in 0..12 {
             limiter.acquire().await;
+            times.push(start.elapsed());
         }
-        assert!(
-            start.elapsed() < Duration::from_millis(100),
-            "a burst of 5 passes at once"
-        );
-        for _ in 0..3 {
-            limiter.acquire().await;
+        // A burst of 3 passes at once, then 3 per second.
+        assert!(times[2] < Duration::from_millis(100), "{times:?}");
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..]
+                .iter()
+                .filter(|u| **u < *t + Duration::from_secs(1))
+                .count();
+            assert!(
+                in_window <= 6,
+                "{in_window} requests within 1 s from {t:?}: {times:?}"
+            );
         }
-        // 3 more at 5/s need about 600 ms.
-        let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
-        assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+        assert!(times[11] >= Duration::from_millis(2900), "{times:?}");
     }
 }

@@ -13,4 +13,4 @@ pub mod process;
 pub mod server_support;
 
 pub use self::kube::{ControlPlane, MemoryUsage};
-pub use process::{free_port, testenv_dir, workspace_root, GuardedChild};
+pub use process::{GuardedChild, free_port, testenv_dir, workspace_root};

@@ -29,7 +29,11 @@ pub fn testenv_dir() -> Result<PathBuf> {
         .output()
         .with_context(|| format!("running {} --print-dir", script.display()))?;
     if !out.status.success() {
-        bail!("{} --print-dir failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} --print-dir failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
@@ -59,7 +63,10 @@ impl GuardedChild {
             .stdout(file.try_clone()?)
             .stderr(file);
         let child = spawn_on_reaper_thread(cmd).with_context(|| format!("starting {name}"))?;
-        Ok(Self { child, name: name.to_string() })
+        Ok(Self {
+            child,
+            name: name.to_string(),
+        })
     }
 
     pub fn id(&self) -> u32 {
