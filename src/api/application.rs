@@ -65,7 +65,9 @@ pub struct OAuthApplicationSpec {
     pub scopes: Vec<String>,
 
     /// `confidential` clients get a client secret; `public` clients (SPAs, native apps) do not.
+    /// Immutable: a Secret's credentials never change kind.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("clientType is immutable"))]
     pub client_type: ClientType,
 
     /// OAuth grant types the client may use. Defaults to the provider's default
