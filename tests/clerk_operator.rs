@@ -117,6 +117,21 @@ async fn create_then_update_writes_secret_once() -> Result<()> {
     assert_eq!(after.resource_version(), secret.resource_version());
     assert_eq!(after.data, secret.data);
     assert_eq!(env.clerk.apps().len(), 1, "never a second app");
+
+    // Template metadata is reconciled onto the Secret; its data never changes for it.
+    let template = serde_json::json!({"spec": {"secret": {"template": {
+        "labels": {"team": "web"}, "annotations": {"reloader.stakater.com/match": "true"}
+    }}}});
+    env.apps()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&template))
+        .await?;
+    let labelled = env
+        .wait_secret("web-oauth", |s| {
+            s.labels().get("team").map(String::as_str) == Some("web")
+                && s.annotations().contains_key("reloader.stakater.com/match")
+        })
+        .await?;
+    assert_eq!(labelled.data, secret.data);
     Ok(())
 }
 

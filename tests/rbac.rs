@@ -48,12 +48,7 @@ async fn operator_works_with_deploy_rbac_only() -> Result<()> {
         serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
     )?;
     let token: TokenRequest = sas
-        .create_subresource(
-            "token",
-            "oauth-operator",
-            &PostParams::default(),
-            &request,
-        )
+        .create_subresource("token", "oauth-operator", &PostParams::default(), &request)
         .await?;
     let token = token.status.context("token issued")?.token;
     let kubeconfig = env.log_dir.join("operator-sa.kubeconfig");
