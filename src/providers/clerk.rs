@@ -21,6 +21,21 @@ pub const CLERK_API_VERSION: &str = "2026-05-12";
 const PAGE_LIMIT: usize = 500;
 const BACKEND: &str = "clerk";
 const DEFAULT_SCOPES: &str = "profile email";
+const APPS: &str = "oauth_applications";
+
+/// Clerk object ids are `oa_` + base62; anything else (e.g. from a tampered status) is refused
+/// before it reaches a URL.
+fn checked_id(id: &str) -> Result<&str, ProviderError> {
+    let valid = id.len() <= 128
+        && id.starts_with("oa_")
+        && id.bytes().skip(3).all(|b| b.is_ascii_alphanumeric())
+        && id.len() > 3;
+    if valid {
+        Ok(id)
+    } else {
+        Err(ProviderError::Unsupported(format!("{id:?} is not a Clerk OAuth application id")))
+    }
+}
 
 /// A Clerk Backend API client for one provider (one instance, one secret key).
 pub struct ClerkClient {
@@ -226,6 +241,13 @@ impl ClerkApp {
     }
 }
 
+/// Whether a 404 is Clerk saying the object does not exist (`resource_not_found`), not a proxy
+/// or a wrong base URL answering 404: only the former may lead to "the client is gone".
+fn is_clerk_not_found(body: &[u8]) -> bool {
+    serde_json::from_slice::<ClerkErrors>(body)
+        .is_ok_and(|e| e.errors.iter().any(|e| e.code == "resource_not_found"))
+}
+
 /// Clerk's error body as one line: `code: long_message` for each error.
 fn error_message(status: StatusCode, body: &[u8]) -> String {
     let parsed: ClerkErrors = serde_json::from_slice(body).unwrap_or_default();
@@ -281,10 +303,15 @@ impl ClerkClient {
         })
     }
 
-    fn url(&self, path: &str) -> Result<url::Url, ProviderError> {
-        self.base_url
-            .join(path)
-            .map_err(|e| ProviderError::Unsupported(format!("invalid Clerk URL for {path}: {e}")))
+    /// `base_url` + path segments; each segment is percent-encoded, so an id can never
+    /// escape its place in the path (`..`, `/`, `?`).
+    fn url(&self, segments: &[&str]) -> Result<url::Url, ProviderError> {
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| ProviderError::Unsupported("Clerk baseUrl cannot be a base".into()))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
     }
 
     /// One request: budget, timeout (set on the reqwest client), span, metrics, error mapping.
@@ -292,12 +319,12 @@ impl ClerkClient {
         &self,
         operation: &'static str,
         method: Method,
-        path: &str,
+        segments: &[&str],
         query: &[(&str, String)],
         body: Option<&ClerkAppBody<'_>>,
     ) -> Result<T, ProviderError> {
-        let url = self.url(path)?;
-        let span = tracing::debug_span!("clerk_request", operation, %method, path);
+        let url = self.url(segments)?;
+        let span = tracing::debug_span!("clerk_request", operation, %method, path = %url.path());
         async {
             self.budget.acquire().await;
             let mut request = self
@@ -346,13 +373,26 @@ impl ClerkClient {
                 "clerk response"
             );
             if status.is_success() {
+                // Only the error's class and position: serde's message can quote the value it
+                // choked on, and create/rotate bodies carry the client secret.
                 return serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
                     operation,
-                    message: format!("unexpected response body: {e}"),
+                    message: format!(
+                        "unexpected response body ({:?} error at line {} column {})",
+                        e.classify(),
+                        e.line(),
+                        e.column()
+                    ),
                 });
             }
             Err(match status {
-                StatusCode::NOT_FOUND => ProviderError::NotFound { operation },
+                StatusCode::NOT_FOUND if is_clerk_not_found(&bytes) => {
+                    ProviderError::NotFound { operation }
+                }
+                StatusCode::REQUEST_TIMEOUT => ProviderError::Unavailable {
+                    operation,
+                    message: "HTTP 408 request timeout".into(),
+                },
                 StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
                     operation,
                     retry_after: retry_after(&headers),
@@ -393,7 +433,7 @@ impl ClerkClient {
             .send(
                 "create",
                 Method::POST,
-                "oauth_applications",
+                &[APPS],
                 &[],
                 Some(&body_for(desired)),
             )
@@ -406,7 +446,7 @@ impl ClerkClient {
             .send(
                 "get",
                 Method::GET,
-                &format!("oauth_applications/{id}"),
+                &[APPS, checked_id(id)?],
                 &[],
                 None,
             )
@@ -423,7 +463,7 @@ impl ClerkClient {
             .send(
                 "update",
                 Method::PATCH,
-                &format!("oauth_applications/{id}"),
+                &[APPS, checked_id(id)?],
                 &[],
                 Some(&body_for(desired)),
             )
@@ -436,7 +476,7 @@ impl ClerkClient {
             .send::<serde_json::Value>(
                 "delete",
                 Method::DELETE,
-                &format!("oauth_applications/{id}"),
+                &[APPS, checked_id(id)?],
                 &[],
                 None,
             )
@@ -452,7 +492,7 @@ impl ClerkClient {
             .send(
                 "rotate_secret",
                 Method::POST,
-                &format!("oauth_applications/{id}/rotate_secret"),
+                &[APPS, checked_id(id)?, "rotate_secret"],
                 &[],
                 None,
             )
@@ -473,7 +513,7 @@ impl ClerkClient {
                 query.push(("name_query", q.to_string()));
             }
             let page: ClerkAppList = self
-                .send("list", Method::GET, "oauth_applications", &query, None)
+                .send("list", Method::GET, &[APPS], &query, None)
                 .await?;
             let got = page.data.len();
             all.extend(page.data.into_iter().map(ClerkApp::into_remote));
@@ -488,7 +528,7 @@ impl ClerkClient {
             .send(
                 "list",
                 Method::GET,
-                "oauth_applications",
+                &[APPS],
                 &[("limit", "1".to_string())],
                 None,
             )
@@ -573,6 +613,40 @@ mod tests {
             Err(ProviderError::Unsupported(_))
         ));
         assert!(check_supported(&desired()).is_ok());
+    }
+
+    #[test]
+    fn ids_cannot_escape_their_path_segment() {
+        assert!(checked_id("oa_2abcXYZ9").is_ok());
+        for bad in ["../users/user_1", "oa_", "oa_a/b", "oa_a%2e", "users", ""] {
+            assert!(checked_id(bad).is_err(), "{bad}");
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = Arc::new(Metrics::default());
+        let budget = crate::api::RequestBudget::default();
+        let client = ClerkClient::new(
+            reqwest::Client::new(),
+            "https://api.clerk.com/v1/",
+            SecretString::from("k"),
+            Arc::new(RequestBudgetLimiter::new(&budget, "t".into(), metrics.clone())),
+            metrics,
+        )
+        .unwrap();
+        assert_eq!(
+            client.url(&[APPS, "oa_1", "rotate_secret"]).unwrap().as_str(),
+            "https://api.clerk.com/v1/oauth_applications/oa_1/rotate_secret"
+        );
+        assert_eq!(
+            client.url(&[APPS, "a/../b"]).unwrap().as_str(),
+            "https://api.clerk.com/v1/oauth_applications/a%2F..%2Fb"
+        );
+    }
+
+    #[test]
+    fn only_clerks_own_404_means_not_found() {
+        assert!(is_clerk_not_found(br#"{"errors":[{"code":"resource_not_found","message":"m","long_message":"l"}]}"#));
+        assert!(!is_clerk_not_found(b"<html>404 Not Found</html>"));
+        assert!(!is_clerk_not_found(br#"{"errors":[{"code":"other","message":"m","long_message":"l"}]}"#));
     }
 
     #[test]
