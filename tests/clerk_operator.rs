@@ -174,6 +174,8 @@ async fn drift_is_corrected_or_reported() -> Result<()> {
     env.apply_app(&app_yaml("fix", "")).await?;
     env.apply_app(&app_yaml("watch", "  driftPolicy: Report"))
         .await?;
+    env.apply_app(&app_yaml("quiet", "")).await?;
+    env.wait_ready("quiet").await?;
     let fix = env
         .wait_ready("fix")
         .await?
@@ -209,6 +211,15 @@ async fn drift_is_corrected_or_reported() -> Result<()> {
         })
         .await?;
     assert_eq!(watched.status.unwrap().drifted_fields, vec!["redirectUris"]);
+    // Steady state: one list per provider per resync (2 s here), whatever the number of
+    // applications (3): over 6 s at most 4 lists, where one per application would be 9.
+    env.clerk.reset_requests();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let lists = env.clerk.request_count("GET", routes::OAUTH_APPLICATIONS);
+    assert!(
+        (1..=4).contains(&lists),
+        "{lists} list calls in 6 s for 3 applications"
+    );
     assert!(
         env.wait_event("watch", "Drifted")
             .await?
@@ -264,8 +275,23 @@ async fn recovery_rotation_and_no_secret_in_logs() -> Result<()> {
             .contains("web-oauth")
     );
 
-    // Rotation on request, once per token.
+    // Rotation on request, once per token (a second later, so timestamps can differ).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let rotations = env.clerk.request_count("POST", routes::ROTATE_SECRET);
+    let rotated_before = env
+        .apps()
+        .get("web")
+        .await?
+        .status
+        .unwrap()
+        .secret_rotated_at;
+    let annotation_before = env
+        .secrets()
+        .get("web-oauth")
+        .await?
+        .annotations()
+        .get("oauth-operator.dev/secret-rotated-at")
+        .cloned();
     let annotate = |token: &str| serde_json::json!({"metadata": {"annotations": {"oauth-operator.dev/rotate": token}}});
     env.apps()
         .patch(
@@ -282,16 +308,23 @@ async fn recovery_rotation_and_no_secret_in_logs() -> Result<()> {
                 == Some("one")
         })
         .await?;
-    assert!(app.status.unwrap().secret_rotated_at.is_some());
+    let rotated_at = app.status.unwrap().secret_rotated_at;
+    assert!(
+        rotated_at.is_some() && rotated_at != rotated_before,
+        "secretRotatedAt moved"
+    );
     let rotated = env.secrets().get("web-oauth").await?;
     issued.push(secret_value(&rotated));
     assert_ne!(issued[2], issued[1]);
     assert!(env.clerk.secret_is_valid(&client_id, &issued[2]));
     assert!(!env.clerk.secret_is_valid(&client_id, &issued[1]));
+    let annotation = rotated
+        .annotations()
+        .get("oauth-operator.dev/secret-rotated-at")
+        .cloned();
     assert!(
-        rotated
-            .annotations()
-            .contains_key("oauth-operator.dev/secret-rotated-at")
+        annotation.is_some() && annotation != annotation_before,
+        "consumers see a new annotation value"
     );
     tokio::time::sleep(Duration::from_secs(5)).await; // a few resyncs
     assert_eq!(
@@ -365,6 +398,11 @@ async fn crash_after_create_is_recovered_without_duplicate() -> Result<()> {
     );
     assert_eq!(env.clerk.request_count("POST", routes::ROTATE_SECRET), 1);
     env.wait_event("web", "ClientAdopted").await?;
+    assert_eq!(
+        env.clerk.apps()[0].name,
+        format!("{}/web", env.ns),
+        "display name set after adoption"
+    );
     Ok(())
 }
 
@@ -417,14 +455,36 @@ async fn deletion_policies_and_unreachable_provider() -> Result<()> {
     env.clerk
         .fail_next(1000, "DELETE", routes::OAUTH_APPLICATION, 503);
     env.apps().delete("stuck", &DeleteParams::default()).await?;
+    let stuck_id = env
+        .apps()
+        .get("stuck")
+        .await?
+        .status
+        .unwrap()
+        .provider_object_id
+        .unwrap();
     let app = env.wait_reason("stuck", "DeletionBlocked").await?;
-    assert!(ready(&app).is_some());
+    assert!(ready(&app).is_some_and(|(s, _)| s == "False"));
     let force = serde_json::json!({"metadata": {"annotations": {"oauth-operator.dev/force-delete": "true"}}});
     env.apps()
         .patch("stuck", &PatchParams::default(), &Patch::Merge(&force))
         .await?;
     env.wait_gone("stuck").await?;
     env.clerk.clear_faults();
+    assert!(
+        env.wait_event("stuck", "ClientLeftAtProvider")
+            .await?
+            .contains("is kept")
+    );
+    assert!(
+        env.clerk.app(&stuck_id).is_some(),
+        "force-delete leaves the client"
+    );
+    let kept = env.secrets().get("stuck-oauth").await?;
+    assert!(
+        kept.owner_references().is_empty(),
+        "its still-valid credentials are kept, released"
+    );
 
     // Provider deleted: blocked, then removed after --deletion-timeout (15 s in tests).
     env.apply_app(&app_yaml("orphaned", "")).await?;
@@ -465,6 +525,7 @@ async fn failures_have_specific_reasons() -> Result<()> {
         "{kind: ClusterOAuthProvider, name: nobody-allowed}",
     ))
     .await?;
+    env.wait_reason("cluster", "ProviderNotFound").await?;
     let cluster: oauth_operator::api::ClusterOAuthProvider = serde_json::from_value(
         serde_json::json!({
             "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "ClusterOAuthProvider",
@@ -494,8 +555,17 @@ async fn failures_have_specific_reasons() -> Result<()> {
     .await?;
     env.wait_reason("unsupported", "InvalidSpec").await?;
 
+    // A template label the apiserver refuses: found by a dry-run before anything is
+    // registered (never a client whose Secret cannot be written).
+    env.apply_app(&app_yaml(
+        "badlabel",
+        "  secret: {template: {labels: {team: \"not a valid label value!\"}}}",
+    ))
+    .await?;
+    env.wait_reason("badlabel", "SecretRejected").await?;
+
     env.clerk
-        .fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 422);
+        .fail_next(1000, "POST", routes::OAUTH_APPLICATIONS, 422);
     env.apply_app(&app_yaml("rejected", "")).await?;
     let app = env.wait_reason("rejected", "ProviderRejected").await?;
     let status = app.status.unwrap();
@@ -510,18 +580,25 @@ async fn failures_have_specific_reasons() -> Result<()> {
         message.contains("HTTP 422"),
         "Clerk's error becomes the message: {message}"
     );
+    assert!(
+        env.clerk.apps().is_empty(),
+        "nothing is registered for invalid, unsupported, refused or rejected applications"
+    );
+    assert!(
+        env.clerk
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .all(|r| r.status == Some(422)),
+        "the only create calls were the rejected ones"
+    );
+    env.clerk.clear_faults();
 
     env.clerk
         .fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 503);
     env.apply_app(&app_yaml("flaky", "")).await?;
     env.wait_reason("flaky", "ProviderUnavailable").await?;
     env.wait_ready("flaky").await?; // transient: retried with backoff
-
-    assert_eq!(
-        env.clerk.apps().len(),
-        1,
-        "only the flaky app got registered; nothing for invalid ones"
-    );
     for (name, reason) in [
         ("noprov", "ProviderNotFound"),
         ("unsupported", "InvalidSpec"),
@@ -719,5 +796,84 @@ async fn request_budget_stays_below_provider_limit() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(waited > 0.5, "requests waited for the budget: {waited}");
+    Ok(())
+}
+
+/// A create whose response never arrives (timeout) but which the provider commits late: the
+/// operator waits for it and adopts it instead of creating a second client.
+#[tokio::test]
+async fn late_committed_create_is_adopted_not_duplicated() -> Result<()> {
+    let env = Env::new("late").await?;
+    env.clerk.commit_then_delay_next(
+        1,
+        "POST",
+        routes::OAUTH_APPLICATIONS,
+        Duration::from_secs(3),
+    );
+    let _op = env.start_operator(&[("OAUTH_OPERATOR_PROVIDER_TIMEOUT", "2s")])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    let app = env.wait_ready("web").await?;
+    assert_eq!(env.clerk.apps().len(), 1, "no duplicate client");
+    assert_eq!(
+        env.clerk.request_count("POST", routes::OAUTH_APPLICATIONS),
+        1,
+        "created once"
+    );
+    env.wait_event("web", "ClientAdopted").await?;
+    let secret = env.secrets().get("web-oauth").await?;
+    assert!(env.clerk.secret_is_valid(
+        app.status.unwrap().client_id.as_deref().unwrap(),
+        &secret_value(&secret)
+    ));
+    Ok(())
+}
+
+/// The client was deleted at the provider: reported (ClientMissing), the Secret left alone;
+/// a new rotation token registers a new client and replaces the credentials.
+#[tokio::test]
+async fn missing_client_is_reported_then_recreated_on_request() -> Result<()> {
+    let env = Env::new("missing").await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    let before = env.wait_ready("web").await?.status.unwrap();
+    let secret = env.secrets().get("web-oauth").await?;
+    assert!(
+        env.clerk
+            .delete_app(before.provider_object_id.as_deref().unwrap())
+    );
+    let app = env.wait_reason("web", "ClientMissing").await?;
+    assert!(ready(&app).is_some_and(|(s, _)| s == "False"));
+    assert_eq!(
+        env.secrets().get("web-oauth").await?.data,
+        secret.data,
+        "the Secret is left alone"
+    );
+    assert!(
+        env.clerk.apps().is_empty(),
+        "nothing recreated without a request"
+    );
+
+    let rotate = serde_json::json!({"metadata": {"annotations": {"oauth-operator.dev/rotate": "after-deletion"}}});
+    env.apps()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&rotate))
+        .await?;
+    let after = env
+        .wait_app("web", "recreated", |a| {
+            ready(a).is_some_and(|(s, _)| s == "True")
+                && a.status.as_ref().and_then(|s| s.client_id.as_deref())
+                    != before.client_id.as_deref()
+        })
+        .await?
+        .status
+        .unwrap();
+    assert_eq!(env.clerk.apps().len(), 1);
+    let secret = env.secrets().get("web-oauth").await?;
+    let d = data(&secret);
+    assert_eq!(Some(&d["CLIENT_ID"]), after.client_id.as_ref());
+    assert!(
+        env.clerk
+            .secret_is_valid(&d["CLIENT_ID"], &d["CLIENT_SECRET"])
+    );
+    env.wait_event("web", "ClientRecreated").await?;
     Ok(())
 }

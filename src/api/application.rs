@@ -35,6 +35,8 @@ pub const FORCE_DELETE_ANNOTATION: &str = "oauth-operator.dev/force-delete";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.secret) || !has(self.secret.keys) || !has(self.secret.keys.clientSecret)").message("a public client has no client secret: remove secret.keys.clientSecret"))]
+#[x_kube(validation = Rule::new("(has(self.secret) && has(self.secret.name) ? self.secret.name : '') == (has(oldSelf.secret) && has(oldSelf.secret.name) ? oldSelf.secret.name : '')").message("secret.name is immutable (also when it is added or removed)"))]
+#[x_kube(validation = Rule::new("has(self.secret) && has(self.secret.keys) ? (has(oldSelf.secret) && has(oldSelf.secret.keys) && self.secret.keys == oldSelf.secret.keys) : !(has(oldSelf.secret) && has(oldSelf.secret.keys))").message("secret.keys is immutable: the credentials stay under the keys workloads read"))]
 #[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.grantTypes) || !self.grantTypes.exists(g, g == 'client_credentials')").message("a public client cannot use the client_credentials grant"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthApplicationSpec {
@@ -198,19 +200,18 @@ pub enum DriftPolicy {
 }
 
 /// The Secret that receives the client credentials.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretSpec {
     /// Name of the Secret, in the application's namespace. Defaults to `<name>-oauth`.
-    /// Immutable once set.
+    /// Immutable (it cannot be added or removed later either).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("secret.name is immutable"))]
     pub name: Option<String>,
-    /// Key names in the Secret.
+    /// Key names in the Secret. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<SecretKeys>,
     /// Labels and annotations put on the Secret (reconciled; they never change its data).

@@ -30,7 +30,11 @@ pub fn new_condition(
         reason: reason.to_string(),
         message: message.into(),
         observed_generation: generation,
-        last_transition_time: Time(Timestamp::now()),
+        // Whole seconds: what the API serializes, so a re-read compares equal.
+        last_transition_time: Time(
+            Timestamp::from_second(Timestamp::now().as_second())
+                .unwrap_or_else(|_| Timestamp::now()),
+        ),
     }
 }
 
@@ -78,10 +82,10 @@ mod tests {
     #[test]
     fn transition_time_only_moves_when_status_changes() {
         let mut conds = vec![];
-        let first = new_condition(READY, false, "ProviderUnavailable", "down", Some(1));
+        let mut first = new_condition(READY, false, "ProviderUnavailable", "down", Some(1));
+        first.last_transition_time = Time(Timestamp::from_second(1_700_000_000).unwrap());
         let t0 = first.last_transition_time.clone();
         set_condition(&mut conds, first);
-        std::thread::sleep(std::time::Duration::from_millis(5));
         set_condition(
             &mut conds,
             new_condition(READY, false, "RateLimited", "slow", Some(1)),

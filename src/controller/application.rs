@@ -21,10 +21,10 @@ use super::desired::desired_client;
 use super::error::{Error, Result};
 use super::resolve::{ResolvedProvider, resolve_provider};
 use super::secret::{
-    PROVIDER_OBJECT_ID_ANNOTATION, build_secret, create_secret, is_owned_by, reconcile_metadata,
-    release_secret, write_rotated_secret,
+    build_secret, create_secret, dry_run_write, is_owned_by, reconcile_metadata, release_secret,
+    write_rotated_secret,
 };
-use super::status::write_app_status;
+use super::status::StatusWriter;
 use crate::api::conditions::{DRIFTED, READY, new_condition, remove_condition, set_condition};
 use crate::api::{
     DeletionPolicy, DriftPolicy, OAuthApplication, OAuthApplicationStatus, PendingRegistration,
@@ -34,9 +34,25 @@ use crate::telemetry::{ErrorLabels, ReconcileLabels};
 
 pub const FINALIZER: &str = "oauth-operator.dev/cleanup";
 const KIND: &str = "OAuthApplication";
-/// A client found by name after a crash counts as ours only if created at most this long
-/// before the recorded start of the create call (clock skew between us and the provider).
+/// A client found by its registration name after a crash counts as ours only if created at
+/// most this long before the recorded start of the create call (clock skew with the provider).
 const ADOPTION_CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(120);
+
+/// Now, to the second: what `Time` serializes, so comparing status never sees sub-second noise.
+fn now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
+}
+
+/// The name a client is created with: the display name tagged with the object's uid, so that
+/// after a crash it is found by a name no other object (or cluster) can share. The display
+/// name proper is set right after the Secret is written.
+pub fn registration_name(display: &str, uid: &str) -> String {
+    let tag = format!(" [oauth-operator {uid}]");
+    let keep = 256usize.saturating_sub(tag.chars().count());
+    let mut name: String = display.chars().take(keep).collect();
+    name.push_str(&tag);
+    name
+}
 
 /// Entry point of the controller. Malformed objects (that fail to deserialize) are reported
 /// and skipped instead of stalling the watch.
@@ -107,16 +123,23 @@ pub fn error_policy(
 /// and a metric, and is returned so that the finalizer is kept and the pass retried.
 async fn report(
     api: &Api<OAuthApplication>,
-    app: &OAuthApplication,
+    cached: &OAuthApplication,
     ctx: &Context,
     deleting: bool,
 ) -> Result<Action> {
+    // A quorum read: pending registrations, ids and rotation tokens must never come from a
+    // cache that may predate our own last write.
+    let Some(app) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let app = &app;
     let obj_ref = ObjectRef::from_obj(app);
     let mut status = app.status.clone().unwrap_or_default();
+    let mut writer = StatusWriter::new(api, app);
     let result = if deleting {
         cleanup(app, ctx, &mut status).await
     } else {
-        apply(api, app, ctx, &mut status).await
+        apply(&mut writer, app, ctx, &mut status).await
     };
     if let Err(error) = &result {
         let reason = error.reason();
@@ -131,7 +154,7 @@ async fn report(
             &mut status.conditions,
             new_condition(READY, false, reason, &message, app.metadata.generation),
         );
-        if let Err(e) = write_app_status(api, app, &status).await {
+        if let Err(e) = writer.write(&status).await {
             warn!(app = %obj_ref, error = %e, "failed to write failure status");
         }
         ctx.event(app, EventType::Warning, reason, "Reconcile", message)
@@ -141,7 +164,7 @@ async fn report(
 }
 
 async fn apply(
-    api: &Api<OAuthApplication>,
+    writer: &mut StatusWriter<'_>,
     app: &OAuthApplication,
     ctx: &Context,
     status: &mut OAuthApplicationStatus,
@@ -155,10 +178,19 @@ async fn apply(
         .client
         .check_supported(&desired)
         .map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    // The Secret: never taken over, checked before anything is registered.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret_name = app.secret_name();
-    // A live read, not a cache: acting on a stale "missing" would rotate a working secret.
+    if let Some(recorded) = status.secret_name.as_deref()
+        && recorded != secret_name
+    {
+        // Moving would mean a new secret in a new Secret while workloads mount the old one.
+        return Err(Error::InvalidSpec(format!(
+            "the Secret name cannot change (from {recorded} to {secret_name}): set spec.secret.name back to {recorded}, \
+             or create a new OAuthApplication"
+        )));
+    }
+    // The Secret: never taken over, checked before anything is registered. A live read, not
+    // a cache: acting on a stale "missing" would rotate a working secret.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let existing = secrets.get_opt(&secret_name).await?;
     if let Some(secret) = &existing
         && !is_owned_by(secret, app)
@@ -168,18 +200,16 @@ async fn apply(
              the operator never takes over a Secret it did not create: delete it or set spec.secret.name"
         )));
     }
-    // 3. find the remote client: status, then the Secret's annotation, then recovery.
-    let remote_id = status.provider_object_id.clone().or_else(|| {
-        existing
-            .as_ref()
-            .and_then(|s| s.annotations().get(PROVIDER_OBJECT_ID_ANNOTATION).cloned())
-    });
-    let mut secret_written = false;
-    // 4. create / update at the provider
-    let remote = match remote_id {
+    let rotate_token = app.rotate_token().map(str::to_string);
+    let rotation_requested = rotate_token.is_some() && rotate_token != status.last_rotation_token;
+    // 3. find the remote client (its id is only ever taken from status: an annotation on the
+    //    Secret could be written by anyone who can edit Secrets in this namespace)
+    let mut fresh_credentials = false;
+    let remote = match status.provider_object_id.clone() {
         None => {
-            let remote = register(
-                api,
+            fresh_credentials = true;
+            register(
+                writer,
                 app,
                 ctx,
                 &provider,
@@ -188,49 +218,52 @@ async fn apply(
                 existing.as_ref(),
                 &secrets,
             )
-            .await?;
-            secret_written = true;
-            remote
+            .await?
         }
-        Some(id) => {
-            match sync_remote(app, ctx, &provider, &desired, status, &id).await? {
-                Some(remote) => remote,
-                None => {
-                    // The client was deleted at the provider: its credentials are useless.
-                    let note = format!(
-                        "client {id} no longer exists at {}; registering a new one and replacing the credentials in Secret {secret_name}",
-                        provider.key
-                    );
-                    ctx.event(app, EventType::Warning, "ClientRecreated", "Register", note)
-                        .await;
-                    ctx.metrics.lifecycle_event("client_recreated");
-                    status.provider_object_id = None;
-                    status.client_id = None;
-                    let remote = register(
-                        api,
-                        app,
-                        ctx,
-                        &provider,
-                        &desired,
-                        status,
-                        existing.as_ref(),
-                        &secrets,
-                    )
-                    .await?;
-                    secret_written = true;
-                    remote
-                }
+        Some(id) => match sync_remote(app, ctx, &provider, &desired, status, &id).await? {
+            Some(remote) => remote,
+            None if rotation_requested => {
+                // The client is gone and new credentials were asked for: register anew.
+                let note = format!(
+                    "client {id} no longer exists at {}; registering a new one (rotation {:?}) and replacing the credentials in Secret {secret_name}",
+                    provider.key,
+                    rotate_token.as_deref().unwrap_or_default()
+                );
+                ctx.event(app, EventType::Warning, "ClientRecreated", "Register", note)
+                    .await;
+                ctx.metrics.lifecycle_event("client_recreated");
+                status.provider_object_id = None;
+                status.client_id = None;
+                fresh_credentials = true;
+                register(
+                    writer,
+                    app,
+                    ctx,
+                    &provider,
+                    &desired,
+                    status,
+                    existing.as_ref(),
+                    &secrets,
+                )
+                .await?
             }
-        }
+            None => {
+                return Err(Error::ClientMissing(format!(
+                    "client {id} no longer exists at {} (deleted there, or the provider now points at another instance); \
+                     the credentials in Secret {secret_name} are left as they are: set a new oauth-operator.dev/rotate \
+                     token to register a new client and replace them",
+                    provider.key
+                )));
+            }
+        },
     };
-    // 5. the Secret
-    let rotate_token = app.rotate_token().map(str::to_string);
-    if secret_written {
-        // A fresh secret was just issued: a pending rotation request is satisfied by it.
+    // 4. the Secret
+    if fresh_credentials {
+        // Credentials were just issued: a pending rotation request is satisfied by them.
         status.last_rotation_token = rotate_token.clone();
     } else if let Some(secret) = &existing {
-        if rotate_token.is_some() && rotate_token != status.last_rotation_token {
-            rotate(app, ctx, &provider, &secrets, secret, status).await?;
+        if rotation_requested {
+            rotate(app, ctx, &provider, &secrets, secret, &remote, status).await?;
             status.last_rotation_token = rotate_token.clone();
         } else if reconcile_metadata(&secrets, secret, app, &remote).await? {
             info!(app = %ObjectRef::from_obj(app), "updated Secret labels/annotations");
@@ -239,7 +272,7 @@ async fn apply(
         recover_secret(app, ctx, &provider, &secrets, &remote, status).await?;
         status.last_rotation_token = rotate_token.clone();
     }
-    // 6. status
+    // 5. status
     status.client_id = Some(remote.client_id.clone());
     status.provider_object_id = Some(remote.id.clone());
     status.secret_name = Some(secret_name.clone());
@@ -254,12 +287,12 @@ async fn apply(
         &mut status.conditions,
         new_condition(READY, true, "Reconciled", message, app.metadata.generation),
     );
-    write_app_status(api, app, status).await?;
+    writer.write(status).await?;
     Ok(Action::requeue(ctx.resync_delay()))
 }
 
 /// Checks the existing client against the spec: a PATCH after a spec change, drift
-/// correction or reporting otherwise. `Ok(None)`: the client no longer exists.
+/// correction or reporting otherwise. `Ok(None)`: the provider says the client does not exist.
 async fn sync_remote(
     app: &OAuthApplication,
     ctx: &Context,
@@ -274,7 +307,7 @@ async fn sync_remote(
         return match provider.client.update(id, desired).await {
             Ok(remote) => {
                 ctx.inventory.upsert(&provider.key, &remote).await;
-                status.last_sync_time = Some(Time(Timestamp::now()));
+                status.last_sync_time = Some(Time(now()));
                 status.drifted_fields.clear();
                 remove_condition(&mut status.conditions, DRIFTED);
                 Ok(Some(remote))
@@ -296,7 +329,10 @@ async fn sync_remote(
         Some(found) => found,
         // Not in the snapshot (deleted, or created after it): confirm with one GET.
         None => match provider.client.get(id).await {
-            Ok(remote) => (remote, Timestamp::now()),
+            Ok(remote) => {
+                ctx.inventory.upsert(&provider.key, &remote).await;
+                (remote, now())
+            }
             Err(ProviderError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         },
@@ -342,7 +378,10 @@ async fn sync_remote(
                     EventType::Warning,
                     "Drifted",
                     "Compare",
-                    format!("client {} differs from the spec at the provider: {fields} (driftPolicy: Report)", remote.client_id),
+                    format!(
+                        "client {} differs from the spec at the provider: {fields} (driftPolicy: Report)",
+                        remote.client_id
+                    ),
                 )
                 .await;
             }
@@ -362,12 +401,15 @@ async fn sync_remote(
     }
 }
 
-/// Registers a new client, crash-safe: the pending registration is recorded in status before
-/// the create call, the Secret written right after it; after a crash in between, the client is
-/// found by name and adopted with a rotated secret instead of created twice.
+/// Registers a new client, crash-safe:
+/// - the Secret write that must follow is proven by a dry-run first;
+/// - the pending registration (with a name unique to this object) is in status before the
+///   create call, and the client's id right after it;
+/// - after a crash before the id was stored, the client is found by that unique name and
+///   adopted with a rotated secret (the first one was never stored), never created twice.
 #[allow(clippy::too_many_arguments)]
 async fn register(
-    api: &Api<OAuthApplication>,
+    writer: &mut StatusWriter<'_>,
     app: &OAuthApplication,
     ctx: &Context,
     provider: &ResolvedProvider,
@@ -376,15 +418,30 @@ async fn register(
     existing: Option<&Secret>,
     secrets: &Api<Secret>,
 ) -> Result<RemoteClient> {
-    if let Some(pending) = status.pending_registration.clone()
-        && let Some(adopted) =
-            adopt_orphan(app, ctx, provider, &pending, existing, secrets, status).await?
-    {
-        return Ok(adopted);
+    dry_run_write(secrets, app, existing).await?;
+    if let Some(pending) = status.pending_registration.clone() {
+        if let Some(adopted) =
+            adopt_orphan(app, ctx, provider, desired, &pending, status, secrets).await?
+        {
+            return Ok(adopted);
+        }
+        // Nothing found. If the last create's outcome is unknown, a late commit may still
+        // appear: wait for it rather than risk a second client.
+        let settle = ctx.config.provider_timeout * 2;
+        let age = now().duration_since(pending.started_at.0);
+        if age < SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX) {
+            return Err(Error::RegistrationPending(format!(
+                "a create call at {} may still complete; waiting until {}s after it before registering again",
+                provider.key,
+                settle.as_secs()
+            )));
+        }
     }
+    let uid = app.metadata.uid.clone().unwrap_or_default();
+    let name = registration_name(&desired.name, &uid);
     status.pending_registration = Some(PendingRegistration {
-        name: desired.name.clone(),
-        started_at: Time(Timestamp::now()),
+        name: name.clone(),
+        started_at: Time(now()),
     });
     set_condition(
         &mut status.conditions,
@@ -397,13 +454,37 @@ async fn register(
         ),
     );
     // Must be stored before the call: it is what makes a crash after the call recoverable.
-    write_app_status(api, app, status).await?;
-    let issued = provider.client.create(desired).await?;
-    ctx.inventory.upsert(&provider.key, &issued.client).await;
+    writer.write(status).await?;
+    let tagged = DesiredClient {
+        name,
+        ..desired.clone()
+    };
+    let issued = match provider.client.create(&tagged).await {
+        Ok(issued) => issued,
+        Err(e) => {
+            if !matches!(
+                e,
+                ProviderError::Unavailable {
+                    outcome_unknown: true,
+                    ..
+                }
+            ) {
+                // A definite "no": nothing was created, nothing to look for later.
+                status.pending_registration = None;
+            }
+            return Err(e.into());
+        }
+    };
     if ctx.config.fault.as_deref() == Some("abort-after-create") {
         // Test hook: die exactly where a crash loses a freshly issued secret.
         warn!("fault injection: aborting right after the create call");
         std::process::abort();
+    }
+    // From here on, recovery goes by id (a crash now leads to recover_secret, by rotation).
+    status.provider_object_id = Some(issued.client.id.clone());
+    status.client_id = Some(issued.client.client_id.clone());
+    if let Err(e) = writer.write(status).await {
+        warn!(error = %e, "recording the new client id failed; writing the Secret first");
     }
     store_credentials(app, secrets, existing, &issued, None).await?;
     ctx.metrics.lifecycle_event("client_registered");
@@ -420,74 +501,65 @@ async fn register(
         ),
     )
     .await;
-    Ok(issued.client)
+    // The Secret holds the credentials: now give the client its display name.
+    let named = provider.client.update(&issued.client.id, desired).await?;
+    ctx.inventory.upsert(&provider.key, &named).await;
+    Ok(named)
 }
 
-/// After a crash between create and the Secret: find the client created then (by name, created
-/// after the recorded start), rotate its secret (the first one was never stored) and store it.
+/// After a crash between create and storing its result: find the client(s) created under this
+/// object's registration name, adopt the oldest with a rotated secret and delete any others
+/// (they can only be duplicates of ours: the name carries our uid).
 async fn adopt_orphan(
     app: &OAuthApplication,
     ctx: &Context,
     provider: &ResolvedProvider,
+    desired: &DesiredClient,
     pending: &PendingRegistration,
-    existing: Option<&Secret>,
-    secrets: &Api<Secret>,
     status: &mut OAuthApplicationStatus,
+    secrets: &Api<Secret>,
 ) -> Result<Option<RemoteClient>> {
     let since = pending.started_at.0 - ADOPTION_CLOCK_SKEW;
-    let candidates: Vec<RemoteClient> = provider
+    let mut candidates: Vec<RemoteClient> = provider
         .client
         .find_by_name(&pending.name)
         .await?
         .into_iter()
-        .filter(|c| c.created_at.is_none_or(|t| t >= since))
+        .filter(|c| c.created_at.is_some_and(|t| t >= since))
         .collect();
-    match candidates.as_slice() {
-        [] => Ok(None),
-        [orphan] => {
-            let issued = provider.client.rotate_secret(&orphan.id).await?;
-            ctx.inventory.upsert(&provider.key, &issued.client).await;
-            let rotated_at = Timestamp::now();
-            store_credentials(
-                app,
-                secrets,
-                existing,
-                &issued,
-                Some(&rotated_at.to_string()),
-            )
-            .await?;
-            status.secret_rotated_at = Some(Time(rotated_at));
-            ctx.metrics.lifecycle_event("client_adopted");
-            ctx.event(
-                app,
-                EventType::Warning,
-                "ClientAdopted",
-                "Register",
-                format!(
-                    "found client {} created by an interrupted registration; rotated its secret (the first one was never stored) and wrote Secret {}",
-                    issued.client.client_id,
-                    app.secret_name()
-                ),
-            )
-            .await;
-            Ok(Some(issued.client))
-        }
-        many => Err(Error::AdoptionAmbiguous(format!(
-            "an interrupted registration left {} clients named {:?} at {} created after {}: ids {}; delete the extra ones at the provider",
-            many.len(),
-            pending.name,
-            provider.key,
-            pending.started_at.0,
-            many.iter()
-                .map(|c| c.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+    candidates.sort_by_key(|c| c.created_at);
+    let Some((orphan, duplicates)) = candidates.split_first() else {
+        return Ok(None);
+    };
+    for duplicate in duplicates {
+        provider.client.delete(&duplicate.id).await?;
+        warn!(id = %duplicate.id, "deleted a duplicate client left by an interrupted registration");
     }
+    let issued = provider.client.rotate_secret(&orphan.id).await?;
+    status.provider_object_id = Some(issued.client.id.clone());
+    let rotated_at = now();
+    store_credentials(app, secrets, None, &issued, Some(&rotated_at.to_string())).await?;
+    status.secret_rotated_at = Some(Time(rotated_at));
+    ctx.metrics.lifecycle_event("client_adopted");
+    ctx.event(
+        app,
+        EventType::Warning,
+        "ClientAdopted",
+        "Register",
+        format!(
+            "found client {} created by an interrupted registration; rotated its secret (the first one was never stored) and wrote Secret {}",
+            issued.client.client_id,
+            app.secret_name()
+        ),
+    )
+    .await;
+    let named = provider.client.update(&issued.client.id, desired).await?;
+    ctx.inventory.upsert(&provider.key, &named).await;
+    Ok(Some(named))
 }
 
-/// Writes freshly issued credentials: a POST when there is no Secret, otherwise (our own Secret,
-/// when the client was replaced) a patch of its data.
+/// Writes freshly issued credentials: a POST when there is no Secret, otherwise (our own
+/// Secret) a patch of its data.
 async fn store_credentials(
     app: &OAuthApplication,
     secrets: &Api<Secret>,
@@ -504,10 +576,10 @@ async fn store_credentials(
                 rotated_at,
             );
             // A few quick retries: the secret exists only in memory until this succeeds (and
-            // if it never does, the pending registration leads the next pass to recover).
+            // if it never does, the next pass recovers by rotation).
             let mut attempt = 0;
             loop {
-                match create_secret(secrets, &secret).await {
+                match create_secret(secrets, &secret, app).await {
                     Ok(()) => return Ok(()),
                     Err(Error::Kube(e)) if attempt < 3 => {
                         attempt += 1;
@@ -518,13 +590,12 @@ async fn store_credentials(
                 }
             }
         }
-        Some(secret) => {
+        Some(_) => {
             let at = rotated_at
                 .map(str::to_string)
-                .unwrap_or_else(|| Timestamp::now().to_string());
+                .unwrap_or_else(|| now().to_string());
             write_rotated_secret(
                 secrets,
-                secret,
                 app,
                 &issued.client,
                 issued.client_secret.as_ref(),
@@ -544,6 +615,7 @@ async fn recover_secret(
     remote: &RemoteClient,
     status: &mut OAuthApplicationStatus,
 ) -> Result<()> {
+    dry_run_write(secrets, app, None).await?;
     let issued = if remote.public {
         IssuedClient {
             client: remote.clone(),
@@ -552,7 +624,7 @@ async fn recover_secret(
     } else {
         provider.client.rotate_secret(&remote.id).await?
     };
-    let rotated_at = Timestamp::now();
+    let rotated_at = now();
     store_credentials(app, secrets, None, &issued, Some(&rotated_at.to_string())).await?;
     if !remote.public {
         status.secret_rotated_at = Some(Time(rotated_at));
@@ -584,16 +656,17 @@ async fn rotate(
     provider: &ResolvedProvider,
     secrets: &Api<Secret>,
     secret: &Secret,
+    remote: &RemoteClient,
     status: &mut OAuthApplicationStatus,
 ) -> Result<()> {
-    let Some(id) = status.provider_object_id.clone() else {
-        return Ok(());
-    };
-    let issued = provider.client.rotate_secret(&id).await?;
-    let rotated_at = Timestamp::now();
+    if remote.public {
+        return Ok(()); // nothing to rotate
+    }
+    dry_run_write(secrets, app, Some(secret)).await?;
+    let issued = provider.client.rotate_secret(&remote.id).await?;
+    let rotated_at = now();
     write_rotated_secret(
         secrets,
-        secret,
         app,
         &issued.client,
         issued.client_secret.as_ref(),
@@ -618,7 +691,8 @@ async fn rotate(
 }
 
 /// Deletion: honours `deletionPolicy`; a provider that is gone blocks at most
-/// `deletionTimeout` (or until the force-delete annotation).
+/// `deletionTimeout` (or until the force-delete annotation). When the client cannot be
+/// deleted, its Secret is kept (released), since its credentials still work.
 async fn cleanup(
     app: &OAuthApplication,
     ctx: &Context,
@@ -630,58 +704,54 @@ async fn cleanup(
         .get_opt(&app.secret_name())
         .await?
         .filter(|s| is_owned_by(s, app));
-    let remote_id = status.provider_object_id.clone().or_else(|| {
-        existing
+    let mut keep_secret = app.spec.deletion_policy == DeletionPolicy::Orphan;
+    if app.spec.deletion_policy == DeletionPolicy::Delete
+        && let Err(error) = delete_remote(app, ctx, status).await
+    {
+        let since = app
+            .meta()
+            .deletion_timestamp
             .as_ref()
-            .and_then(|s| s.annotations().get(PROVIDER_OBJECT_ID_ANNOTATION).cloned())
-    });
-    match app.spec.deletion_policy {
-        DeletionPolicy::Delete => {
-            if let Err(error) = delete_remote(app, ctx, remote_id.as_deref(), status).await {
-                let since = app
-                    .meta()
-                    .deletion_timestamp
-                    .as_ref()
-                    .map(|t| Timestamp::now().duration_since(t.0))
-                    .unwrap_or_default();
-                let timeout = SignedDuration::try_from(ctx.config.deletion_timeout)
-                    .unwrap_or(SignedDuration::MAX);
-                if app.force_delete() || since >= timeout {
-                    ctx.metrics.lifecycle_event("client_left_at_provider");
-                    ctx.event(
-                        app,
-                        EventType::Warning,
-                        "ClientLeftAtProvider",
-                        "Delete",
-                        format!("gave up deleting the client at the provider ({error}); it was left there"),
-                    )
-                    .await;
-                } else {
-                    return Err(Error::DeletionBlocked(format!(
-                        "cannot delete the client at the provider: {error}; retrying until {}s after deletion, \
-                         or annotate with oauth-operator.dev/force-delete=true to remove it without deleting the client",
-                        ctx.config.deletion_timeout.as_secs()
-                    )));
-                }
-            }
-            if let Some(secret) = existing {
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: secret.uid(),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                match secrets.delete(&secret.name_any(), &params).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            .map(|t| Timestamp::now().duration_since(t.0))
+            .unwrap_or_default();
+        let timeout =
+            SignedDuration::try_from(ctx.config.deletion_timeout).unwrap_or(SignedDuration::MAX);
+        if !app.force_delete() && since < timeout {
+            return Err(Error::DeletionBlocked(format!(
+                "cannot delete the client at the provider: {error}; retrying until {}s after deletion, \
+                 or annotate with oauth-operator.dev/force-delete=true to remove it without deleting the client",
+                ctx.config.deletion_timeout.as_secs()
+            )));
         }
-        DeletionPolicy::Orphan => {
-            if let Some(secret) = existing {
-                release_secret(&secrets, &secret, app).await?;
+        keep_secret = true;
+        ctx.metrics.lifecycle_event("client_left_at_provider");
+        ctx.event(
+            app,
+            EventType::Warning,
+            "ClientLeftAtProvider",
+            "Delete",
+            format!(
+                "gave up deleting the client at the provider ({error}); it was left there and Secret {} is kept",
+                app.secret_name()
+            ),
+        )
+        .await;
+    }
+    if let Some(secret) = existing {
+        if keep_secret {
+            release_secret(&secrets, &secret, app).await?;
+        } else {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: secret.uid(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match secrets.delete(&secret.name_any(), &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -691,29 +761,46 @@ async fn cleanup(
 async fn delete_remote(
     app: &OAuthApplication,
     ctx: &Context,
-    remote_id: Option<&str>,
     status: &OAuthApplicationStatus,
 ) -> Result<()> {
-    if remote_id.is_none() && status.pending_registration.is_none() {
+    if status.provider_object_id.is_none() && status.pending_registration.is_none() {
         return Ok(()); // nothing was ever registered
     }
     let provider = resolve_provider(app, ctx).await?;
-    match remote_id {
-        Some(id) => {
-            provider.client.delete(id).await?;
-            ctx.inventory.remove(&provider.key, id).await;
-        }
-        None => {
-            // An interrupted registration: delete what it may have created.
-            if let Some(pending) = &status.pending_registration {
-                let since = pending.started_at.0 - ADOPTION_CLOCK_SKEW;
-                for c in provider.client.find_by_name(&pending.name).await? {
-                    if c.created_at.is_none_or(|t| t >= since) {
-                        provider.client.delete(&c.id).await?;
-                    }
-                }
+    if let Some(id) = &status.provider_object_id {
+        provider.client.delete(id).await?;
+        ctx.inventory.remove(&provider.key, id).await;
+    }
+    // An interrupted registration: delete what it may have created (the name carries our uid).
+    if let Some(pending) = &status.pending_registration {
+        let since = pending.started_at.0 - ADOPTION_CLOCK_SKEW;
+        for c in provider.client.find_by_name(&pending.name).await? {
+            if c.created_at.is_some_and(|t| t >= since) {
+                provider.client.delete(&c.id).await?;
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_names_carry_the_uid_and_fit_clerks_limit() {
+        let uid = "0b6c1c2e-6f2a-4c1e-9a3e-2f7a1d9b8c01";
+        assert_eq!(
+            registration_name("team/web", uid),
+            format!("team/web [oauth-operator {uid}]")
+        );
+        let long = registration_name(&"é".repeat(256), uid);
+        assert_eq!(long.chars().count(), 256);
+        assert!(long.ends_with(&format!("[oauth-operator {uid}]")));
+    }
+
+    #[test]
+    fn now_is_whole_seconds() {
+        assert_eq!(now().subsec_nanosecond(), 0);
+    }
 }

@@ -56,6 +56,8 @@ pub struct Context {
     /// Per-provider list of remote clients, refreshed at most once per resync interval.
     pub inventory: Inventory,
     backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
+    /// Last seen generation per provider key: only a spec change lifts its apps' backoff.
+    provider_generations: Mutex<HashMap<String, Option<i64>>>,
 }
 
 /// Per-object retry state after a failure.
@@ -92,6 +94,7 @@ impl Context {
             providers: Mutex::default(),
             inventory: Inventory::default(),
             backoff: Mutex::default(),
+            provider_generations: Mutex::default(),
         }
     }
 
@@ -157,6 +160,17 @@ impl Context {
         let state = map.get(obj)?;
         let left = state.not_before.checked_duration_since(Instant::now())?;
         (state.fingerprint == fingerprint && !left.is_zero()).then_some(left)
+    }
+
+    /// Records a provider's generation; true when its spec changed since last seen (a status
+    /// update of the provider is not a reason to retry every application now).
+    pub fn provider_spec_changed(&self, key: &str, generation: Option<i64>) -> bool {
+        let mut map = self
+            .provider_generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.insert(key.to_string(), generation)
+            .is_some_and(|old| old != generation)
     }
 
     pub fn reset_backoff(&self, obj: &ObjectRef<OAuthApplication>) {
@@ -231,7 +245,10 @@ impl Inventory {
             let clients = client.list_all().await?;
             *guard = Some(Snapshot {
                 fetched_at: Instant::now(),
-                fetched_wall: k8s_openapi::jiff::Timestamp::now(),
+                fetched_wall: k8s_openapi::jiff::Timestamp::from_second(
+                    k8s_openapi::jiff::Timestamp::now().as_second(),
+                )
+                .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
                 clients: clients.into_iter().map(|c| (c.id.clone(), c)).collect(),
             });
         }

@@ -18,7 +18,11 @@ pub enum Error {
     #[error("{0}")]
     SecretConflict(String),
     #[error("{0}")]
-    AdoptionAmbiguous(String),
+    SecretRejected(String),
+    #[error("{0}")]
+    ClientMissing(String),
+    #[error("{0}")]
+    RegistrationPending(String),
     #[error("{0}")]
     DeletionBlocked(String),
     #[error(transparent)]
@@ -40,7 +44,9 @@ impl Error {
             Error::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
             Error::CredentialsMissing(_) => "CredentialsMissing",
             Error::SecretConflict(_) => "SecretConflict",
-            Error::AdoptionAmbiguous(_) => "AdoptionAmbiguous",
+            Error::SecretRejected(_) => "SecretRejected",
+            Error::ClientMissing(_) => "ClientMissing",
+            Error::RegistrationPending(_) => "RegistrationPending",
             Error::DeletionBlocked(_) => "DeletionBlocked",
             Error::Provider(p) => match p {
                 ProviderError::Rejected { .. } | ProviderError::NotFound { .. } => {
@@ -63,6 +69,7 @@ impl Error {
             Error::ProviderNotFound(_)
             | Error::CredentialsMissing(_)
             | Error::DeletionBlocked(_)
+            | Error::RegistrationPending(_)
             | Error::Kube(_) => true,
             Error::Provider(p) => {
                 matches!(

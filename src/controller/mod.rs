@@ -79,11 +79,16 @@ fn apps_using(
         .collect()
 }
 
-/// A provider changed: its applications retry now rather than after their backoff.
+/// A provider's spec changed: its applications retry now rather than after their backoff.
 fn retry_now(
     ctx: &Context,
+    key: String,
+    generation: Option<i64>,
     apps: Vec<ObjectRef<DeserializeGuard<OAuthApplication>>>,
 ) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
+    if !ctx.provider_spec_changed(&key, generation) {
+        return apps;
+    }
     for app in &apps {
         let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
         plain.namespace = app.namespace.clone();
@@ -128,7 +133,12 @@ pub async fn run(
                 p.namespace(),
                 p.name_any(),
             );
-            retry_now(&ns_ctx, apps)
+            let key = format!(
+                "OAuthProvider/{}/{}",
+                p.namespace().unwrap_or_default(),
+                p.name_any()
+            );
+            retry_now(&ns_ctx, key, p.meta().generation, apps)
         })
         .watches(cluster_providers.clone(), watch_cfg.clone(), move |p| {
             let apps = apps_using(
@@ -137,7 +147,8 @@ pub async fn run(
                 None,
                 p.name_any(),
             );
-            retry_now(&cluster_ctx_map, apps)
+            let key = format!("ClusterOAuthProvider/{}", p.name_any());
+            retry_now(&cluster_ctx_map, key, p.meta().generation, apps)
         })
         .shutdown_on_signal()
         .run(

@@ -89,7 +89,11 @@ pub fn desired_metadata(
         .unwrap_or_default();
     let mut labels = template.labels;
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    labels.insert(APPLICATION_LABEL.into(), app.name_any());
+    // Label values are at most 63 characters; object names can be longer.
+    let name = app.name_any();
+    if name.len() <= 63 {
+        labels.insert(APPLICATION_LABEL.into(), name);
+    }
     let mut annotations = template.annotations;
     annotations.insert(
         OWNER_UID_ANNOTATION.into(),
@@ -153,47 +157,137 @@ fn owner_reference(app: &OAuthApplication) -> Option<OwnerReference> {
     Some(owner)
 }
 
-/// Creates the Secret with a POST, never an upsert. A name clash is reported as a conflict:
-/// the caller checked ownership before registering anything, so a clash here means someone
-/// created a Secret of that name in between.
-pub async fn create_secret(api: &Api<Secret>, secret: &Secret) -> Result<()> {
+/// Creates the Secret with a POST, never an upsert. A name clash with a Secret we did not
+/// create is a conflict (the caller checked before registering, so someone created it in
+/// between); a clash with our own is the answer to an earlier attempt whose response was lost.
+pub async fn create_secret(
+    api: &Api<Secret>,
+    secret: &Secret,
+    app: &OAuthApplication,
+) -> Result<()> {
     match api.create(&PostParams::default(), secret).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::SecretConflict(format!(
-            "Secret {} was created by someone else while the client was being registered",
-            secret.metadata.name.as_deref().unwrap_or_default()
-        ))),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let name = secret.metadata.name.as_deref().unwrap_or_default();
+            match api.get_opt(name).await? {
+                Some(existing) if is_owned_by(&existing, app) => Ok(()),
+                _ => Err(Error::SecretConflict(format!(
+                    "Secret {name} was created by someone else while the client was being registered"
+                ))),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Writes a new client secret into our existing Secret (rotation or recovery of a replaced
-/// client) and bumps the rotation annotation. A JSON merge patch with the resourceVersion as a
-/// precondition: if the Secret changed under us, the patch fails and the pass is retried.
+/// Proves, before an irreversible call at the provider (create, rotate), that the Secret write
+/// that must follow it will be accepted: name, labels, ownerReference, quota, admission
+/// webhooks. A dry-run of the same request with placeholder values.
+pub async fn dry_run_write(
+    api: &Api<Secret>,
+    app: &OAuthApplication,
+    existing: Option<&Secret>,
+) -> Result<()> {
+    let placeholder = RemoteClient {
+        id: "dry-run".into(),
+        client_id: "dry-run".into(),
+        name: String::new(),
+        redirect_uris: vec![],
+        scopes: vec![],
+        public: false,
+        pkce_required: false,
+        consent_screen: false,
+        endpoints: Default::default(),
+        created_at: None,
+    };
+    let value = SecretString::from("dry-run");
+    let secret = build_secret(app, &placeholder, Some(&value), Some("dry-run"));
+    let result = match existing {
+        None => api
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &secret,
+            )
+            .await
+            .map(drop),
+        Some(existing) => {
+            let patch = serde_json::json!({
+                "metadata": {"annotations": secret.metadata.annotations, "labels": secret.metadata.labels},
+                "data": secret.data,
+            });
+            let params = PatchParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            api.patch(&existing.name_any(), &params, &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        }
+    };
+    result.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 409 => Error::SecretConflict(format!(
+            "Secret {} already exists and was not created by this OAuthApplication",
+            app.secret_name()
+        )),
+        kube::Error::Api(s) if (400..500).contains(&s.code) => Error::SecretRejected(format!(
+            "the credentials Secret {} would be refused ({}): {}; nothing was registered or rotated",
+            app.secret_name(),
+            s.reason,
+            s.message
+        )),
+        other => other.into(),
+    })
+}
+
+/// Writes a new client secret into our Secret (rotation, recovery, replaced client) and bumps
+/// the rotation annotation. The secret now exists only in memory, so this tries hard: it reads
+/// the Secret afresh for each attempt (ownership checked, current resourceVersion as the
+/// precondition), re-creates it if it vanished, and retries conflicts.
 pub async fn write_rotated_secret(
     api: &Api<Secret>,
-    existing: &Secret,
     app: &OAuthApplication,
     client: &RemoteClient,
     client_secret: Option<&SecretString>,
     rotated_at: &str,
 ) -> Result<()> {
     let fresh = build_secret(app, client, client_secret, Some(rotated_at));
-    let patch = serde_json::json!({
-        "metadata": {
-            "resourceVersion": existing.resource_version(),
-            "annotations": fresh.metadata.annotations,
-            "labels": fresh.metadata.labels,
-        },
-        "data": fresh.data,
-    });
-    api.patch(
-        &existing.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    let name = app.secret_name();
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let result = match api.get_opt(&name).await? {
+            None => return create_secret(api, &fresh, app).await,
+            Some(current) if !is_owned_by(&current, app) => {
+                return Err(Error::SecretConflict(format!(
+                    "Secret {name} was replaced by one this OAuthApplication did not create"
+                )));
+            }
+            Some(current) => {
+                let patch = serde_json::json!({
+                    "metadata": {
+                        "resourceVersion": current.resource_version(),
+                        "annotations": fresh.metadata.annotations,
+                        "labels": fresh.metadata.labels,
+                    },
+                    "data": fresh.data,
+                });
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {}
+            Err(e) if attempt < 3 && !matches!(&e, kube::Error::Api(s) if s.code < 500) => {
+                tracing::warn!(error = %e, attempt, "writing the rotated secret failed; retrying");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+    }
 }
 
 /// Brings labels and annotations in line with the template (never the data). Returns whether a

@@ -24,16 +24,33 @@ pub fn status_changed(old: Option<&OAuthApplicationStatus>, new: &OAuthApplicati
     a != b
 }
 
-/// Applies the application's status (the whole status this manager owns).
-pub async fn write_app_status(
-    api: &Api<OAuthApplication>,
-    app: &OAuthApplication,
-    status: &OAuthApplicationStatus,
-) -> Result<()> {
-    if !status_changed(app.status.as_ref(), status) {
-        return Ok(());
+/// Writes an application's status within one pass, remembering what the server holds (the
+/// status read at the start of the pass, then each write), so that a write is skipped only
+/// when it would really change nothing.
+pub struct StatusWriter<'a> {
+    api: &'a Api<OAuthApplication>,
+    name: String,
+    last: Option<OAuthApplicationStatus>,
+}
+
+impl<'a> StatusWriter<'a> {
+    pub fn new(api: &'a Api<OAuthApplication>, app: &OAuthApplication) -> Self {
+        Self {
+            api,
+            name: app.name_any(),
+            last: app.status.clone(),
+        }
     }
-    apply_status::<OAuthApplication, _>(api, &app.name_any(), status).await
+
+    /// Applies the whole status this manager owns, unless nothing but timestamps changed.
+    pub async fn write(&mut self, status: &OAuthApplicationStatus) -> Result<()> {
+        if !status_changed(self.last.as_ref(), status) {
+            return Ok(());
+        }
+        apply_status::<OAuthApplication, _>(self.api, &self.name, status).await?;
+        self.last = Some(status.clone());
+        Ok(())
+    }
 }
 
 /// Server-side apply of `{apiVersion, kind, status}` on the status subresource.

@@ -18,6 +18,8 @@ use crate::telemetry::{Metrics, ProviderLabels};
 /// fixed-window limit.)
 pub struct RequestBudgetLimiter {
     limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
+    /// Set by a 429: no request to this provider before then, from any application.
+    paused_until: std::sync::Mutex<Option<Instant>>,
     provider: String,
     metrics: Arc<Metrics>,
 }
@@ -34,14 +36,28 @@ impl RequestBudgetLimiter {
             .allow_burst(burst);
         Self {
             limiter: RateLimiter::direct(quota),
+            paused_until: std::sync::Mutex::new(None),
             provider,
             metrics,
+        }
+    }
+
+    /// The provider answered 429: hold every request to it for `delay`.
+    pub fn pause(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
         }
     }
 
     /// Waits until the budget allows one more request; records the wait.
     pub async fn acquire(&self) {
         let start = Instant::now();
+        let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = paused {
+            tokio::time::sleep_until(until.into()).await;
+        }
         self.limiter.until_ready().await;
         let waited = start.elapsed();
         self.metrics
@@ -59,6 +75,19 @@ impl RequestBudgetLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pause_holds_every_request() {
+        let budget = RequestBudget {
+            requests: 100,
+            period_seconds: 1,
+        };
+        let limiter = RequestBudgetLimiter::new(&budget, "t".into(), Arc::new(Metrics::default()));
+        limiter.pause(Duration::from_millis(300));
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert!(start.elapsed() >= Duration::from_millis(290));
+    }
 
     #[tokio::test]
     async fn never_more_than_the_budget_in_any_window() {

@@ -33,7 +33,9 @@ fn checked_id(id: &str) -> Result<&str, ProviderError> {
     if valid {
         Ok(id)
     } else {
-        Err(ProviderError::Unsupported(format!("{id:?} is not a Clerk OAuth application id")))
+        Err(ProviderError::Unsupported(format!(
+            "{id:?} is not a Clerk OAuth application id"
+        )))
     }
 }
 
@@ -352,6 +354,9 @@ impl ClerkClient {
                     self.count(operation, if e.is_timeout() { "timeout" } else { "error" });
                     return Err(ProviderError::Unavailable {
                         operation,
+                        // A connection that was never made carried no request; anything
+                        // else (a timeout above all) may have been processed.
+                        outcome_unknown: !e.is_connect(),
                         // without_url: the URL holds no secret, but keep messages short.
                         message: e.without_url().to_string(),
                     });
@@ -365,6 +370,7 @@ impl ClerkClient {
                 .await
                 .map_err(|e| ProviderError::Unavailable {
                     operation,
+                    outcome_unknown: true,
                     message: format!("reading response: {}", e.without_url()),
                 })?;
             tracing::debug!(
@@ -377,6 +383,7 @@ impl ClerkClient {
                 // choked on, and create/rotate bodies carry the client secret.
                 return serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
                     operation,
+                    outcome_unknown: true,
                     message: format!(
                         "unexpected response body ({:?} error at line {} column {})",
                         e.classify(),
@@ -391,12 +398,19 @@ impl ClerkClient {
                 }
                 StatusCode::REQUEST_TIMEOUT => ProviderError::Unavailable {
                     operation,
+                    outcome_unknown: false,
                     message: "HTTP 408 request timeout".into(),
                 },
-                StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
-                    operation,
-                    retry_after: retry_after(&headers),
-                },
+                StatusCode::TOO_MANY_REQUESTS => {
+                    let retry_after = retry_after(&headers);
+                    // Every application of this provider waits, not just this one.
+                    self.budget
+                        .pause(retry_after.unwrap_or(Duration::from_secs(1)));
+                    ProviderError::RateLimited {
+                        operation,
+                        retry_after,
+                    }
+                }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized {
                     operation,
                     status: status.as_u16(),
@@ -409,6 +423,9 @@ impl ClerkClient {
                 },
                 s => ProviderError::Unavailable {
                     operation,
+                    // A 500 may come after the change was made; 502/503/504 come from
+                    // in front of the service or from refusing the request.
+                    outcome_unknown: s == StatusCode::INTERNAL_SERVER_ERROR,
                     message: format!("HTTP {}: {}", s.as_u16(), error_message(s, &bytes)),
                 },
             })
@@ -443,13 +460,7 @@ impl ClerkClient {
 
     pub async fn get(&self, id: &str) -> Result<RemoteClient, ProviderError> {
         let app: ClerkApp = self
-            .send(
-                "get",
-                Method::GET,
-                &[APPS, checked_id(id)?],
-                &[],
-                None,
-            )
+            .send("get", Method::GET, &[APPS, checked_id(id)?], &[], None)
             .await?;
         Ok(app.into_remote())
     }
@@ -628,12 +639,19 @@ mod tests {
             reqwest::Client::new(),
             "https://api.clerk.com/v1/",
             SecretString::from("k"),
-            Arc::new(RequestBudgetLimiter::new(&budget, "t".into(), metrics.clone())),
+            Arc::new(RequestBudgetLimiter::new(
+                &budget,
+                "t".into(),
+                metrics.clone(),
+            )),
             metrics,
         )
         .unwrap();
         assert_eq!(
-            client.url(&[APPS, "oa_1", "rotate_secret"]).unwrap().as_str(),
+            client
+                .url(&[APPS, "oa_1", "rotate_secret"])
+                .unwrap()
+                .as_str(),
             "https://api.clerk.com/v1/oauth_applications/oa_1/rotate_secret"
         );
         assert_eq!(
@@ -644,9 +662,13 @@ mod tests {
 
     #[test]
     fn only_clerks_own_404_means_not_found() {
-        assert!(is_clerk_not_found(br#"{"errors":[{"code":"resource_not_found","message":"m","long_message":"l"}]}"#));
+        assert!(is_clerk_not_found(
+            br#"{"errors":[{"code":"resource_not_found","message":"m","long_message":"l"}]}"#
+        ));
         assert!(!is_clerk_not_found(b"<html>404 Not Found</html>"));
-        assert!(!is_clerk_not_found(br#"{"errors":[{"code":"other","message":"m","long_message":"l"}]}"#));
+        assert!(!is_clerk_not_found(
+            br#"{"errors":[{"code":"other","message":"m","long_message":"l"}]}"#
+        ));
     }
 
     #[test]

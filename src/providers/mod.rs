@@ -88,10 +88,13 @@ pub enum ProviderError {
         operation: &'static str,
         retry_after: Option<Duration>,
     },
-    /// 5xx, timeouts, connection errors: transient.
+    /// 5xx, timeouts, connection errors: transient. `outcome_unknown`: the request may have
+    /// been carried out (a timeout after sending it, a 500), so a create must not simply be
+    /// repeated.
     #[error("provider unavailable for {operation}: {message}")]
     Unavailable {
         operation: &'static str,
+        outcome_unknown: bool,
         message: String,
     },
     /// The spec asks for something this backend cannot do (checked before any call).

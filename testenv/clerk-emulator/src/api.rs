@@ -87,7 +87,12 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
         route.as_ref().map(|(t, _)| *t),
         query.as_deref(),
     );
+    let post_delay =
+        lock(&shared.control).take_post_delay(&method, route.as_ref().map(|(t, _)| *t));
     let response = handle(&shared, req, route).await;
+    if let Some(delay) = post_delay {
+        tokio::time::sleep(delay).await;
+    }
     let status = response.status().as_u16();
     lock(&shared.control).record_status(seq, status);
     // Method, path and status only: never bodies, headers or secrets.
@@ -129,6 +134,7 @@ async fn handle(
             }
             return err.into_response();
         }
+        Some(FaultAction::CommitThenDelay { .. }) | None => {}
         Some(FaultAction::Delay { millis }) => {
             tokio::time::sleep(Duration::from_millis(millis)).await;
         }
@@ -140,7 +146,6 @@ async fn handle(
             }
             return ApiError::for_status(StatusCode::INTERNAL_SERVER_ERROR).into_response();
         }
-        None => {}
     }
     let limited = lock(&shared.control).check_rate_limit(Instant::now());
     if let Err(retry_after) = limited {

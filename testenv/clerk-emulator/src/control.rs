@@ -62,6 +62,9 @@ pub enum FaultAction {
     },
     /// Sleep, then handle the request normally.
     Delay { millis: u64 },
+    /// Handle the request (its effect is committed), then sleep before answering: a client
+    /// that times out meanwhile never learns the outcome, as with a slow real server.
+    CommitThenDelay { millis: u64 },
     /// Close the TCP connection without answering.
     Drop,
 }
@@ -156,10 +159,11 @@ impl Control {
 
     /// Consumes one use of the first fault matching the request.
     pub fn take_fault(&mut self, method: &str, route: Option<&str>) -> Option<FaultAction> {
-        let idx = self
-            .faults
-            .iter()
-            .position(|f| f.times > 0 && f.matches(method, route))?;
+        let idx = self.faults.iter().position(|f| {
+            f.times > 0
+                && f.matches(method, route)
+                && !matches!(f.action, FaultAction::CommitThenDelay { .. })
+        })?;
         let fault = &mut self.faults[idx];
         fault.times -= 1;
         let action = fault.action.clone();
@@ -167,6 +171,24 @@ impl Control {
             self.faults.remove(idx);
         }
         Some(action)
+    }
+
+    /// Consumes one use of the first matching `CommitThenDelay` fault: its delay.
+    pub fn take_post_delay(&mut self, method: &str, route: Option<&str>) -> Option<Duration> {
+        let idx = self.faults.iter().position(|f| {
+            f.times > 0
+                && f.matches(method, route)
+                && matches!(f.action, FaultAction::CommitThenDelay { .. })
+        })?;
+        let fault = &mut self.faults[idx];
+        fault.times -= 1;
+        let FaultAction::CommitThenDelay { millis } = fault.action else {
+            return None;
+        };
+        if fault.times == 0 {
+            self.faults.remove(idx);
+        }
+        Some(Duration::from_millis(millis))
     }
 
     /// `Err(retry_after_secs)` when the request exceeds the rate limit.

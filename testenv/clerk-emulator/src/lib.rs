@@ -375,6 +375,19 @@ impl EmulatorHandle {
         });
     }
 
+    /// Handles the next `times` matching requests (their effect is committed), then waits
+    /// `delay` before answering: a client timing out meanwhile never learns the outcome.
+    pub fn commit_then_delay_next(&self, times: u32, method: &str, route: &str, delay: Duration) {
+        self.inject_fault(Fault {
+            method: Some(method.to_ascii_uppercase()),
+            route: Some(route.to_owned()),
+            times,
+            action: FaultAction::CommitThenDelay {
+                millis: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            },
+        });
+    }
+
     /// Delays the next `times` matching requests by `delay`, then answers normally.
     pub fn delay_next(&self, times: u32, method: &str, route: &str, delay: Duration) {
         self.inject_fault(Fault {
