@@ -11,8 +11,8 @@ use kube::runtime::reflector::ObjectRef;
 use rand::Rng;
 
 use super::error::Error;
-use crate::api::OAuthApplication;
-use crate::providers::{ProviderError, RemoteClient, SharedProviderClient};
+use crate::api::{OAuthApplication, RequestBudget};
+use crate::providers::{ProviderError, RemoteClient, RequestBudgetLimiter, SharedProviderClient};
 use crate::telemetry::Metrics;
 
 /// Operator settings (from the command line).
@@ -56,6 +56,8 @@ pub struct Context {
     /// Per-provider list of remote clients, refreshed at most once per resync interval.
     pub inventory: Inventory,
     backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
+    /// One request budget per provider key, kept while the budget settings are unchanged.
+    budgets: Mutex<HashMap<String, (RequestBudget, Arc<RequestBudgetLimiter>)>>,
     /// Last seen generation per provider key: only a spec change lifts its apps' backoff.
     provider_generations: Mutex<HashMap<String, Option<i64>>>,
 }
@@ -95,6 +97,7 @@ impl Context {
             inventory: Inventory::default(),
             backoff: Mutex::default(),
             provider_generations: Mutex::default(),
+            budgets: Mutex::default(),
         }
     }
 
@@ -171,6 +174,23 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner());
         map.insert(key.to_string(), generation)
             .is_some_and(|old| old != generation)
+    }
+
+    /// The request budget of a provider: the same limiter for as long as its settings stay.
+    pub fn budget_for(&self, key: &str, budget: &RequestBudget) -> Arc<RequestBudgetLimiter> {
+        let mut map = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some((settings, limiter)) if settings == budget => limiter.clone(),
+            _ => {
+                let limiter = Arc::new(RequestBudgetLimiter::new(
+                    budget,
+                    key.to_string(),
+                    self.metrics.clone(),
+                ));
+                map.insert(key.to_string(), (budget.clone(), limiter.clone()));
+                limiter
+            }
+        }
     }
 
     pub fn reset_backoff(&self, obj: &ObjectRef<OAuthApplication>) {

@@ -18,7 +18,7 @@ use crate::api::{
     OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings,
 };
 use crate::providers::clerk::ClerkClient;
-use crate::providers::{ProviderClient, ProviderError, RequestBudgetLimiter, SharedProviderClient};
+use crate::providers::{ProviderClient, ProviderError, SharedProviderClient};
 
 pub struct ResolvedProvider {
     /// `OAuthProvider/<ns>/<name>` or `ClusterOAuthProvider/<name>`: the key of the client
@@ -147,11 +147,10 @@ pub async fn provider_client(
         .hash(&mut hasher);
     clerk.base_url.hash(&mut hasher);
     let fingerprint = hasher.finish();
-    if let Some((fp, client)) = ctx
-        .providers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(key)
+    // Checked and built under one lock: concurrent reconciles of one provider must share one
+    // client and, above all, one request budget.
+    let mut providers = ctx.providers.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((fp, client)) = providers.get(key)
         && *fp == fingerprint
     {
         return Ok(client.clone());
@@ -170,11 +169,8 @@ pub async fn provider_client(
         })?;
     let http = http_client(settings, ctx.config.provider_timeout)
         .map_err(|e| Error::InvalidSpec(format!("{key}: {e}")))?;
-    let budget = Arc::new(RequestBudgetLimiter::new(
-        &settings.request_budget,
-        key.to_string(),
-        ctx.metrics.clone(),
-    ));
+    // The budget outlives client rebuilds (a new credential must not bring a fresh burst).
+    let budget = ctx.budget_for(key, &settings.request_budget);
     let client = ClerkClient::new(
         http,
         clerk.base_url.as_deref().unwrap_or(CLERK_DEFAULT_BASE_URL),
@@ -184,10 +180,7 @@ pub async fn provider_client(
     )
     .map_err(|e: ProviderError| Error::InvalidSpec(format!("{key}: {e}")))?;
     let client: SharedProviderClient = Arc::new(ProviderClient::Clerk(client));
-    ctx.providers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key.to_string(), (fingerprint, client.clone()));
+    providers.insert(key.to_string(), (fingerprint, client.clone()));
     Ok(client)
 }
 
