@@ -25,6 +25,7 @@ pub const FORCE_DELETE_ANNOTATION: &str = "oauth-operator.dev/force-delete";
     group = "oauth-operator.dev",
     version = "v1alpha1",
     kind = "OAuthApplication",
+    doc = "An OAuth 2.0 / OpenID Connect client registered at an authorization server; its credentials are written once into a Secret.",
     namespaced,
     shortname = "oauthapp",
     category = "oauth",

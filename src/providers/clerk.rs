@@ -276,6 +276,18 @@ fn error_message(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
+/// A response body that does not parse, described by the error's class and position only:
+/// serde's own message can quote the value it choked on, and create/rotate bodies carry the
+/// client secret.
+fn body_error(e: &serde_json::Error) -> String {
+    format!(
+        "unexpected response body ({:?} error at line {} column {})",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
@@ -384,12 +396,7 @@ impl ClerkClient {
                 return serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
                     operation,
                     outcome_unknown: true,
-                    message: format!(
-                        "unexpected response body ({:?} error at line {} column {})",
-                        e.classify(),
-                        e.line(),
-                        e.column()
-                    ),
+                    message: body_error(&e),
                 });
             }
             Err(match status {
@@ -658,6 +665,17 @@ mod tests {
             client.url(&[APPS, "a/../b"]).unwrap().as_str(),
             "https://api.clerk.com/v1/oauth_applications/a%2F..%2Fb"
         );
+    }
+
+    #[test]
+    fn unparsable_bodies_never_quote_the_secret() {
+        let body = br#"{"id":"oa_1","name":"n","client_id":"c","public":"s3cr3t-value"}"#;
+        let err = serde_json::from_slice::<ClerkApp>(body).err().unwrap();
+        assert!(
+            err.to_string().contains("s3cr3t-value"),
+            "serde itself would quote it"
+        );
+        assert!(!body_error(&err).contains("s3cr3t-value"));
     }
 
     #[test]
