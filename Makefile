@@ -7,7 +7,7 @@ CARGO ?= cargo
 TESTENV_DIR := $(shell bash testenv/build.sh --print-dir)
 export TESTENV_DIR
 
-.PHONY: all build test testenv lint fmt fmt-check clippy crds crds-check run bench clean-testenv
+.PHONY: all build test testenv lint fmt fmt-check clippy crds crds-check run clean-testenv
 
 all: build
 

@@ -216,6 +216,32 @@ mod tests {
     use std::collections::BTreeMap;
 
     #[test]
+    fn ca_bundle_must_hold_certificates() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let settings = |bundle: &str| ProviderSettings {
+            clerk: None,
+            tls: Some(crate::api::ProviderTls {
+                ca_bundle: Some(bundle.to_string()),
+            }),
+            request_budget: Default::default(),
+        };
+        let timeout = std::time::Duration::from_secs(1);
+        assert!(http_client(&settings("not a certificate"), timeout).is_err());
+        let bad_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(http_client(&settings(bad_pem), timeout).is_err());
+        assert!(
+            http_client(
+                &ProviderSettings {
+                    tls: None,
+                    ..settings("")
+                },
+                timeout
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn cluster_provider_admits_no_namespace_by_default() {
         let labels = BTreeMap::new();
         assert_eq!(namespace_allowed(None, "team-a", &labels), Ok(false));
