@@ -16,8 +16,8 @@
 //! | `POST /__emulator/faults` | [`Fault`] e.g. `{"method":"GET","route":"/oauth_applications/{oauth_application_id}","times":2,"action":{"type":"status","status":503}}`; actions `{"type":"delay","millis":N}`, `{"type":"drop"}` | add (204) |
 //! | `DELETE /__emulator/faults` | | clear (204) |
 //! | `PUT /__emulator/rate_limit` | `{"requests":N,"window_ms":M}` | set (204); `DELETE` removes it |
-//! | `PUT /__emulator/delay` | `{"millis":N}` | delay every API response (204); `DELETE` removes it |
-//! | `POST /__emulator/reset` | | delete all apps, clear counters, log, faults, delay, rate limit (204) |
+//! | `PUT /__emulator/delay` | `{"millis":N}` | delay every Backend API response (204); `DELETE` removes it |
+//! | `POST /__emulator/reset` | | delete all apps, revoke all OAuth codes and tokens, clear counters, log, faults, delay, rate limit (204) |
 
 use std::sync::Arc;
 use std::time::Duration;

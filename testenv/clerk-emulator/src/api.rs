@@ -1,4 +1,5 @@
-//! The emulated Backend API: `/v1/oauth_applications...`.
+//! Request dispatch (counting, faults) and the emulated Backend API:
+//! `/v1/oauth_applications...`. The Frontend API routes are answered by [`crate::fapi`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,6 +17,9 @@ use crate::errors::{
     ApiError, param_format_invalid, param_missing, param_too_long, param_unknown,
     param_value_invalid,
 };
+use crate::grants::Grants;
+use crate::jwt::Signer;
+use crate::model::EmulatedUser;
 use crate::model::{
     DeletedObject, NewOAuthApplication, OAUTH_APPLICATION_OBJECT, OAuthApplications,
 };
@@ -42,12 +46,19 @@ const PATCH_KEYS: [&str; 7] = [
     "public",
 ];
 
-/// State shared by the API, the admin endpoints and the handles.
+/// State shared by the APIs, the admin endpoints and the handles.
 pub(crate) struct Shared {
     pub secret_key: String,
+    /// Without a trailing slash: the OpenID issuer.
     pub frontend_api_url: String,
     pub store: Mutex<Store>,
     pub control: Mutex<Control>,
+    /// Authorization codes and tokens of the Frontend API.
+    pub grants: Mutex<Grants>,
+    pub signer: Signer,
+    pub user: EmulatedUser,
+    pub code_ttl: Duration,
+    pub access_token_ttl: Duration,
 }
 
 /// Locks a mutex, recovering from poisoning (the state stays usable after a panicking test).
@@ -59,18 +70,40 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 pub(crate) struct ConnKill(pub Arc<Notify>);
 
-/// Matches `path` against the emulated routes: `(template, oauth_application_id)`.
-pub(crate) fn match_route(path: &str) -> Option<(&'static str, Option<String>)> {
+/// An emulated route, matched from a request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A Backend API template and its `oauth_application_id`, if any.
+    Backend(&'static str, Option<String>),
+    /// A Frontend API template.
+    Frontend(&'static str),
+}
+
+impl Route {
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Backend(t, _) | Route::Frontend(t) => t,
+        }
+    }
+}
+
+/// Matches `path` against the emulated routes.
+pub(crate) fn match_route(path: &str) -> Option<Route> {
+    if let Some(t) = routes::FRONTEND_API.iter().find(|t| **t == path) {
+        return Some(Route::Frontend(t));
+    }
     let rest = path.strip_prefix("/v1/")?;
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.as_slice() {
-        ["oauth_applications"] => Some((routes::OAUTH_APPLICATIONS, None)),
-        ["oauth_applications", id] if !id.is_empty() => {
-            Some((routes::OAUTH_APPLICATION, Some((*id).to_owned())))
-        }
-        ["oauth_applications", id, "rotate_secret"] if !id.is_empty() => {
-            Some((routes::ROTATE_SECRET, Some((*id).to_owned())))
-        }
+        ["oauth_applications"] => Some(Route::Backend(routes::OAUTH_APPLICATIONS, None)),
+        ["oauth_applications", id] if !id.is_empty() => Some(Route::Backend(
+            routes::OAUTH_APPLICATION,
+            Some((*id).to_owned()),
+        )),
+        ["oauth_applications", id, "rotate_secret"] if !id.is_empty() => Some(Route::Backend(
+            routes::ROTATE_SECRET,
+            Some((*id).to_owned()),
+        )),
         _ => None,
     }
 }
@@ -81,32 +114,25 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let route = match_route(&path);
-    let seq = lock(&shared.control).record_arrival(
-        &method,
-        &path,
-        route.as_ref().map(|(t, _)| *t),
-        query.as_deref(),
-    );
-    let post_delay =
-        lock(&shared.control).take_post_delay(&method, route.as_ref().map(|(t, _)| *t));
+    let template = route.as_ref().map(Route::template);
+    let seq = lock(&shared.control).record_arrival(&method, &path, template, query.as_deref());
+    let post_delay = lock(&shared.control).take_post_delay(&method, template);
     let response = handle(&shared, req, route).await;
     if let Some(delay) = post_delay {
         tokio::time::sleep(delay).await;
     }
     let status = response.status().as_u16();
     lock(&shared.control).record_status(seq, status);
-    // Method, path and status only: never bodies, headers or secrets.
+    // Method, path and status only: never queries, bodies, headers, secrets, codes or tokens.
     tracing::info!(%method, %path, status, "clerk-emulator request");
     response
 }
 
-async fn handle(
-    shared: &Shared,
-    req: Request,
-    route: Option<(&'static str, Option<String>)>,
-) -> Response {
-    let template = route.as_ref().map(|(t, _)| *t);
-    let delay = lock(&shared.control).delay;
+async fn handle(shared: &Shared, req: Request, route: Option<Route>) -> Response {
+    let template = route.as_ref().map(Route::template);
+    let frontend = matches!(route, Some(Route::Frontend(_)));
+    // The global delay and the rate limit model the Backend API; faults cover every route.
+    let delay = lock(&shared.control).delay.filter(|_| !frontend);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
@@ -119,6 +145,11 @@ async fn handle(
             retry_after,
         }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if let Some(response) =
+                oauth_fault(template, status, code.as_deref(), message.as_deref())
+            {
+                return response;
+            }
             let mut err = ApiError::for_status(status);
             if let Some(first) = err.errors.first_mut() {
                 if let Some(code) = code {
@@ -147,6 +178,9 @@ async fn handle(
             return ApiError::for_status(StatusCode::INTERNAL_SERVER_ERROR).into_response();
         }
     }
+    if let Some(Route::Frontend(template)) = route {
+        return crate::fapi::handle(shared, req, template).await;
+    }
     let limited = lock(&shared.control).check_rate_limit(Instant::now());
     if let Err(retry_after) = limited {
         return ApiError::too_many_requests(retry_after).into_response();
@@ -154,7 +188,7 @@ async fn handle(
     if let Err(e) = authenticate(shared, &req) {
         return e.into_response();
     }
-    let Some((template, id)) = route else {
+    let Some(Route::Backend(template, id)) = route else {
         return ApiError::not_found().into_response();
     };
     let id = id.unwrap_or_default();
@@ -178,6 +212,32 @@ async fn handle(
         Ok(value) => (StatusCode::OK, Json(value)).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// A status fault on an endpoint whose errors are RFC 6749 bodies (400 and 401 of the token,
+/// introspection and revocation endpoints) answers `{error, error_description}`.
+fn oauth_fault(
+    template: Option<&str>,
+    status: StatusCode,
+    code: Option<&str>,
+    message: Option<&str>,
+) -> Option<Response> {
+    let oauth = matches!(
+        template,
+        Some(routes::OAUTH_TOKEN | routes::OAUTH_TOKEN_INFO | routes::OAUTH_TOKEN_REVOKE)
+    );
+    let default = match status.as_u16() {
+        400 => "invalid_request",
+        401 => "invalid_client",
+        _ => return None,
+    };
+    oauth.then(|| {
+        crate::fapi::oauth_error_response(
+            status,
+            code.unwrap_or(default),
+            message.unwrap_or("Injected fault."),
+        )
+    })
 }
 
 fn authenticate(shared: &Shared, req: &Request) -> Result<(), ApiError> {
@@ -513,18 +573,26 @@ mod tests {
     fn routes_match_spec_templates() {
         assert_eq!(
             match_route("/v1/oauth_applications"),
-            Some((routes::OAUTH_APPLICATIONS, None))
+            Some(Route::Backend(routes::OAUTH_APPLICATIONS, None))
         );
         assert_eq!(
             match_route("/v1/oauth_applications/oa_1"),
-            Some((routes::OAUTH_APPLICATION, Some("oa_1".into())))
+            Some(Route::Backend(
+                routes::OAUTH_APPLICATION,
+                Some("oa_1".into())
+            ))
         );
         assert_eq!(
             match_route("/v1/oauth_applications/oa_1/rotate_secret"),
-            Some((routes::ROTATE_SECRET, Some("oa_1".into())))
+            Some(Route::Backend(routes::ROTATE_SECRET, Some("oa_1".into())))
         );
         assert_eq!(match_route("/v1/oauth_applications/oa_1/logo"), None);
         assert_eq!(match_route("/oauth_applications"), None);
+        for t in routes::FRONTEND_API {
+            assert_eq!(match_route(t), Some(Route::Frontend(t)));
+        }
+        assert_eq!(match_route("/v1/oauth/token"), None);
+        assert_eq!(match_route("/oauth/token/"), None);
     }
 
     #[test]

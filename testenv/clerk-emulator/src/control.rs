@@ -6,19 +6,94 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Route templates, exactly as the spec's path keys (relative to `/v1`).
+/// Route templates, exactly as the specs' path keys: Backend API templates are relative to
+/// `/v1` (as in `bapi-2026-05-12.yml`), Frontend API templates are the absolute paths of
+/// `fapi-2026-05-12.yml`.
 pub mod routes {
-    /// `GET` (list) and `POST` (create).
+    /// Backend API: `GET` (list) and `POST` (create).
     pub const OAUTH_APPLICATIONS: &str = "/oauth_applications";
-    /// `GET`, `PATCH`, `DELETE`.
+    /// Backend API: `GET`, `PATCH`, `DELETE`.
     pub const OAUTH_APPLICATION: &str = "/oauth_applications/{oauth_application_id}";
-    /// `POST`.
+    /// Backend API: `POST`.
     pub const ROTATE_SECRET: &str = "/oauth_applications/{oauth_application_id}/rotate_secret";
+    /// Frontend API authorization endpoint: `GET` and `POST`.
+    pub const OAUTH_AUTHORIZE: &str = "/oauth/authorize";
+    /// Frontend API token endpoint: `POST`.
+    pub const OAUTH_TOKEN: &str = "/oauth/token";
+    /// Frontend API userinfo endpoint: `GET` and `POST`.
+    pub const OAUTH_USERINFO: &str = "/oauth/userinfo";
+    /// Frontend API token introspection (`token_introspection_url`): `POST`.
+    pub const OAUTH_TOKEN_INFO: &str = "/oauth/token_info";
+    /// Frontend API token revocation: `POST`.
+    pub const OAUTH_TOKEN_REVOKE: &str = "/oauth/token/revoke";
+    /// Frontend API OpenID Connect discovery document: `GET`.
+    pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
+    /// Frontend API JSON Web Key Set (the id_token signing key): `GET`.
+    pub const JWKS: &str = "/.well-known/jwks.json";
+    /// Every emulated Backend API route.
+    pub const BACKEND_API: [&str; 3] = [OAUTH_APPLICATIONS, OAUTH_APPLICATION, ROTATE_SECRET];
+    /// Every emulated Frontend API route.
+    pub const FRONTEND_API: [&str; 7] = [
+        OAUTH_AUTHORIZE,
+        OAUTH_TOKEN,
+        OAUTH_USERINFO,
+        OAUTH_TOKEN_INFO,
+        OAUTH_TOKEN_REVOKE,
+        OPENID_CONFIGURATION,
+        JWKS,
+    ];
     /// Every emulated route.
-    pub const ALL: [&str; 3] = [OAUTH_APPLICATIONS, OAUTH_APPLICATION, ROTATE_SECRET];
+    pub const ALL: [&str; 10] = [
+        OAUTH_APPLICATIONS,
+        OAUTH_APPLICATION,
+        ROTATE_SECRET,
+        OAUTH_AUTHORIZE,
+        OAUTH_TOKEN,
+        OAUTH_USERINFO,
+        OAUTH_TOKEN_INFO,
+        OAUTH_TOKEN_REVOKE,
+        OPENID_CONFIGURATION,
+        JWKS,
+    ];
 }
 
-/// One API request the emulator received (admin requests under `/__emulator/` are not logged).
+/// Query parameters whose values never reach the request log.
+const SENSITIVE_PARAMS: [&str; 8] = [
+    "code",
+    "code_verifier",
+    "client_secret",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "token",
+    "password",
+];
+
+/// The query with the values of credential-carrying parameters replaced by `REDACTED`; other
+/// parameters stay byte for byte.
+pub(crate) fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            let key = url::form_urlencoded::parse(raw_key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if SENSITIVE_PARAMS.contains(&key.as_str()) {
+                format!("{raw_key}=REDACTED")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// One Backend or Frontend API request the emulator received (admin requests under
+/// `/__emulator/` are not logged). Credentials never appear: the query's `code`,
+/// `client_secret`, `access_token`, ... values are `REDACTED`, and bodies and headers are not
+/// recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestRecord {
     /// Arrival order, from 0 (not reset by [`crate::EmulatorHandle::reset_requests`]).
@@ -29,7 +104,7 @@ pub struct RequestRecord {
     pub path: String,
     /// The route template (see [`routes`]) or `None` for a path the emulator does not serve.
     pub route: Option<String>,
-    /// The raw query string, without `?`.
+    /// The query string, without `?`, with credential values `REDACTED`.
     pub query: Option<String>,
     pub timestamp: DateTime<Utc>,
     /// The answered status; `None` while in flight or when the connection was dropped.
@@ -144,7 +219,7 @@ impl Control {
             method: method.to_owned(),
             path: path.to_owned(),
             route: route.map(str::to_owned),
-            query: query.map(str::to_owned),
+            query: query.map(redact_query),
             timestamp: Utc::now(),
             status: None,
         });
@@ -272,5 +347,21 @@ mod tests {
         );
         assert_eq!(c.take_fault("GET", Some(routes::OAUTH_APPLICATION)), None);
         assert!(c.faults.is_empty());
+    }
+
+    #[test]
+    fn credentials_never_reach_the_log() {
+        assert_eq!(
+            redact_query("code=abc&state=xyz12345&client_secret=s3cr3t"),
+            "code=REDACTED&state=xyz12345&client_secret=REDACTED"
+        );
+        assert_eq!(
+            redact_query("limit=5&name_query=a%20b"),
+            "limit=5&name_query=a%20b"
+        );
+        assert_eq!(redact_query("access%5Ftoken=t"), "access%5Ftoken=REDACTED");
+        let mut c = Control::default();
+        c.record_arrival("GET", "/oauth/userinfo", None, Some("access_token=tok&x=1"));
+        assert_eq!(c.log[0].query.as_deref(), Some("access_token=REDACTED&x=1"));
     }
 }

@@ -1,5 +1,5 @@
 //! Wire types, field for field as Clerk's Backend API OpenAPI spec (`bapi-2026-05-12.yml`)
-//! declares them in `components/schemas`.
+//! and Frontend API OpenAPI spec (`fapi-2026-05-12.yml`) declare them in `components/schemas`.
 //!
 //! Every field is serialized, including `null`s: the spec marks all `OAuthApplication`
 //! properties as required, the nullable ones (`client_uri`, `client_image_url`) included.
@@ -7,6 +7,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// The `object` discriminator of an OAuth application (`enum: [oauth_application]`).
 pub const OAUTH_APPLICATION_OBJECT: &str = "oauth_application";
@@ -152,4 +153,180 @@ impl NewOAuthApplication {
             ..Self::default()
         }
     }
+}
+
+/// The one user of the emulated instance: every authorization request is approved for them
+/// (there is no sign-in or consent screen). Its claims answer `/oauth/userinfo` and fill
+/// id_tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmulatedUser {
+    /// `user_...`; the `sub` and `user_id` claims. Default `user_emulated`.
+    pub id: String,
+    /// Default `emulated.user@example.com` (always verified).
+    pub email: String,
+    /// `given_name`. Default `Emulated`.
+    pub first_name: Option<String>,
+    /// `family_name`. Default `User`.
+    pub last_name: Option<String>,
+    /// `preferred_username` (and the deprecated `username`). Default `emulated_user`.
+    pub username: Option<String>,
+    /// `picture`. Default none.
+    pub image_url: Option<String>,
+    /// Answered for the `public_metadata` scope.
+    pub public_metadata: Map<String, Value>,
+    /// Answered for the `private_metadata` scope.
+    pub private_metadata: Map<String, Value>,
+}
+
+impl Default for EmulatedUser {
+    fn default() -> Self {
+        Self {
+            id: "user_emulated".to_owned(),
+            email: "emulated.user@example.com".to_owned(),
+            first_name: Some("Emulated".to_owned()),
+            last_name: Some("User".to_owned()),
+            username: Some("emulated_user".to_owned()),
+            image_url: None,
+            public_metadata: Map::new(),
+            private_metadata: Map::new(),
+        }
+    }
+}
+
+impl EmulatedUser {
+    /// `name`: first and last name joined, `None` when both are absent.
+    pub fn full_name(&self) -> Option<String> {
+        let parts: Vec<&str> = [self.first_name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.is_empty())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    }
+}
+
+/// Frontend API `components/schemas/OAuth.Token` (`additionalProperties: false`), the
+/// `/oauth/token` success body (RFC 6749 section 5.1).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthToken {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Only when the `openid` scope was granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl fmt::Debug for OAuthToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthToken")
+            .field("access_token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("scope", &self.scope)
+            .field("id_token", &self.id_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// An RFC 6749 section 5.2 error body (`{error, error_description}`), as the Frontend API
+/// spec's `OAuth.TokenError400` and `OAuth.TokenError401` responses declare it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthError {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+/// The object of a userinfo answer (`object` has no enum in the spec; Clerk answers this).
+pub const OAUTH_USER_INFO_OBJECT: &str = "oauth_user_info";
+
+/// Frontend API `components/schemas/OAuth.UserInfo` (`additionalProperties: false`). Which
+/// optional claims are present depends on the granted scopes: `email` gives `email` and
+/// `email_verified`; `profile` gives the names, `username`, `preferred_username` and
+/// `picture` (those the user has); `public_metadata` / `private_metadata` give those maps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthUserInfo {
+    /// `oauth_user_info`.
+    pub object: String,
+    pub instance_id: String,
+    pub user_id: String,
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Deprecated by Clerk in favour of `preferred_username`; still answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picture: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_metadata: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_metadata: Option<Map<String, Value>>,
+}
+
+/// Frontend API `components/schemas/WellKnown.OpenIDConfiguration` (`additionalProperties:
+/// false`; every field but `end_session_endpoint`, which the emulator does not serve, is
+/// required and answered).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenIdConfiguration {
+    /// The Frontend API URL (no trailing slash).
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub revocation_endpoint: String,
+    pub introspection_endpoint: String,
+    pub userinfo_endpoint: String,
+    pub jwks_uri: String,
+    pub scopes_supported: Vec<String>,
+    pub response_types_supported: Vec<String>,
+    pub response_modes_supported: Vec<String>,
+    pub grant_types_supported: Vec<String>,
+    pub subject_types_supported: Vec<String>,
+    pub id_token_signing_alg_values_supported: Vec<String>,
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    pub claims_supported: Vec<String>,
+    pub code_challenge_methods_supported: Vec<String>,
+    pub backchannel_logout_supported: bool,
+    pub frontchannel_logout_supported: bool,
+}
+
+/// Frontend API `components/schemas/OAuth.TokenInfo` (`additionalProperties: false`), the
+/// `/oauth/token_info` body (RFC 7662 introspection). Inactive tokens answer `{active:false}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthTokenInfo {
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
 }

@@ -13,11 +13,15 @@ pub const DEFAULT_SCOPES: &str = "profile email";
 /// Clerk's Frontend API spec: `/oauth/authorize`, `/oauth/token`, ...).
 #[derive(Clone, Debug)]
 pub(crate) struct Endpoints {
+    /// The Frontend API URL without a trailing slash (the OpenID issuer).
+    pub issuer: String,
     pub authorize_url: String,
     pub token_fetch_url: String,
     pub user_info_url: String,
     pub discovery_url: String,
     pub token_introspection_url: String,
+    pub revocation_url: String,
+    pub jwks_url: String,
 }
 
 impl Endpoints {
@@ -29,6 +33,9 @@ impl Endpoints {
             user_info_url: format!("{base}/oauth/userinfo"),
             discovery_url: format!("{base}/.well-known/openid-configuration"),
             token_introspection_url: format!("{base}/oauth/token_info"),
+            revocation_url: format!("{base}/oauth/token/revoke"),
+            jwks_url: format!("{base}/.well-known/jwks.json"),
+            issuer: base.to_owned(),
         }
     }
 }
@@ -156,6 +163,14 @@ impl Store {
 
     pub fn get(&self, id: &str) -> Option<OAuthApplication> {
         self.find(id).map(|a| a.app.clone())
+    }
+
+    /// The application with this OAuth `client_id`.
+    pub fn by_client_id(&self, client_id: &str) -> Option<OAuthApplication> {
+        self.apps
+            .iter()
+            .find(|a| a.app.client_id == client_id)
+            .map(|a| a.app.clone())
     }
 
     pub fn all(&self) -> Vec<OAuthApplication> {

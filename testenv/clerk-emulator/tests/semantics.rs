@@ -817,6 +817,16 @@ async fn binary_prints_ready_line_and_serves() {
         base.starts_with("http://127.0.0.1:") && base.ends_with("/v1"),
         "{base}"
     );
+    let fapi = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("frontend_api_url="))
+        .unwrap_or_else(|| panic!("no frontend_api_url in {line:?}"))
+        .to_owned();
+    assert_eq!(
+        Some(fapi.as_str()),
+        base.strip_suffix("/v1"),
+        "the binary is its own Frontend API by default"
+    );
     let client = common::client();
     let reply = client
         .post(format!("{base}/oauth_applications"))
@@ -826,6 +836,18 @@ async fn binary_prints_ready_line_and_serves() {
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
+    let app: Value = reply.json().await.unwrap();
+    assert_eq!(app["token_fetch_url"], format!("{fapi}/oauth/token"));
+    let doc: Value = client
+        .get(s(&app["discovery_url"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["issuer"], fapi);
+    assert_eq!(doc["token_endpoint"], app["token_fetch_url"]);
     child.kill().await.unwrap();
 
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-emulator"))

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod oauth;
+pub mod openapi;
+
 use clerk_emulator::{Emulator, EmulatorConfig, RunningEmulator};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
