@@ -71,6 +71,7 @@ async fn create_then_update_writes_secret_once() -> Result<()> {
         env.clerk.secret_is_valid(&client_id, &d["CLIENT_SECRET"]),
         "the stored secret works"
     );
+    support::assert_token(&secret, "https://web.example.com/callback").await?;
     assert_eq!(secret.owner_references()[0].uid, app.uid().unwrap());
     assert_eq!(
         secret.annotations()["oauth-operator.dev/owner-uid"],
@@ -269,6 +270,12 @@ async fn recovery_rotation_and_no_secret_in_logs() -> Result<()> {
         "the lost secret is revoked"
     );
     assert!(env.clerk.secret_is_valid(&client_id, &issued[1]));
+    support::assert_token(&recovered, "https://web.example.com/callback").await?;
+    assert_eq!(
+        support::obtain_token(&first, "https://web.example.com/callback").await?,
+        Err(401),
+        "the lost secret no longer gets a token"
+    );
     assert!(
         env.wait_event("web", "SecretRecovered")
             .await?
@@ -318,6 +325,12 @@ async fn recovery_rotation_and_no_secret_in_logs() -> Result<()> {
     assert_ne!(issued[2], issued[1]);
     assert!(env.clerk.secret_is_valid(&client_id, &issued[2]));
     assert!(!env.clerk.secret_is_valid(&client_id, &issued[1]));
+    support::assert_token(&rotated, "https://web.example.com/callback").await?;
+    assert_eq!(
+        support::obtain_token(&recovered, "https://web.example.com/callback").await?,
+        Err(401),
+        "the rotated-out secret no longer gets a token"
+    );
     let annotation = rotated
         .annotations()
         .get("oauth-operator.dev/secret-rotated-at")
@@ -396,6 +409,7 @@ async fn crash_after_create_is_recovered_without_duplicate() -> Result<()> {
         env.clerk
             .secret_is_valid(status.client_id.as_deref().unwrap(), &secret_value(&secret))
     );
+    support::assert_token(&secret, "https://web.example.com/callback").await?;
     assert_eq!(env.clerk.request_count("POST", routes::ROTATE_SECRET), 1);
     env.wait_event("web", "ClientAdopted").await?;
     assert_eq!(
@@ -752,6 +766,7 @@ async fn cluster_provider_serves_allowed_namespace() -> Result<()> {
         app.status.unwrap().client_id.as_deref().unwrap(),
         &secret_value(&secret)
     ));
+    support::assert_token(&secret, "https://web.example.com/callback").await?;
     Ok(())
 }
 
@@ -825,6 +840,7 @@ async fn late_committed_create_is_adopted_not_duplicated() -> Result<()> {
         app.status.unwrap().client_id.as_deref().unwrap(),
         &secret_value(&secret)
     ));
+    support::assert_token(&secret, "https://web.example.com/callback").await?;
     Ok(())
 }
 
@@ -874,6 +890,7 @@ async fn missing_client_is_reported_then_recreated_on_request() -> Result<()> {
         env.clerk
             .secret_is_valid(&d["CLIENT_ID"], &d["CLIENT_SECRET"])
     );
+    support::assert_token(&secret, "https://web.example.com/callback").await?;
     env.wait_event("web", "ClientRecreated").await?;
     Ok(())
 }

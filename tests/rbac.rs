@@ -76,7 +76,8 @@ spec:
     )
     .await?;
     env.wait_ready("web").await?;
-    env.secrets().get("web-oauth").await?;
+    let secret = env.secrets().get("web-oauth").await?;
+    support::assert_token(&secret, "https://web.example.com/callback").await?;
     let rotate =
         serde_json::json!({"metadata": {"annotations": {"oauth-operator.dev/rotate": "1"}}});
     env.apps()

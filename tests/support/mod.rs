@@ -302,3 +302,77 @@ impl Env {
         Ok(())
     }
 }
+
+/// Proves a stored credential works the way a workload would use it: the authorization-code
+/// flow with PKCE against the AUTHORIZE_URL and TOKEN_URL in the Secret, authenticating with
+/// CLIENT_ID / CLIENT_SECRET (client_secret_basic). Returns the access token, or the token
+/// endpoint's HTTP status when it refuses.
+pub async fn obtain_token(secret: &Secret, redirect_uri: &str) -> Result<Result<String, u16>> {
+    use base64::Engine as _;
+    let d = data(secret);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let verifier: String = (0..64)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+    let authorize = http
+        .get(&d["AUTHORIZE_URL"])
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", d["CLIENT_ID"].as_str()),
+            ("redirect_uri", redirect_uri),
+            ("state", "state-0123456789"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await?;
+    let location = authorize
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .with_context(|| {
+            format!(
+                "authorize answered {} without a redirect",
+                authorize.status()
+            )
+        })?
+        .to_str()?;
+    let location = url::Url::parse(location)?;
+    let code = location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .with_context(|| format!("no code in {location}"))?;
+    let response = http
+        .post(&d["TOKEN_URL"])
+        .basic_auth(&d["CLIENT_ID"], d.get("CLIENT_SECRET"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        return Ok(Err(response.status().as_u16()));
+    }
+    let body: serde_json::Value = response.json().await?;
+    Ok(Ok(body["access_token"]
+        .as_str()
+        .context("access_token")?
+        .to_string()))
+}
+
+/// [`obtain_token`] that must succeed.
+pub async fn assert_token(secret: &Secret, redirect_uri: &str) -> Result<String> {
+    match obtain_token(secret, redirect_uri).await? {
+        Ok(token) => Ok(token),
+        Err(status) => {
+            bail!("the stored credentials were refused at the token endpoint: HTTP {status}")
+        }
+    }
+}
