@@ -204,24 +204,10 @@ async fn apply(
     let rotation_requested = rotate_token.is_some() && rotate_token != status.last_rotation_token;
     // 3. find the remote client (its id is only ever taken from status: an annotation on the
     //    Secret could be written by anyone who can edit Secrets in this namespace)
-    let mut fresh_credentials = false;
-    let remote = match status.provider_object_id.clone() {
-        None => {
-            fresh_credentials = true;
-            register(
-                writer,
-                app,
-                ctx,
-                &provider,
-                &desired,
-                status,
-                existing.as_ref(),
-                &secrets,
-            )
-            .await?
-        }
+    let found = match status.provider_object_id.clone() {
+        None => None,
         Some(id) => match sync_remote(app, ctx, &provider, &desired, status, &id).await? {
-            Some(remote) => remote,
+            Some(remote) => Some(remote),
             None if rotation_requested => {
                 // The client is gone and new credentials were asked for: register anew.
                 let note = format!(
@@ -234,18 +220,7 @@ async fn apply(
                 ctx.metrics.lifecycle_event("client_recreated");
                 status.provider_object_id = None;
                 status.client_id = None;
-                fresh_credentials = true;
-                register(
-                    writer,
-                    app,
-                    ctx,
-                    &provider,
-                    &desired,
-                    status,
-                    existing.as_ref(),
-                    &secrets,
-                )
-                .await?
+                None
             }
             None => {
                 return Err(Error::ClientMissing(format!(
@@ -257,7 +232,19 @@ async fn apply(
             }
         },
     };
-    // 4. the Secret
+    // 4. register when there is no client (yet, or any more)
+    let fresh_credentials = found.is_none();
+    let remote = match found {
+        Some(remote) => remote,
+        None => {
+            let secret = existing.as_ref();
+            register(
+                writer, app, ctx, &provider, &desired, status, secret, &secrets,
+            )
+            .await?
+        }
+    };
+    // 5. the Secret
     if fresh_credentials {
         // Credentials were just issued: a pending rotation request is satisfied by them.
         status.last_rotation_token = rotate_token.clone();
@@ -272,7 +259,7 @@ async fn apply(
         recover_secret(app, ctx, &provider, &secrets, &remote, status).await?;
         status.last_rotation_token = rotate_token.clone();
     }
-    // 5. status
+    // 6. status
     status.client_id = Some(remote.client_id.clone());
     status.provider_object_id = Some(remote.id.clone());
     status.secret_name = Some(secret_name.clone());
