@@ -894,3 +894,32 @@ async fn missing_client_is_reported_then_recreated_on_request() -> Result<()> {
     env.wait_event("web", "ClientRecreated").await?;
     Ok(())
 }
+
+/// A crash after the Secret was written (before the client got its display name): the restart
+/// finishes the registration by id, without rotating the stored secret.
+#[tokio::test]
+async fn crash_after_secret_finishes_without_rotation() -> Result<()> {
+    let env = Env::new("crash2").await?;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "abort-after-secret")])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    op.wait_exit(Duration::from_secs(60)).await?;
+    let stored = env.secrets().get("web-oauth").await?;
+    assert!(
+        env.clerk.apps()[0].name.contains("[oauth-operator "),
+        "still the registration name"
+    );
+
+    let _op = env.start_operator(&[])?;
+    env.wait_ready("web").await?;
+    assert_eq!(env.clerk.apps().len(), 1);
+    assert_eq!(env.clerk.apps()[0].name, format!("{}/web", env.ns));
+    assert_eq!(
+        env.clerk.request_count("POST", routes::ROTATE_SECRET),
+        0,
+        "no rotation needed"
+    );
+    let secret = env.secrets().get("web-oauth").await?;
+    assert_eq!(secret.data, stored.data, "the stored secret is kept");
+    support::assert_token(&secret, "https://web.example.com/callback").await?;
+    Ok(())
+}

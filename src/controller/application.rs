@@ -407,8 +407,10 @@ async fn register(
 ) -> Result<RemoteClient> {
     dry_run_write(secrets, app, existing).await?;
     if let Some(pending) = status.pending_registration.clone() {
-        if let Some(adopted) =
-            adopt_orphan(app, ctx, provider, desired, &pending, status, secrets).await?
+        if let Some(adopted) = adopt_orphan(
+            app, ctx, provider, desired, &pending, status, existing, secrets,
+        )
+        .await?
         {
             return Ok(adopted);
         }
@@ -474,6 +476,11 @@ async fn register(
         warn!(error = %e, "recording the new client id failed; writing the Secret first");
     }
     store_credentials(app, secrets, existing, &issued, None).await?;
+    if ctx.config.fault.as_deref() == Some("abort-after-secret") {
+        // Test hook: die after the Secret exists, before the client got its display name.
+        warn!("fault injection: aborting right after writing the Secret");
+        std::process::abort();
+    }
     ctx.metrics.lifecycle_event("client_registered");
     ctx.event(
         app,
@@ -497,6 +504,7 @@ async fn register(
 /// After a crash between create and storing its result: find the client(s) created under this
 /// object's registration name, adopt the oldest with a rotated secret and delete any others
 /// (they can only be duplicates of ours: the name carries our uid).
+#[allow(clippy::too_many_arguments)]
 async fn adopt_orphan(
     app: &OAuthApplication,
     ctx: &Context,
@@ -504,6 +512,7 @@ async fn adopt_orphan(
     desired: &DesiredClient,
     pending: &PendingRegistration,
     status: &mut OAuthApplicationStatus,
+    existing: Option<&Secret>,
     secrets: &Api<Secret>,
 ) -> Result<Option<RemoteClient>> {
     let since = pending.started_at.0 - ADOPTION_CLOCK_SKEW;
@@ -525,7 +534,14 @@ async fn adopt_orphan(
     let issued = provider.client.rotate_secret(&orphan.id).await?;
     status.provider_object_id = Some(issued.client.id.clone());
     let rotated_at = now();
-    store_credentials(app, secrets, None, &issued, Some(&rotated_at.to_string())).await?;
+    store_credentials(
+        app,
+        secrets,
+        existing,
+        &issued,
+        Some(&rotated_at.to_string()),
+    )
+    .await?;
     status.secret_rotated_at = Some(Time(rotated_at));
     ctx.metrics.lifecycle_event("client_adopted");
     ctx.event(

@@ -159,7 +159,9 @@ fn owner_reference(app: &OAuthApplication) -> Option<OwnerReference> {
 
 /// Creates the Secret with a POST, never an upsert. A name clash with a Secret we did not
 /// create is a conflict (the caller checked before registering, so someone created it in
-/// between); a clash with our own is the answer to an earlier attempt whose response was lost.
+/// between). A clash with our own Secret (an earlier attempt whose response was lost, or a
+/// Secret written just before a crash) gets the data we mean to store now: the credentials in
+/// hand are the only valid ones.
 pub async fn create_secret(
     api: &Api<Secret>,
     secret: &Secret,
@@ -170,7 +172,19 @@ pub async fn create_secret(
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let name = secret.metadata.name.as_deref().unwrap_or_default();
             match api.get_opt(name).await? {
-                Some(existing) if is_owned_by(&existing, app) => Ok(()),
+                Some(existing) if is_owned_by(&existing, app) => {
+                    let patch = serde_json::json!({
+                        "metadata": {
+                            "resourceVersion": existing.resource_version(),
+                            "annotations": secret.metadata.annotations,
+                            "labels": secret.metadata.labels,
+                        },
+                        "data": secret.data,
+                    });
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                    Ok(())
+                }
                 _ => Err(Error::SecretConflict(format!(
                     "Secret {name} was created by someone else while the client was being registered"
                 ))),
