@@ -63,7 +63,17 @@ pub async fn reconcile(
     let app = match &guard.0 {
         Ok(app) => Arc::new(app.clone()),
         Err(invalid) => {
-            warn!(error = %invalid, "skipping a malformed OAuthApplication");
+            // One bad object must not stall the others: report it and wait for a change.
+            warn!(error = %invalid, name = ?invalid.metadata.name, "skipping a malformed OAuthApplication");
+            let note = format!("this operator cannot read the object: {invalid}");
+            ctx.event_on(
+                &guard.object_ref(&()),
+                EventType::Warning,
+                "Malformed",
+                "Reconcile",
+                note,
+            )
+            .await;
             return Ok(Action::await_change());
         }
     };

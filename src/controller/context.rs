@@ -111,6 +111,27 @@ impl Context {
         note: String,
     ) {
         use kube::Resource;
+        self.event_on(&app.object_ref(&()), type_, reason, action, note)
+            .await;
+    }
+
+    /// [`Context::event`] for any object reference (e.g. an object that failed to deserialize).
+    pub async fn event_on(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        mut note: String,
+    ) {
+        // The Events API limits a note to 1 kB.
+        if note.len() > 1000 {
+            let mut cut = 1000;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
         let event = Event {
             type_,
             reason: reason.into(),
@@ -118,7 +139,7 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &app.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&event, reference).await {
             tracing::warn!(error = %e, reason, "failed to publish event");
         }
     }
