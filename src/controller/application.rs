@@ -173,6 +173,16 @@ async fn report(
     result
 }
 
+/// What every step of one pass over one application works with.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    app: &'a OAuthApplication,
+    ctx: &'a Context,
+    provider: &'a ResolvedProvider,
+    desired: &'a DesiredClient,
+    secrets: &'a Api<Secret>,
+}
+
 async fn apply(
     writer: &mut StatusWriter<'_>,
     app: &OAuthApplication,
@@ -210,13 +220,20 @@ async fn apply(
              the operator never takes over a Secret it did not create: delete it or set spec.secret.name"
         )));
     }
+    let pass = Pass {
+        app,
+        ctx,
+        provider: &provider,
+        desired: &desired,
+        secrets: &secrets,
+    };
     let rotate_token = app.rotate_token().map(str::to_string);
     let rotation_requested = rotate_token.is_some() && rotate_token != status.last_rotation_token;
     // 3. find the remote client (its id is only ever taken from status: an annotation on the
     //    Secret could be written by anyone who can edit Secrets in this namespace)
     let found = match status.provider_object_id.clone() {
         None => None,
-        Some(id) => match sync_remote(app, ctx, &provider, &desired, status, &id).await? {
+        Some(id) => match sync_remote(pass, status, &id).await? {
             Some(remote) => Some(remote),
             None if rotation_requested => {
                 // The client is gone and new credentials were asked for: register anew.
@@ -248,10 +265,7 @@ async fn apply(
         Some(remote) => remote,
         None => {
             let secret = existing.as_ref();
-            register(
-                writer, app, ctx, &provider, &desired, status, secret, &secrets,
-            )
-            .await?
+            register(pass, writer, status, secret).await?
         }
     };
     // 5. the Secret
@@ -260,13 +274,13 @@ async fn apply(
         status.last_rotation_token = rotate_token.clone();
     } else if let Some(secret) = &existing {
         if rotation_requested {
-            rotate(app, ctx, &provider, &secrets, secret, &remote, status).await?;
+            rotate(pass, secret, &remote, status).await?;
             status.last_rotation_token = rotate_token.clone();
         } else if reconcile_metadata(&secrets, secret, app, &remote).await? {
             info!(app = %ObjectRef::from_obj(app), "updated Secret labels/annotations");
         }
     } else {
-        recover_secret(app, ctx, &provider, &secrets, &remote, status).await?;
+        recover_secret(pass, &remote, status).await?;
         status.last_rotation_token = rotate_token.clone();
     }
     // 6. status
@@ -291,13 +305,17 @@ async fn apply(
 /// Checks the existing client against the spec: a PATCH after a spec change, drift
 /// correction or reporting otherwise. `Ok(None)`: the provider says the client does not exist.
 async fn sync_remote(
-    app: &OAuthApplication,
-    ctx: &Context,
-    provider: &ResolvedProvider,
-    desired: &DesiredClient,
+    pass: Pass<'_>,
     status: &mut OAuthApplicationStatus,
     id: &str,
 ) -> Result<Option<RemoteClient>> {
+    let Pass {
+        app,
+        ctx,
+        provider,
+        desired,
+        ..
+    } = pass;
     let spec_changed = status.observed_generation != app.metadata.generation;
     if spec_changed {
         // One PATCH with every managed field; no read needed.
@@ -404,24 +422,22 @@ async fn sync_remote(
 ///   create call, and the client's id right after it;
 /// - after a crash before the id was stored, the client is found by that unique name and
 ///   adopted with a rotated secret (the first one was never stored), never created twice.
-#[allow(clippy::too_many_arguments)]
 async fn register(
+    pass: Pass<'_>,
     writer: &mut StatusWriter<'_>,
-    app: &OAuthApplication,
-    ctx: &Context,
-    provider: &ResolvedProvider,
-    desired: &DesiredClient,
     status: &mut OAuthApplicationStatus,
     existing: Option<&Secret>,
-    secrets: &Api<Secret>,
 ) -> Result<RemoteClient> {
+    let Pass {
+        app,
+        ctx,
+        provider,
+        desired,
+        secrets,
+    } = pass;
     dry_run_write(secrets, app, existing).await?;
     if let Some(pending) = status.pending_registration.clone() {
-        if let Some(adopted) = adopt_orphan(
-            app, ctx, provider, desired, &pending, status, existing, secrets,
-        )
-        .await?
-        {
+        if let Some(adopted) = adopt_orphan(pass, &pending, status, existing).await? {
             return Ok(adopted);
         }
         // Nothing found. If the last create's outcome is unknown, a late commit may still
@@ -514,17 +530,19 @@ async fn register(
 /// After a crash between create and storing its result: find the client(s) created under this
 /// object's registration name, adopt the oldest with a rotated secret and delete any others
 /// (they can only be duplicates of ours: the name carries our uid).
-#[allow(clippy::too_many_arguments)]
 async fn adopt_orphan(
-    app: &OAuthApplication,
-    ctx: &Context,
-    provider: &ResolvedProvider,
-    desired: &DesiredClient,
+    pass: Pass<'_>,
     pending: &PendingRegistration,
     status: &mut OAuthApplicationStatus,
     existing: Option<&Secret>,
-    secrets: &Api<Secret>,
 ) -> Result<Option<RemoteClient>> {
+    let Pass {
+        app,
+        ctx,
+        provider,
+        desired,
+        secrets,
+    } = pass;
     let since = pending.started_at.0 - ADOPTION_CLOCK_SKEW;
     let mut candidates: Vec<RemoteClient> = provider
         .client
@@ -621,13 +639,17 @@ async fn store_credentials(
 
 /// The Secret was deleted: issue a new client secret (the old value is gone) and write it.
 async fn recover_secret(
-    app: &OAuthApplication,
-    ctx: &Context,
-    provider: &ResolvedProvider,
-    secrets: &Api<Secret>,
+    pass: Pass<'_>,
     remote: &RemoteClient,
     status: &mut OAuthApplicationStatus,
 ) -> Result<()> {
+    let Pass {
+        app,
+        ctx,
+        provider,
+        secrets,
+        ..
+    } = pass;
     dry_run_write(secrets, app, None).await?;
     let issued = if remote.public {
         IssuedClient {
@@ -664,14 +686,18 @@ async fn recover_secret(
 
 /// Rotation on request (`oauth-operator.dev/rotate`).
 async fn rotate(
-    app: &OAuthApplication,
-    ctx: &Context,
-    provider: &ResolvedProvider,
-    secrets: &Api<Secret>,
+    pass: Pass<'_>,
     secret: &Secret,
     remote: &RemoteClient,
     status: &mut OAuthApplicationStatus,
 ) -> Result<()> {
+    let Pass {
+        app,
+        ctx,
+        provider,
+        secrets,
+        ..
+    } = pass;
     if remote.public {
         return Ok(()); // nothing to rotate
     }
