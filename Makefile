@@ -33,14 +33,19 @@ clippy:
 
 lint: fmt-check clippy crds-check
 
-## crds: regenerate crds/ from the Rust types
+CRD_FILES := crds/oauth-operator.dev.yaml charts/oauth-operator/crds/oauth-operator.dev.yaml
+
+## crds: regenerate crds/ (and the chart's copy) from the Rust types
 crds:
 	$(CARGO) run --quiet --bin oauth-operator -- crd > crds/oauth-operator.dev.yaml
+	cp crds/oauth-operator.dev.yaml charts/oauth-operator/crds/oauth-operator.dev.yaml
 
-## crds-check: fail when crds/ is stale
+## crds-check: fail when crds/ or the chart's copy is stale
 crds-check:
-	$(CARGO) run --quiet --bin oauth-operator -- crd | diff -u crds/oauth-operator.dev.yaml - \
-	  || { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
+	@for f in $(CRD_FILES); do \
+	  $(CARGO) run --quiet --bin oauth-operator -- crd | diff -u $$f - >/dev/null \
+	    || { echo "$$f is stale: run 'make crds' and commit the result" >&2; exit 1; }; \
+	done
 
 ## run: local control plane + Clerk emulator (or real Clerk with CLERK_SECRET_KEY) + examples/ + the operator
 run: testenv
