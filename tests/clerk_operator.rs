@@ -923,3 +923,53 @@ async fn crash_after_secret_finishes_without_rotation() -> Result<()> {
     support::assert_token(&secret, "https://web.example.com/callback").await?;
     Ok(())
 }
+
+/// Status lost (reset) while the Secret exists: nothing is registered over it until a new
+/// rotation token asks for it. A Secret holding another client's id is healed with working
+/// credentials for this client.
+#[tokio::test]
+async fn lost_status_and_foreign_client_id_are_handled_safely() -> Result<()> {
+    let env = Env::new("lost").await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    env.wait_ready("web").await?;
+    let stored = env.secrets().get("web-oauth").await?;
+
+    // Someone resets the status (another field manager owns nothing, so a merge patch it is).
+    let reset = serde_json::json!({"status": null});
+    env.apps()
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&reset))
+        .await?;
+    env.wait_reason("web", "ClientMissing").await?;
+    assert_eq!(
+        env.clerk.request_count("POST", routes::OAUTH_APPLICATIONS),
+        1,
+        "nothing registered over it"
+    );
+    assert_eq!(
+        env.secrets().get("web-oauth").await?.data,
+        stored.data,
+        "the Secret is left alone"
+    );
+
+    let rotate = serde_json::json!({"metadata": {"annotations": {"oauth-operator.dev/rotate": "after-reset"}}});
+    env.apps()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&rotate))
+        .await?;
+    env.wait_ready("web").await?;
+    let replaced = env.secrets().get("web-oauth").await?;
+    support::assert_token(&replaced, "https://web.example.com/callback").await?;
+
+    // The Secret's client id is changed by hand: the operator writes working credentials again.
+    let tamper = serde_json::json!({"stringData": {"CLIENT_ID": "someone-else"}});
+    env.secrets()
+        .patch("web-oauth", &PatchParams::default(), &Patch::Merge(&tamper))
+        .await?;
+    let healed = env
+        .wait_secret("web-oauth", |s| {
+            data(s).get("CLIENT_ID").map(String::as_str) != Some("someone-else")
+        })
+        .await?;
+    support::assert_token(&healed, "https://web.example.com/callback").await?;
+    Ok(())
+}

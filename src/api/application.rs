@@ -313,6 +313,10 @@ pub struct PendingRegistration {
     pub name: String,
     /// When the create call was started.
     pub started_at: Time,
+    /// When a create call ended without a definite answer (timeout, 5xx): the operator waits
+    /// from then for a late commit before creating again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unanswered_at: Option<Time>,
 }
 
 /// Endpoints of the authorization server for this client.

@@ -142,6 +142,10 @@ async fn report(
     let Some(app) = api.get_opt(&cached.name_any()).await? else {
         return Ok(Action::await_change());
     };
+    if app.metadata.uid != cached.metadata.uid {
+        // Deleted and created again under the same name: this event is about the old one.
+        return Ok(Action::await_change());
+    }
     let app = &app;
     let obj_ref = ObjectRef::from_obj(app);
     let mut status = app.status.clone().unwrap_or_default();
@@ -171,6 +175,16 @@ async fn report(
             .await;
     }
     result
+}
+
+/// Whether our Secret holds credentials of `remote` (by the client id it stores).
+fn holds_client(secret: &Secret, app: &OAuthApplication, remote: &RemoteClient) -> bool {
+    let key = super::secret::KeyNames::for_app(app).client_id;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&key))
+        .is_some_and(|v| v.0 == remote.client_id.as_bytes())
 }
 
 /// What every step of one pass over one application works with.
@@ -260,6 +274,18 @@ async fn apply(
         },
     };
     // 4. register when there is no client (yet, or any more)
+    if found.is_none()
+        && status.pending_registration.is_none()
+        && existing.is_some()
+        && !rotation_requested
+    {
+        // Our Secret exists but status knows no client (status lost or restored): registering
+        // now would silently replace credentials that may still work.
+        return Err(Error::ClientMissing(format!(
+            "Secret {secret_name} exists but status records no client (was the status reset?); the credentials \
+             are left as they are: set a new oauth-operator.dev/rotate token to register a new client and replace them"
+        )));
+    }
     let fresh_credentials = found.is_none();
     let remote = match found {
         Some(remote) => remote,
@@ -272,6 +298,12 @@ async fn apply(
     if fresh_credentials {
         // Credentials were just issued: a pending rotation request is satisfied by them.
         status.last_rotation_token = rotate_token.clone();
+    } else if let Some(secret) = existing.as_ref().filter(|s| !holds_client(s, app, &remote)) {
+        // The Secret holds another client's credentials (a write after a new registration
+        // failed): replace them with working ones for this client.
+        warn!(app = %ObjectRef::from_obj(app), "the Secret holds another client's credentials; issuing new ones");
+        recover_secret(pass, &remote, status, Some(secret)).await?;
+        status.last_rotation_token = rotate_token.clone();
     } else if let Some(secret) = &existing {
         if rotation_requested {
             rotate(pass, secret, &remote, status).await?;
@@ -280,7 +312,7 @@ async fn apply(
             info!(app = %ObjectRef::from_obj(app), "updated Secret labels/annotations");
         }
     } else {
-        recover_secret(pass, &remote, status).await?;
+        recover_secret(pass, &remote, status, None).await?;
         status.last_rotation_token = rotate_token.clone();
     }
     // 6. status
@@ -353,6 +385,13 @@ async fn sync_remote(
         },
     };
     status.last_sync_time = Some(Time(synced_at));
+    let uid = app.metadata.uid.as_deref().unwrap_or_default();
+    if remote.name == registration_name(&desired.name, uid) {
+        // A registration that stopped before the rename: finish it whatever the drift policy.
+        let named = provider.client.update(id, desired).await?;
+        ctx.inventory.upsert(&provider.key, &named).await;
+        return Ok(Some(named));
+    }
     let drifted = provider.client.diff(desired, &remote);
     if drifted.is_empty() {
         status.drifted_fields.clear();
@@ -443,7 +482,11 @@ async fn register(
         // Nothing found. If the last create's outcome is unknown, a late commit may still
         // appear: wait for it rather than risk a second client.
         let settle = ctx.config.provider_timeout * 2;
-        let age = now().duration_since(pending.started_at.0);
+        let since = pending
+            .unanswered_at
+            .as_ref()
+            .unwrap_or(&pending.started_at);
+        let age = now().duration_since(since.0);
         if age < SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX) {
             return Err(Error::RegistrationPending(format!(
                 "a create call at {} may still complete; waiting until {}s after it before registering again",
@@ -457,6 +500,7 @@ async fn register(
     status.pending_registration = Some(PendingRegistration {
         name: name.clone(),
         started_at: Time(now()),
+        unanswered_at: None,
     });
     set_condition(
         &mut status.conditions,
@@ -477,13 +521,19 @@ async fn register(
     let issued = match provider.client.create(&tagged).await {
         Ok(issued) => issued,
         Err(e) => {
-            if !matches!(
+            if matches!(
                 e,
                 ProviderError::Unavailable {
                     outcome_unknown: true,
                     ..
                 }
             ) {
+                // The provider may still commit it: wait from now (not from the start, which
+                // may predate a long wait for the request budget) before creating again.
+                if let Some(pending) = status.pending_registration.as_mut() {
+                    pending.unanswered_at = Some(Time(now()));
+                }
+            } else {
                 // A definite "no": nothing was created, nothing to look for later.
                 status.pending_registration = None;
             }
@@ -560,7 +610,6 @@ async fn adopt_orphan(
         warn!(id = %duplicate.id, "deleted a duplicate client left by an interrupted registration");
     }
     let issued = provider.client.rotate_secret(&orphan.id).await?;
-    status.provider_object_id = Some(issued.client.id.clone());
     let rotated_at = now();
     store_credentials(
         app,
@@ -570,6 +619,9 @@ async fn adopt_orphan(
         Some(&rotated_at.to_string()),
     )
     .await?;
+    // Only now: until the Secret holds the rotated secret, the pending record (and the tagged
+    // name) must lead the next pass back here, not to a client whose secret nobody holds.
+    status.provider_object_id = Some(issued.client.id.clone());
     status.secret_rotated_at = Some(Time(rotated_at));
     ctx.metrics.lifecycle_event("client_adopted");
     ctx.event(
@@ -642,6 +694,7 @@ async fn recover_secret(
     pass: Pass<'_>,
     remote: &RemoteClient,
     status: &mut OAuthApplicationStatus,
+    existing: Option<&Secret>,
 ) -> Result<()> {
     let Pass {
         app,
@@ -650,7 +703,7 @@ async fn recover_secret(
         secrets,
         ..
     } = pass;
-    dry_run_write(secrets, app, None).await?;
+    dry_run_write(secrets, app, existing).await?;
     let issued = if remote.public {
         IssuedClient {
             client: remote.clone(),
@@ -660,7 +713,14 @@ async fn recover_secret(
         provider.client.rotate_secret(&remote.id).await?
     };
     let rotated_at = now();
-    store_credentials(app, secrets, None, &issued, Some(&rotated_at.to_string())).await?;
+    store_credentials(
+        app,
+        secrets,
+        existing,
+        &issued,
+        Some(&rotated_at.to_string()),
+    )
+    .await?;
     if !remote.public {
         status.secret_rotated_at = Some(Time(rotated_at));
     }
@@ -671,7 +731,7 @@ async fn recover_secret(
         "SecretRecovered",
         "Recover",
         format!(
-            "Secret {} was deleted; {} and wrote a new Secret",
+            "Secret {} was missing or held another client's credentials; {} and wrote it",
             app.secret_name(),
             if remote.public {
                 "recreated it (public client, no secret)"

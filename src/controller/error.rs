@@ -84,7 +84,10 @@ impl Error {
     /// The provider's `Retry-After`, when it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Provider(ProviderError::RateLimited { retry_after, .. }) => *retry_after,
+            // At least a second: "Retry-After: 0" must not turn into a tight loop.
+            Error::Provider(ProviderError::RateLimited { retry_after, .. }) => {
+                retry_after.map(|d| d.max(Duration::from_secs(1)))
+            }
             _ => None,
         }
     }

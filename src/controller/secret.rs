@@ -272,7 +272,16 @@ pub async fn write_rotated_secret(
     let mut attempt = 0u64;
     loop {
         attempt += 1;
-        let result = match api.get_opt(&name).await? {
+        let current = match api.get_opt(&name).await {
+            Ok(current) => current,
+            Err(e) if attempt < 3 => {
+                tracing::warn!(error = %e, attempt, "reading the Secret failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let result = match current {
             None => return create_secret(api, &fresh, app).await,
             Some(current) if !is_owned_by(&current, app) => {
                 return Err(Error::SecretConflict(format!(

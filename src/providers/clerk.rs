@@ -430,9 +430,13 @@ impl ClerkClient {
                 },
                 s => ProviderError::Unavailable {
                     operation,
-                    // A 500 may come after the change was made; 502/503/504 come from
-                    // in front of the service or from refusing the request.
-                    outcome_unknown: s == StatusCode::INTERNAL_SERVER_ERROR,
+                    // A 5xx may come after the change was made (a gateway timing out on a
+                    // slow origin, a 500 after the write); only 501 and 503 say the request
+                    // was not carried out.
+                    outcome_unknown: !matches!(
+                        s,
+                        StatusCode::NOT_IMPLEMENTED | StatusCode::SERVICE_UNAVAILABLE
+                    ),
                     message: format!("HTTP {}: {}", s.as_u16(), error_message(s, &bytes)),
                 },
             })
