@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -217,9 +216,4 @@ async fn readyz_handler(State(state): State<HttpState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
     }
-}
-
-/// Seconds as f64 for histograms.
-pub fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
 }

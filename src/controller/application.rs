@@ -591,7 +591,7 @@ async fn adopt_orphan(
         ctx,
         provider,
         desired,
-        secrets,
+        ..
     } = pass;
     let since = pending.started_at.0 - ADOPTION_CLOCK_SKEW;
     let mut candidates: Vec<RemoteClient> = provider
@@ -609,20 +609,10 @@ async fn adopt_orphan(
         provider.client.delete(&duplicate.id).await?;
         warn!(id = %duplicate.id, "deleted a duplicate client left by an interrupted registration");
     }
-    let issued = provider.client.rotate_secret(&orphan.id).await?;
-    let rotated_at = now();
-    store_credentials(
-        app,
-        secrets,
-        existing,
-        &issued,
-        Some(&rotated_at.to_string()),
-    )
-    .await?;
+    let issued = rotate_and_store(pass, &orphan.id, existing, status).await?;
     // Only now: until the Secret holds the rotated secret, the pending record (and the tagged
     // name) must lead the next pass back here, not to a client whose secret nobody holds.
     status.provider_object_id = Some(issued.client.id.clone());
-    status.secret_rotated_at = Some(Time(rotated_at));
     ctx.metrics.lifecycle_event("client_adopted");
     ctx.event(
         app,
@@ -689,6 +679,22 @@ async fn store_credentials(
     }
 }
 
+/// Issues a new secret for client `id` (the old one stops working at once), stores it in the
+/// Secret (patching `existing`, or creating it) and records `secretRotatedAt`.
+async fn rotate_and_store(
+    pass: Pass<'_>,
+    id: &str,
+    existing: Option<&Secret>,
+    status: &mut OAuthApplicationStatus,
+) -> Result<IssuedClient> {
+    let issued = pass.provider.client.rotate_secret(id).await?;
+    let rotated_at = now();
+    let at = rotated_at.to_string();
+    store_credentials(pass.app, pass.secrets, existing, &issued, Some(&at)).await?;
+    status.secret_rotated_at = Some(Time(rotated_at));
+    Ok(issued)
+}
+
 /// The Secret was deleted: issue a new client secret (the old value is gone) and write it.
 async fn recover_secret(
     pass: Pass<'_>,
@@ -697,32 +703,17 @@ async fn recover_secret(
     existing: Option<&Secret>,
 ) -> Result<()> {
     let Pass {
-        app,
-        ctx,
-        provider,
-        secrets,
-        ..
+        app, ctx, secrets, ..
     } = pass;
     dry_run_write(secrets, app, existing).await?;
-    let issued = if remote.public {
-        IssuedClient {
+    if remote.public {
+        let issued = IssuedClient {
             client: remote.clone(),
             client_secret: None,
-        }
+        };
+        store_credentials(app, secrets, existing, &issued, Some(&now().to_string())).await?;
     } else {
-        provider.client.rotate_secret(&remote.id).await?
-    };
-    let rotated_at = now();
-    store_credentials(
-        app,
-        secrets,
-        existing,
-        &issued,
-        Some(&rotated_at.to_string()),
-    )
-    .await?;
-    if !remote.public {
-        status.secret_rotated_at = Some(Time(rotated_at));
+        rotate_and_store(pass, &remote.id, existing, status).await?;
     }
     ctx.metrics.lifecycle_event("secret_recovered");
     ctx.event(
@@ -752,27 +743,13 @@ async fn rotate(
     status: &mut OAuthApplicationStatus,
 ) -> Result<()> {
     let Pass {
-        app,
-        ctx,
-        provider,
-        secrets,
-        ..
+        app, ctx, secrets, ..
     } = pass;
     if remote.public {
         return Ok(()); // nothing to rotate
     }
     dry_run_write(secrets, app, Some(secret)).await?;
-    let issued = provider.client.rotate_secret(&remote.id).await?;
-    let rotated_at = now();
-    write_rotated_secret(
-        secrets,
-        app,
-        &issued.client,
-        issued.client_secret.as_ref(),
-        &rotated_at.to_string(),
-    )
-    .await?;
-    status.secret_rotated_at = Some(Time(rotated_at));
+    let issued = rotate_and_store(pass, &remote.id, Some(secret), status).await?;
     ctx.metrics.lifecycle_event("secret_rotated");
     ctx.event(
         app,

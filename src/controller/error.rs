@@ -29,8 +29,6 @@ pub enum Error {
     Provider(#[from] ProviderError),
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the object is malformed: {0}")]
-    Malformed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -58,7 +56,6 @@ impl Error {
                 ProviderError::Unsupported(_) => "InvalidSpec",
             },
             Error::Kube(_) => "KubernetesError",
-            Error::Malformed(_) => "Malformed",
         }
     }
 

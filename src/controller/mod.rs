@@ -133,10 +133,10 @@ pub async fn run(
                 p.namespace(),
                 p.name_any(),
             );
-            let key = format!(
-                "OAuthProvider/{}/{}",
-                p.namespace().unwrap_or_default(),
-                p.name_any()
+            let key = resolve::provider_key(
+                ProviderKind::OAuthProvider,
+                &p.namespace().unwrap_or_default(),
+                &p.name_any(),
             );
             retry_now(&ns_ctx, key, p.meta().generation, apps)
         })
@@ -147,7 +147,7 @@ pub async fn run(
                 None,
                 p.name_any(),
             );
-            let key = format!("ClusterOAuthProvider/{}", p.name_any());
+            let key = resolve::provider_key(ProviderKind::ClusterOAuthProvider, "", &p.name_any());
             retry_now(&cluster_ctx_map, key, p.meta().generation, apps)
         })
         .shutdown_on_signal()

@@ -12,12 +12,14 @@ use tracing::warn;
 
 use super::context::Context;
 use super::error::Error;
-use super::resolve::provider_client;
+use super::resolve::{provider_client, provider_key};
 use super::status::apply_status;
 use crate::api::conditions::{
     CREDENTIALS_FOUND, ENDPOINT_REACHABLE, READY, new_condition, set_condition,
 };
-use crate::api::{ClusterOAuthProvider, OAuthProvider, ProviderSettings, ProviderStatus};
+use crate::api::{
+    ClusterOAuthProvider, OAuthProvider, ProviderKind, ProviderSettings, ProviderStatus,
+};
 use crate::telemetry::ReconcileLabels;
 
 /// How often a healthy provider's endpoint is checked again.
@@ -32,7 +34,11 @@ pub async fn reconcile_namespaced(
     };
     let namespace = provider.namespace().unwrap_or_default();
     let api: Api<OAuthProvider> = Api::namespaced(ctx.client.clone(), &namespace);
-    let key = format!("OAuthProvider/{namespace}/{}", provider.name_any());
+    let key = provider_key(
+        ProviderKind::OAuthProvider,
+        &namespace,
+        &provider.name_any(),
+    );
     let status = check(
         &ctx,
         &key,
@@ -61,7 +67,7 @@ pub async fn reconcile_cluster(
         return Ok(Action::await_change());
     };
     let api: Api<ClusterOAuthProvider> = Api::all(ctx.client.clone());
-    let key = format!("ClusterOAuthProvider/{}", provider.name_any());
+    let key = provider_key(ProviderKind::ClusterOAuthProvider, "", &provider.name_any());
     let credential_ns = ctx.config.operator_namespace.clone();
     let status = check(
         &ctx,

@@ -20,6 +20,15 @@ use crate::api::{
 use crate::providers::clerk::ClerkClient;
 use crate::providers::{ProviderClient, ProviderError, SharedProviderClient};
 
+/// The key of a provider in the client cache, the inventory, the request budget and the
+/// backoff reset: `OAuthProvider/<ns>/<name>` or `ClusterOAuthProvider/<name>`.
+pub fn provider_key(kind: ProviderKind, namespace: &str, name: &str) -> String {
+    match kind {
+        ProviderKind::OAuthProvider => format!("OAuthProvider/{namespace}/{name}"),
+        ProviderKind::ClusterOAuthProvider => format!("ClusterOAuthProvider/{name}"),
+    }
+}
+
 pub struct ResolvedProvider {
     /// `OAuthProvider/<ns>/<name>` or `ClusterOAuthProvider/<name>`: the key of the client
     /// cache, the inventory and the request budget.
@@ -62,7 +71,7 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
                 ))
             })?;
             (
-                format!("OAuthProvider/{namespace}/{}", reference.name),
+                provider_key(reference.kind, &namespace, &reference.name),
                 provider.spec.settings.clone(),
                 namespace.clone(),
                 (provider.uid(), provider.meta().generation),
@@ -90,7 +99,7 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
                 )));
             }
             (
-                format!("ClusterOAuthProvider/{}", reference.name),
+                provider_key(reference.kind, &namespace, &reference.name),
                 provider.spec.settings.clone(),
                 ctx.config.operator_namespace.clone(),
                 (provider.uid(), provider.meta().generation),
