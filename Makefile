@@ -2,12 +2,14 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
+# The end-to-end tests crash the operator at chosen points: a test-only build (see src/fault.rs).
+TEST_FEATURES := --features oauth-operator/fault-injection
 
 # Where `make testenv` puts kube-apiserver, etcd, hydra, helm, Keycloak... (see testenv/build.sh).
 TESTENV_DIR := $(shell bash testenv/build.sh --print-dir)
 export TESTENV_DIR
 
-.PHONY: all build test testenv lint fmt fmt-check clippy crds crds-check run clean-testenv
+.PHONY: all build test testenv lint fmt fmt-check clippy crds crds-check fault-check run clean-testenv
 
 all: build
 
@@ -19,8 +21,8 @@ testenv:
 	bash testenv/build.sh
 
 ## test: every test (unit, provider, controller, end-to-end) on the real test environment
-test: testenv crds-check
-	$(CARGO) test --workspace --all-targets
+test: testenv crds-check fault-check
+	$(CARGO) test --workspace --all-targets $(TEST_FEATURES)
 
 fmt:
 	$(CARGO) fmt --all
@@ -30,6 +32,7 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 
 lint: fmt-check clippy crds-check
 
@@ -46,6 +49,14 @@ crds-check:
 	  $(CARGO) run --quiet --bin oauth-operator -- crd | diff -u $$f - >/dev/null \
 	    || { echo "$$f is stale: run 'make crds' and commit the result" >&2; exit 1; }; \
 	done
+
+## fault-check: a build without the test feature refuses OAUTH_OPERATOR_FAULT, so no
+## configuration value can make a shipped binary abort
+fault-check:
+	@out=$$(OAUTH_OPERATOR_FAULT=after-create $(CARGO) run --quiet --bin oauth-operator -- run --http-addr 127.0.0.1:0 2>&1) \
+	  && { echo "a build without fault-injection accepted OAUTH_OPERATOR_FAULT" >&2; exit 1; }; \
+	  grep -q "no fault injection" <<<"$$out" || { echo "unexpected: $$out" >&2; exit 1; }; \
+	  echo "fault-check: the default build refuses OAUTH_OPERATOR_FAULT"
 
 ## run: local control plane + Clerk emulator (or real Clerk with CLERK_SECRET_KEY) + examples/ + the operator
 run: testenv

@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod controller;
+pub mod fault;
 pub mod providers;
 pub mod telemetry;

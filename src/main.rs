@@ -84,9 +84,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync_interval: args.resync_interval.into(),
         deletion_timeout: args.deletion_timeout.into(),
         provider_timeout: args.provider_timeout.into(),
-        fault: std::env::var("OAUTH_OPERATOR_FAULT")
-            .ok()
-            .filter(|f| !f.is_empty()),
+        faults: oauth_operator::fault::parse(std::env::var("OAUTH_OPERATOR_FAULT").ok().as_deref())
+            .map_err(anyhow::Error::msg)?,
     };
     let client = kube::Client::try_default()
         .await

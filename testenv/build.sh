@@ -7,6 +7,7 @@
 #
 # Layout of the directory:
 #   bin/kube-apiserver bin/kubectl   k8s.io/kubernetes        (testenv/go.mod)
+#   bin/kube-controller-manager      k8s.io/kubernetes        (testenv/go.mod; namespace deletion, GC)
 #   bin/etcd                         go.etcd.io/etcd/server/v3 (testenv/go.mod)
 #   bin/helm                         helm.sh/helm/v3           (testenv/go.mod)
 #   bin/hydra                        github.com/ory/hydra/v2   (testenv/hydra/go.mod, cgo + sqlite)
@@ -123,6 +124,12 @@ build_kube_apiserver() {
   go_build "$HERE" kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver 0 "$K8S_TAGS" "$flags"
 }
 
+build_kube_controller_manager() {
+  local flags
+  flags="$(k8s_ldflags)"
+  go_build "$HERE" kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager 0 "$K8S_TAGS" "$flags"
+}
+
 build_kubectl() {
   local flags
   flags="$(k8s_ldflags)"
@@ -188,6 +195,7 @@ component helm           "$DIR/bin/helm"             build_helm
 component hydra          "$DIR/bin/hydra"            build_hydra
 component kubectl        "$DIR/bin/kubectl"          build_kubectl
 component kube-apiserver "$DIR/bin/kube-apiserver"   build_kube_apiserver
+component kube-controller-manager "$DIR/bin/kube-controller-manager" build_kube_controller_manager
 
 # oidc-provider's npm dependencies (the directory and its lock file belong to its owner).
 OIDC="$HERE/oidc-provider"

@@ -303,6 +303,22 @@ pub struct OAuthApplicationStatus {
     /// Fields that differ at the provider from the spec (with `driftPolicy: Report`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drifted_fields: Vec<String>,
+    /// The Secret keys the client id and secret were written under. A changed
+    /// `spec.secret.keys` is refused rather than answered with new credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_keys: Option<RecordedSecretKeys>,
+    /// Set while newly issued credentials are held in the operator's own namespace and not
+    /// yet in the Secret; cleared once the Secret holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_staged_at: Option<Time>,
+}
+
+/// Key names of the credentials in the Secret, as written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedSecretKeys {
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 /// A create call that may have happened without its result being recorded.

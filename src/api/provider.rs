@@ -171,6 +171,18 @@ pub struct ProviderStatus {
     /// The backend block in use (`clerk`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// The credential Secret the operator keeps from being deleted (a finalizer) while this
+    /// provider exists, so that deleting a whole namespace still lets its applications delete
+    /// their clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_credential: Option<String>,
+}
+
+impl ProviderSettings {
+    /// The name of the Secret holding the admin credential.
+    pub fn credential_secret(&self) -> Option<&str> {
+        self.clerk.as_ref().map(|c| c.secret_key_ref.name.as_str())
+    }
 }
 
 impl ProviderSettings {

@@ -16,27 +16,33 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
+use secrecy::{ExposeSecret, SecretString};
+
 use super::context::{Context, trigger_fingerprint};
 use super::desired::desired_client;
 use super::error::{Error, Result};
-use super::resolve::{ResolvedProvider, resolve_provider};
+use super::plan::{
+    CredentialFacts, CredentialsStep, IdentityFacts, IdentityStep, Lookup, Refusal, SecretFact,
+    credentials_step, identity_step,
+};
+use super::resolve::{ResolvedProvider, provider_key, resolve_provider};
 use super::secret::{
-    build_secret, create_secret, dry_run_write, is_owned_by, reconcile_metadata, release_secret,
+    CLIENT_ID_ANNOTATION, KeyNames, PROVIDER_OBJECT_ID_ANNOTATION, build_secret, create_secret,
+    dry_run_write, heal_secret, is_owned_by, put_client_secret, reconcile_metadata, release_secret,
     write_rotated_secret,
 };
+use super::staging::{Staged, Staging};
 use super::status::StatusWriter;
 use crate::api::conditions::{DRIFTED, READY, new_condition, remove_condition, set_condition};
 use crate::api::{
     DeletionPolicy, DriftPolicy, OAuthApplication, OAuthApplicationStatus, PendingRegistration,
+    RecordedSecretKeys,
 };
 use crate::providers::{DesiredClient, IssuedClient, ProviderError, RemoteClient};
 use crate::telemetry::{ErrorLabels, ReconcileLabels};
 
 pub const FINALIZER: &str = "oauth-operator.dev/cleanup";
 const KIND: &str = "OAuthApplication";
-/// A client found by its registration name after a crash counts as ours only if created at
-/// most this long before the recorded start of the create call (clock skew with the provider).
-const ADOPTION_CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(120);
 
 /// Now, to the second: what `Time` serializes, so comparing status never sees sub-second noise.
 fn now() -> Timestamp {
@@ -177,14 +183,23 @@ async fn report(
     result
 }
 
-/// Whether our Secret holds credentials of `remote` (by the client id it stores).
-fn holds_client(secret: &Secret, app: &OAuthApplication, remote: &RemoteClient) -> bool {
-    let key = super::secret::KeyNames::for_app(app).client_id;
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&key))
-        .is_some_and(|v| v.0 == remote.client_id.as_bytes())
+/// What the plan sees of our Secret (see [`SecretFact`]).
+fn secret_fact(secret: Option<&Secret>, keys: &KeyNames) -> SecretFact {
+    let Some(secret) = secret else {
+        return SecretFact::Missing;
+    };
+    let value = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    SecretFact::Present {
+        written_for: secret.annotations().get(CLIENT_ID_ANNOTATION).cloned(),
+        data_client_id: value(&keys.client_id),
+        has_secret: value(&keys.client_secret).is_some_and(|v| !v.is_empty()),
+    }
 }
 
 /// What every step of one pass over one application works with.
@@ -195,6 +210,26 @@ struct Pass<'a> {
     provider: &'a ResolvedProvider,
     desired: &'a DesiredClient,
     secrets: &'a Api<Secret>,
+    staging: &'a Staging,
+    /// The current `oauth-operator.dev/rotate` token: credentials issued in this pass answer it.
+    rotate_token: Option<&'a str>,
+}
+
+impl Pass<'_> {
+    fn crash_point(&self, point: &str) {
+        crate::fault::crash_point(&self.ctx.config.faults, point);
+    }
+}
+
+/// Credentials in hand: issued in this pass, or staged by an earlier one.
+struct InHand {
+    client_secret: Option<SecretString>,
+    /// Held in the operator's namespace until the Secret has them.
+    staged: bool,
+    /// The rotation request they answer.
+    rotation_token: Option<String>,
+    /// Issued by a rotation (the previous secret no longer works).
+    rotated: bool,
 }
 
 async fn apply(
@@ -222,6 +257,18 @@ async fn apply(
              or create a new OAuthApplication"
         )));
     }
+    let keys = KeyNames::for_app(app);
+    if let Some(recorded) = &status.secret_keys
+        && (recorded.client_id != keys.client_id || recorded.client_secret != keys.client_secret)
+    {
+        // The CRD refuses this change; an older installed CRD may not. Under new keys the
+        // Secret would look empty, and "empty" must never turn into new credentials.
+        return Err(Error::InvalidSpec(format!(
+            "the Secret keys cannot change (client id {:?}, client secret {:?} were written): set spec.secret.keys back, \
+             or create a new OAuthApplication",
+            recorded.client_id, recorded.client_secret
+        )));
+    }
     // The Secret: never taken over, checked before anything is registered. A live read, not
     // a cache: acting on a stale "missing" would rotate a working secret.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -234,91 +281,243 @@ async fn apply(
              the operator never takes over a Secret it did not create: delete it or set spec.secret.name"
         )));
     }
+    let staging = Staging::new(
+        ctx.client.clone(),
+        &ctx.config.operator_namespace,
+        app,
+        &provider.key,
+    );
+    let rotate_token = app.rotate_token();
     let pass = Pass {
         app,
         ctx,
         provider: &provider,
         desired: &desired,
         secrets: &secrets,
+        staging: &staging,
+        rotate_token,
     };
-    let rotate_token = app.rotate_token().map(str::to_string);
-    let rotation_requested = rotate_token.is_some() && rotate_token != status.last_rotation_token;
-    // 3. find the remote client (its id is only ever taken from status: an annotation on the
-    //    Secret could be written by anyone who can edit Secrets in this namespace)
-    let found = match status.provider_object_id.clone() {
-        None => None,
-        Some(id) => match sync_remote(pass, status, &id).await? {
-            Some(remote) => Some(remote),
-            None if rotation_requested => {
-                // The client is gone and new credentials were asked for: register anew.
+    let rotation_requested =
+        rotate_token.is_some() && rotate_token != status.last_rotation_token.as_deref();
+    let secret = secret_fact(existing.as_ref(), &keys);
+
+    // 3. staged credentials: looked for only when an earlier pass may not have finished, so
+    //    the steady state costs no read
+    let settled = status.provider_object_id.is_some()
+        && status.pending_registration.is_none()
+        && status.credentials_staged_at.is_none()
+        && !rotation_requested
+        && matches!(&secret, SecretFact::Present { written_for, .. } if *written_for == status.client_id);
+    let mut staged = if settled { None } else { staging.load().await? };
+
+    // 4. which client is ours (plan, observe, repeat: a handful of steps at most)
+    let mut facts = IdentityFacts {
+        staged_unrecorded: staged.as_ref().is_some_and(|s| {
+            status.provider_object_id.as_deref() != Some(s.provider_object_id.as_str())
+                || status.pending_registration.is_some()
+                || status.credentials_staged_at.is_none()
+        }),
+        recorded_id: status.provider_object_id.is_some(),
+        remote: Lookup::NotYet,
+        pending_registration: status.pending_registration.is_some(),
+        secret: secret.clone(),
+        from_secret: Lookup::NotYet,
+        rotation_requested,
+    };
+    let mut remote = None;
+    let mut in_hand = None;
+    for _ in 0..8 {
+        match identity_step(&facts) {
+            IdentityStep::RecordStaged => {
+                let s = staged.as_ref().ok_or_else(invariant)?;
+                status.provider_object_id = Some(s.provider_object_id.clone());
+                status.client_id = Some(s.client_id.clone());
+                status.pending_registration = None;
+                status.credentials_staged_at = Some(Time(now()));
+                writer.write(status).await?;
+                ctx.event(
+                    app,
+                    EventType::Normal,
+                    "CredentialsResumed",
+                    "Register",
+                    format!(
+                        "an interrupted pass left new credentials of client {} staged; recorded the client and writing them to Secret {secret_name}",
+                        s.client_id
+                    ),
+                )
+                .await;
+                facts.staged_unrecorded = false;
+                facts.recorded_id = true;
+                facts.pending_registration = false;
+                facts.remote = Lookup::NotYet;
+            }
+            IdentityStep::Sync => {
+                let id = status.provider_object_id.clone().ok_or_else(invariant)?;
+                remote = sync_remote(pass, status, &id).await?;
+                facts.remote = if remote.is_some() {
+                    Lookup::Present
+                } else {
+                    Lookup::Absent
+                };
+            }
+            IdentityStep::Known => break,
+            IdentityStep::Recreate => {
+                let id = status.provider_object_id.take().unwrap_or_default();
+                status.client_id = None;
                 let note = format!(
                     "client {id} no longer exists at {}; registering a new one (rotation {:?}) and replacing the credentials in Secret {secret_name}",
                     provider.key,
-                    rotate_token.as_deref().unwrap_or_default()
+                    rotate_token.unwrap_or_default()
                 );
                 ctx.event(app, EventType::Warning, "ClientRecreated", "Register", note)
                     .await;
                 ctx.metrics.lifecycle_event("client_recreated");
-                status.provider_object_id = None;
-                status.client_id = None;
-                None
+                discard_void(&staging, &mut staged, status).await;
+                let (client, hand) = register(pass, writer, status, existing.as_ref()).await?;
+                (remote, in_hand) = (Some(client), Some(hand));
+                break;
             }
-            None => {
-                return Err(Error::ClientMissing(format!(
-                    "client {id} no longer exists at {} (deleted there, or the provider now points at another instance); \
-                     the credentials in Secret {secret_name} are left as they are: set a new oauth-operator.dev/rotate \
-                     token to register a new client and replace them",
-                    provider.key
-                )));
+            IdentityStep::ResolvePending => {
+                let (client, hand) =
+                    resolve_pending(pass, writer, status, existing.as_ref()).await?;
+                (remote, in_hand) = (Some(client), Some(hand));
+                break;
             }
-        },
-    };
-    // 4. register when there is no client (yet, or any more)
-    if found.is_none()
-        && status.pending_registration.is_none()
-        && existing.is_some()
-        && !rotation_requested
+            IdentityStep::LookUpFromSecret => {
+                let found = match existing.as_ref() {
+                    Some(s) => look_up_from_secret(pass, writer, status, s, &keys).await?,
+                    None => None,
+                };
+                facts.from_secret = if found.is_some() {
+                    facts.recorded_id = true;
+                    facts.remote = Lookup::Present;
+                    Lookup::Present
+                } else {
+                    Lookup::Absent
+                };
+                remote = found;
+            }
+            IdentityStep::Register => {
+                let (client, hand) = register(pass, writer, status, existing.as_ref()).await?;
+                (remote, in_hand) = (Some(client), Some(hand));
+                break;
+            }
+            IdentityStep::Refuse(refusal) => {
+                discard_void(&staging, &mut staged, status).await;
+                return Err(refuse(refusal, status, &provider.key, &secret_name));
+            }
+        }
+    }
+    let remote = remote.ok_or_else(invariant)?;
+    if in_hand.is_none()
+        && let Some(s) = staged.take()
     {
-        // Our Secret exists but status knows no client (status lost or restored): registering
-        // now would silently replace credentials that may still work.
-        return Err(Error::ClientMissing(format!(
-            "Secret {secret_name} exists but status records no client (was the status reset?); the credentials \
-             are left as they are: set a new oauth-operator.dev/rotate token to register a new client and replace them"
-        )));
-    }
-    let fresh_credentials = found.is_none();
-    let remote = match found {
-        Some(remote) => remote,
-        None => {
-            let secret = existing.as_ref();
-            register(pass, writer, status, secret).await?
+        if s.provider_object_id == remote.id {
+            in_hand = Some(InHand {
+                client_secret: Some(s.client_secret),
+                staged: true,
+                rotation_token: s.rotation_token,
+                rotated: s.rotated,
+            });
+        } else {
+            // Issued for a client that is no longer this application's.
+            staged = Some(s);
+            discard_void(&staging, &mut staged, status).await;
         }
-    };
+    }
+
     // 5. the Secret
-    if fresh_credentials {
-        // Credentials were just issued: a pending rotation request is satisfied by them.
-        status.last_rotation_token = rotate_token.clone();
-    } else if let Some(secret) = existing.as_ref().filter(|s| !holds_client(s, app, &remote)) {
-        // The Secret holds another client's credentials (a write after a new registration
-        // failed): replace them with working ones for this client.
-        warn!(app = %ObjectRef::from_obj(app), "the Secret holds another client's credentials; issuing new ones");
-        recover_secret(pass, &remote, status, Some(secret)).await?;
-        status.last_rotation_token = rotate_token.clone();
-    } else if let Some(secret) = &existing {
-        if rotation_requested {
-            rotate(pass, secret, &remote, status).await?;
-            status.last_rotation_token = rotate_token.clone();
-        } else if reconcile_metadata(&secrets, secret, app, &remote).await? {
-            info!(app = %ObjectRef::from_obj(app), "updated Secret labels/annotations");
+    let step = credentials_step(&CredentialFacts {
+        in_hand: in_hand.is_some(),
+        secret,
+        client_id: remote.client_id.clone(),
+        public: remote.public,
+        rotation_requested,
+    });
+    match step {
+        CredentialsStep::Deliver => {
+            let hand = in_hand.ok_or_else(invariant)?;
+            deliver(pass, status, existing.as_ref(), &remote, hand).await?;
         }
-    } else {
-        recover_secret(pass, &remote, status, None).await?;
-        status.last_rotation_token = rotate_token.clone();
+        CredentialsStep::Recover => {
+            let hand = issue(pass, writer, status, existing.as_ref(), &remote).await?;
+            deliver(pass, status, existing.as_ref(), &remote, hand).await?;
+            ctx.metrics.lifecycle_event("secret_recovered");
+            ctx.event(
+                app,
+                EventType::Warning,
+                "SecretRecovered",
+                "Recover",
+                format!(
+                    "Secret {secret_name} was missing or held another client's credentials; {} and wrote it",
+                    if remote.public {
+                        "recreated it (public client, no secret)"
+                    } else {
+                        "rotated the client secret"
+                    }
+                ),
+            )
+            .await;
+        }
+        CredentialsStep::Rotate => {
+            let hand = issue(pass, writer, status, existing.as_ref(), &remote).await?;
+            deliver(pass, status, existing.as_ref(), &remote, hand).await?;
+            ctx.metrics.lifecycle_event("secret_rotated");
+            ctx.event(
+                app,
+                EventType::Normal,
+                "SecretRotated",
+                "Rotate",
+                format!(
+                    "rotated the client secret of {} on request; Secret {secret_name} updated",
+                    remote.client_id
+                ),
+            )
+            .await;
+        }
+        CredentialsStep::Heal => {
+            let current = existing.as_ref().ok_or_else(invariant)?;
+            heal_secret(&secrets, current, app, &remote).await?;
+            ctx.metrics.lifecycle_event("secret_healed");
+            ctx.event(
+                app,
+                EventType::Warning,
+                "SecretHealed",
+                "Heal",
+                format!(
+                    "Secret {secret_name} had its client id changed; wrote {} back (the client secret was left as it is)",
+                    remote.client_id
+                ),
+            )
+            .await;
+        }
+        CredentialsStep::Keep => {
+            if let Some(current) = &existing
+                && reconcile_metadata(&secrets, current, app, &remote).await?
+            {
+                info!(app = %ObjectRef::from_obj(app), "updated Secret labels/annotations");
+            }
+        }
     }
+    // A client still carrying its registration name gets its display name now that its id is
+    // durable (a crash before this is finished by a later pass, by id).
+    let uid = app.metadata.uid.as_deref().unwrap_or_default();
+    let remote = if remote.name == registration_name(&desired.name, uid) {
+        let named = provider.client.update(&remote.id, &desired).await?;
+        ctx.inventory.upsert(&provider.key, &named).await;
+        named
+    } else {
+        remote
+    };
+
     // 6. status
     status.client_id = Some(remote.client_id.clone());
     status.provider_object_id = Some(remote.id.clone());
     status.secret_name = Some(secret_name.clone());
+    status.secret_keys = Some(RecordedSecretKeys {
+        client_id: keys.client_id.clone(),
+        client_secret: keys.client_secret.clone(),
+    });
     status.endpoints = Some(remote.endpoints.clone());
     status.pending_registration = None;
     status.observed_generation = app.metadata.generation;
@@ -332,6 +531,45 @@ async fn apply(
     );
     writer.write(status).await?;
     Ok(Action::requeue(ctx.resync_delay()))
+}
+
+fn invariant() -> Error {
+    Error::Internal("the reconcile plan reached a state it cannot be in".into())
+}
+
+fn refuse(
+    refusal: Refusal,
+    status: &OAuthApplicationStatus,
+    provider: &str,
+    secret_name: &str,
+) -> Error {
+    match refusal {
+        Refusal::ClientGone => Error::ClientMissing(format!(
+            "client {} no longer exists at {provider} (deleted there, or the provider now points at another instance); \
+             the credentials in Secret {secret_name} are left as they are: set a new oauth-operator.dev/rotate \
+             token to register a new client and replace them",
+            status.provider_object_id.as_deref().unwrap_or_default()
+        )),
+        Refusal::SecretWithoutClient => Error::ClientMissing(format!(
+            "Secret {secret_name} exists but status records no client, and the client the Secret names is not at \
+             {provider} or does not accept its secret (was the status reset?); the credentials are left as they \
+             are: set a new oauth-operator.dev/rotate token to register a new client and replace them"
+        )),
+    }
+}
+
+/// Drops staged credentials that can no longer be delivered (their client is gone).
+async fn discard_void(
+    staging: &Staging,
+    staged: &mut Option<Staged>,
+    status: &mut OAuthApplicationStatus,
+) {
+    if staged.take().is_some() {
+        if let Err(e) = staging.discard().await {
+            warn!(error = %e, "could not delete void staged credentials");
+        }
+        status.credentials_staged_at = None;
+    }
 }
 
 /// Checks the existing client against the spec: a PATCH after a spec change, drift
@@ -458,43 +696,26 @@ async fn sync_remote(
 /// Registers a new client, crash-safe:
 /// - the Secret write that must follow is proven by a dry-run first;
 /// - the pending registration (with a name unique to this object) is in status before the
-///   create call, and the client's id right after it;
-/// - after a crash before the id was stored, the client is found by that unique name and
-///   adopted with a rotated secret (the first one was never stored), never created twice.
+///   create call;
+/// - the issued secret is staged in the operator's namespace the moment it exists, and the
+///   client's id recorded in status before the Secret is written or the client renamed;
+/// - after a crash before the id was recorded, the client is found by that unique name and
+///   adopted (see [`resolve_pending`]), never created twice.
 async fn register(
     pass: Pass<'_>,
     writer: &mut StatusWriter<'_>,
     status: &mut OAuthApplicationStatus,
     existing: Option<&Secret>,
-) -> Result<RemoteClient> {
+) -> Result<(RemoteClient, InHand)> {
     let Pass {
         app,
         ctx,
         provider,
         desired,
         secrets,
+        ..
     } = pass;
     dry_run_write(secrets, app, existing).await?;
-    if let Some(pending) = status.pending_registration.clone() {
-        if let Some(adopted) = adopt_orphan(pass, &pending, status, existing).await? {
-            return Ok(adopted);
-        }
-        // Nothing found. If the last create's outcome is unknown, a late commit may still
-        // appear: wait for it rather than risk a second client.
-        let settle = ctx.config.provider_timeout * 2;
-        let since = pending
-            .unanswered_at
-            .as_ref()
-            .unwrap_or(&pending.started_at);
-        let age = now().duration_since(since.0);
-        if age < SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX) {
-            return Err(Error::RegistrationPending(format!(
-                "a create call at {} may still complete; waiting until {}s after it before registering again",
-                provider.key,
-                settle.as_secs()
-            )));
-        }
-    }
     let uid = app.metadata.uid.clone().unwrap_or_default();
     let name = registration_name(&desired.name, &uid);
     status.pending_registration = Some(PendingRegistration {
@@ -502,6 +723,8 @@ async fn register(
         started_at: Time(now()),
         unanswered_at: None,
     });
+    status.provider_object_id = None;
+    status.client_id = None;
     set_condition(
         &mut status.conditions,
         new_condition(
@@ -540,23 +763,11 @@ async fn register(
             return Err(e.into());
         }
     };
-    if ctx.config.fault.as_deref() == Some("abort-after-create") {
-        // Test hook: die exactly where a crash loses a freshly issued secret.
-        warn!("fault injection: aborting right after the create call");
-        std::process::abort();
-    }
-    // From here on, recovery goes by id (a crash now leads to recover_secret, by rotation).
-    status.provider_object_id = Some(issued.client.id.clone());
-    status.client_id = Some(issued.client.client_id.clone());
-    if let Err(e) = writer.write(status).await {
-        warn!(error = %e, "recording the new client id failed; writing the Secret first");
-    }
-    store_credentials(app, secrets, existing, &issued, None).await?;
-    if ctx.config.fault.as_deref() == Some("abort-after-secret") {
-        // Test hook: die after the Secret exists, before the client got its display name.
-        warn!("fault injection: aborting right after writing the Secret");
-        std::process::abort();
-    }
+    pass.crash_point("after-create");
+    let hand = stage(pass, &issued.client, issued.client_secret, false).await;
+    pass.crash_point("after-stage");
+    record_id(writer, status, &issued.client, hand.staged).await?;
+    pass.crash_point("after-record");
     ctx.metrics.lifecycle_event("client_registered");
     ctx.event(
         app,
@@ -564,71 +775,307 @@ async fn register(
         "Registered",
         "Register",
         format!(
-            "registered client {} at {}; credentials written to Secret {}",
+            "registered client {} at {}; its credentials go to Secret {}",
             issued.client.client_id,
             provider.key,
             app.secret_name()
         ),
     )
     .await;
-    // The Secret holds the credentials: now give the client its display name.
-    let named = provider.client.update(&issued.client.id, desired).await?;
-    ctx.inventory.upsert(&provider.key, &named).await;
-    Ok(named)
+    Ok((issued.client, hand))
 }
 
-/// After a crash between create and storing its result: find the client(s) created under this
-/// object's registration name, adopt the oldest with a rotated secret and delete any others
-/// (they can only be duplicates of ours: the name carries our uid).
-async fn adopt_orphan(
+/// A registration whose result was never recorded (a crash, a lost answer): the clients that
+/// carry this object's registration name are ours, however old (the create may have been
+/// retried many times before the crash). The oldest is adopted with a new secret (the first
+/// one was never stored), the others deleted. When there is none, a create whose outcome is
+/// unknown may still commit: wait for it before registering again.
+async fn resolve_pending(
     pass: Pass<'_>,
-    pending: &PendingRegistration,
+    writer: &mut StatusWriter<'_>,
     status: &mut OAuthApplicationStatus,
     existing: Option<&Secret>,
-) -> Result<Option<RemoteClient>> {
+) -> Result<(RemoteClient, InHand)> {
     let Pass {
         app,
         ctx,
         provider,
-        desired,
+        secrets,
         ..
     } = pass;
-    let since = pending.started_at.0 - ADOPTION_CLOCK_SKEW;
-    let mut candidates: Vec<RemoteClient> = provider
-        .client
-        .find_by_name(&pending.name)
-        .await?
-        .into_iter()
-        .filter(|c| c.created_at.is_some_and(|t| t >= since))
-        .collect();
-    candidates.sort_by_key(|c| c.created_at);
-    let Some((orphan, duplicates)) = candidates.split_first() else {
+    let pending = status.pending_registration.clone().ok_or_else(invariant)?;
+    dry_run_write(secrets, app, existing).await?;
+    let mut candidates = provider.client.find_by_name(&pending.name).await?;
+    candidates.sort_by_key(|c| (c.created_at.is_none(), c.created_at));
+    if let Some((orphan, duplicates)) = candidates.split_first() {
+        for duplicate in duplicates {
+            provider.client.delete(&duplicate.id).await?;
+            ctx.inventory.remove(&provider.key, &duplicate.id).await;
+            ctx.metrics.lifecycle_event("duplicate_deleted");
+            warn!(id = %duplicate.id, "deleted a duplicate client left by an interrupted registration");
+        }
+        let issued = if orphan.public {
+            IssuedClient {
+                client: orphan.clone(),
+                client_secret: None,
+            }
+        } else {
+            provider.client.rotate_secret(&orphan.id).await?
+        };
+        pass.crash_point("after-rotate");
+        let hand = stage(pass, &issued.client, issued.client_secret, !orphan.public).await;
+        pass.crash_point("after-stage");
+        record_id(writer, status, &issued.client, hand.staged).await?;
+        pass.crash_point("after-record");
+        ctx.metrics.lifecycle_event("client_adopted");
+        ctx.event(
+            app,
+            EventType::Warning,
+            "ClientAdopted",
+            "Register",
+            format!(
+                "found client {} created by an interrupted registration; {} and writing Secret {}",
+                issued.client.client_id,
+                if orphan.public {
+                    "a public client has no secret"
+                } else {
+                    "rotated its secret (the first one was never stored)"
+                },
+                app.secret_name()
+            ),
+        )
+        .await;
+        return Ok((issued.client, hand));
+    }
+    let settle = ctx.config.provider_timeout * 2;
+    let since = pending
+        .unanswered_at
+        .as_ref()
+        .unwrap_or(&pending.started_at);
+    let age = now().duration_since(since.0);
+    if age < SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX) {
+        return Err(Error::RegistrationPending(format!(
+            "a create call at {} may still complete; waiting until {}s after it before registering again",
+            provider.key,
+            settle.as_secs()
+        )));
+    }
+    register(pass, writer, status, existing).await
+}
+
+/// Status lost its id while our Secret exists: the Secret's annotations name the client it was
+/// written for. That client counts as ours only if the Secret's secret authenticates as it at
+/// the provider: anyone who may edit Secrets in this namespace could write another
+/// application's id into the annotations, but nobody without that client's secret passes this
+/// check. A public client has no secret, so nothing proves it: it is not taken back.
+async fn look_up_from_secret(
+    pass: Pass<'_>,
+    writer: &mut StatusWriter<'_>,
+    status: &mut OAuthApplicationStatus,
+    secret: &Secret,
+    keys: &KeyNames,
+) -> Result<Option<RemoteClient>> {
+    let Pass {
+        app, ctx, provider, ..
+    } = pass;
+    let note = secret.annotations();
+    let (Some(object_id), Some(client_id)) = (
+        note.get(PROVIDER_OBJECT_ID_ANNOTATION),
+        note.get(CLIENT_ID_ANNOTATION),
+    ) else {
         return Ok(None);
     };
-    for duplicate in duplicates {
-        provider.client.delete(&duplicate.id).await?;
-        warn!(id = %duplicate.id, "deleted a duplicate client left by an interrupted registration");
+    let value = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    if value(&keys.client_id).as_deref() != Some(client_id.as_str()) {
+        return Ok(None);
     }
-    let issued = rotate_and_store(pass, &orphan.id, existing, status).await?;
-    // Only now: until the Secret holds the rotated secret, the pending record (and the tagged
-    // name) must lead the next pass back here, not to a client whose secret nobody holds.
-    status.provider_object_id = Some(issued.client.id.clone());
-    ctx.metrics.lifecycle_event("client_adopted");
+    let Some(client_secret) = value(&keys.client_secret).map(SecretString::from) else {
+        return Ok(None);
+    };
+    let remote = match provider.client.get(object_id).await {
+        Ok(remote) => remote,
+        Err(ProviderError::NotFound { .. }) => return Ok(None),
+        // An id the backend refuses to put in a URL is not one of its clients.
+        Err(ProviderError::Unsupported(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if remote.client_id != *client_id || remote.public {
+        return Ok(None);
+    }
+    if !provider
+        .client
+        .proves_possession(&remote, &client_secret)
+        .await?
+    {
+        warn!(app = %ObjectRef::from_obj(app), client = %remote.client_id,
+            "the Secret names a client whose secret it does not hold; not taking it back");
+        return Ok(None);
+    }
+    record_id(writer, status, &remote, false).await?;
+    ctx.metrics.lifecycle_event("client_relinked");
     ctx.event(
         app,
         EventType::Warning,
-        "ClientAdopted",
+        "ClientRelinked",
         "Register",
         format!(
-            "found client {} created by an interrupted registration; rotated its secret (the first one was never stored) and wrote Secret {}",
-            issued.client.client_id,
-            app.secret_name()
+            "status recorded no client; Secret {} holds working credentials of client {}, which is this application's again",
+            app.secret_name(),
+            remote.client_id
         ),
     )
     .await;
-    let named = provider.client.update(&issued.client.id, desired).await?;
-    ctx.inventory.upsert(&provider.key, &named).await;
-    Ok(Some(named))
+    Ok(Some(remote))
+}
+
+/// Stages freshly issued credentials in the operator's namespace. A failure is logged and the
+/// pass goes on: the Secret may still be written directly, and if not, the next pass issues
+/// again (by adoption, rotation or recovery).
+async fn stage(
+    pass: Pass<'_>,
+    client: &RemoteClient,
+    client_secret: Option<SecretString>,
+    rotated: bool,
+) -> InHand {
+    let rotation_token = pass.rotate_token.map(str::to_string);
+    let staged = match &client_secret {
+        None => false,
+        Some(value) => {
+            let staged = Staged {
+                client_id: client.client_id.clone(),
+                provider_object_id: client.id.clone(),
+                rotation_token: rotation_token.clone(),
+                rotated,
+                client_secret: value.clone(),
+            };
+            match pass.staging.store(&staged).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(error = %e, "staging the new credentials failed; writing the Secret directly");
+                    false
+                }
+            }
+        }
+    };
+    InHand {
+        client_secret,
+        staged,
+        rotation_token,
+        rotated,
+    }
+}
+
+/// Makes the client's id durable before anything depends on it: the Secret write, the rename
+/// that removes the uid tag, the end of the pending registration.
+async fn record_id(
+    writer: &mut StatusWriter<'_>,
+    status: &mut OAuthApplicationStatus,
+    client: &RemoteClient,
+    staged: bool,
+) -> Result<()> {
+    status.provider_object_id = Some(client.id.clone());
+    status.client_id = Some(client.client_id.clone());
+    status.pending_registration = None;
+    if staged {
+        status.credentials_staged_at = Some(Time(now()));
+    }
+    writer.write(status).await
+}
+
+/// A new secret for a known client (rotation on request, or recovery of a lost Secret): the
+/// Secret write is proven possible first, the secret staged the moment it exists and recorded
+/// as staged before the Secret is written.
+async fn issue(
+    pass: Pass<'_>,
+    writer: &mut StatusWriter<'_>,
+    status: &mut OAuthApplicationStatus,
+    existing: Option<&Secret>,
+    remote: &RemoteClient,
+) -> Result<InHand> {
+    if remote.public {
+        return Ok(InHand {
+            client_secret: None,
+            staged: false,
+            rotation_token: pass.rotate_token.map(str::to_string),
+            rotated: false,
+        });
+    }
+    dry_run_write(pass.secrets, pass.app, existing).await?;
+    let issued = pass.provider.client.rotate_secret(&remote.id).await?;
+    pass.crash_point("after-rotate");
+    let hand = stage(pass, &issued.client, issued.client_secret, true).await;
+    pass.crash_point("after-stage");
+    if hand.staged {
+        status.credentials_staged_at = Some(Time(now()));
+        writer.write(status).await?;
+    }
+    pass.crash_point("after-record");
+    Ok(hand)
+}
+
+/// Writes credentials in hand into the Secret, then lets go of the staged copy. Writing the
+/// value the Secret already holds is skipped, so delivering twice changes nothing.
+async fn deliver(
+    pass: Pass<'_>,
+    status: &mut OAuthApplicationStatus,
+    existing: Option<&Secret>,
+    remote: &RemoteClient,
+    hand: InHand,
+) -> Result<()> {
+    let Pass {
+        app,
+        secrets,
+        staging,
+        ..
+    } = pass;
+    let keys = KeyNames::for_app(app);
+    let holds = |s: &Secret| {
+        let get = |k: &str| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .map(|v| v.0.as_slice())
+        };
+        get(&keys.client_id) == Some(remote.client_id.as_bytes())
+            && get(&keys.client_secret)
+                == hand
+                    .client_secret
+                    .as_ref()
+                    .map(|v| v.expose_secret().as_bytes())
+    };
+    let rotated_at = hand.rotated.then(now);
+    if !existing.is_some_and(holds) {
+        let at = rotated_at.map(|t| t.to_string());
+        store_credentials(
+            app,
+            secrets,
+            existing,
+            remote,
+            hand.client_secret.as_ref(),
+            at.as_deref(),
+        )
+        .await?;
+        if let Some(t) = rotated_at {
+            status.secret_rotated_at = Some(Time(t));
+        }
+    }
+    pass.crash_point("after-secret");
+    if hand.staged || status.credentials_staged_at.is_some() {
+        match staging.discard().await {
+            Ok(()) => status.credentials_staged_at = None,
+            // Kept as staged: the next pass finds the Secret already holds it.
+            Err(e) => warn!(error = %e, "could not delete the staged credentials"),
+        }
+    }
+    status.last_rotation_token = hand.rotation_token;
+    Ok(())
 }
 
 /// Writes freshly issued credentials: a POST when there is no Secret, otherwise (our own
@@ -637,19 +1084,15 @@ async fn store_credentials(
     app: &OAuthApplication,
     secrets: &Api<Secret>,
     existing: Option<&Secret>,
-    issued: &IssuedClient,
+    client: &RemoteClient,
+    client_secret: Option<&SecretString>,
     rotated_at: Option<&str>,
 ) -> Result<()> {
     match existing {
         None => {
-            let secret = build_secret(
-                app,
-                &issued.client,
-                issued.client_secret.as_ref(),
-                rotated_at,
-            );
-            // A few quick retries: the secret exists only in memory until this succeeds (and
-            // if it never does, the next pass recovers by rotation).
+            let secret = build_secret(app, client, client_secret, rotated_at);
+            // A few quick retries; if it never succeeds, the staged copy (or, without one, the
+            // next pass) takes over.
             let mut attempt = 0;
             loop {
                 match create_secret(secrets, &secret, app).await {
@@ -667,103 +1110,9 @@ async fn store_credentials(
             let at = rotated_at
                 .map(str::to_string)
                 .unwrap_or_else(|| now().to_string());
-            write_rotated_secret(
-                secrets,
-                app,
-                &issued.client,
-                issued.client_secret.as_ref(),
-                &at,
-            )
-            .await
+            write_rotated_secret(secrets, app, client, client_secret, &at).await
         }
     }
-}
-
-/// Issues a new secret for client `id` (the old one stops working at once), stores it in the
-/// Secret (patching `existing`, or creating it) and records `secretRotatedAt`.
-async fn rotate_and_store(
-    pass: Pass<'_>,
-    id: &str,
-    existing: Option<&Secret>,
-    status: &mut OAuthApplicationStatus,
-) -> Result<IssuedClient> {
-    let issued = pass.provider.client.rotate_secret(id).await?;
-    let rotated_at = now();
-    let at = rotated_at.to_string();
-    store_credentials(pass.app, pass.secrets, existing, &issued, Some(&at)).await?;
-    status.secret_rotated_at = Some(Time(rotated_at));
-    Ok(issued)
-}
-
-/// The Secret was deleted: issue a new client secret (the old value is gone) and write it.
-async fn recover_secret(
-    pass: Pass<'_>,
-    remote: &RemoteClient,
-    status: &mut OAuthApplicationStatus,
-    existing: Option<&Secret>,
-) -> Result<()> {
-    let Pass {
-        app, ctx, secrets, ..
-    } = pass;
-    dry_run_write(secrets, app, existing).await?;
-    if remote.public {
-        let issued = IssuedClient {
-            client: remote.clone(),
-            client_secret: None,
-        };
-        store_credentials(app, secrets, existing, &issued, Some(&now().to_string())).await?;
-    } else {
-        rotate_and_store(pass, &remote.id, existing, status).await?;
-    }
-    ctx.metrics.lifecycle_event("secret_recovered");
-    ctx.event(
-        app,
-        EventType::Warning,
-        "SecretRecovered",
-        "Recover",
-        format!(
-            "Secret {} was missing or held another client's credentials; {} and wrote it",
-            app.secret_name(),
-            if remote.public {
-                "recreated it (public client, no secret)"
-            } else {
-                "rotated the client secret"
-            }
-        ),
-    )
-    .await;
-    Ok(())
-}
-
-/// Rotation on request (`oauth-operator.dev/rotate`).
-async fn rotate(
-    pass: Pass<'_>,
-    secret: &Secret,
-    remote: &RemoteClient,
-    status: &mut OAuthApplicationStatus,
-) -> Result<()> {
-    let Pass {
-        app, ctx, secrets, ..
-    } = pass;
-    if remote.public {
-        return Ok(()); // nothing to rotate
-    }
-    dry_run_write(secrets, app, Some(secret)).await?;
-    let issued = rotate_and_store(pass, &remote.id, Some(secret), status).await?;
-    ctx.metrics.lifecycle_event("secret_rotated");
-    ctx.event(
-        app,
-        EventType::Normal,
-        "SecretRotated",
-        "Rotate",
-        format!(
-            "rotated the client secret of {} on request; Secret {} updated",
-            issued.client.client_id,
-            app.secret_name()
-        ),
-    )
-    .await;
-    Ok(())
 }
 
 /// Deletion: honours `deletionPolicy`; a provider that is gone blocks at most
@@ -813,8 +1162,30 @@ async fn cleanup(
         )
         .await;
     }
+    let reference = &app.spec.provider_ref;
+    let staging = Staging::new(
+        ctx.client.clone(),
+        &ctx.config.operator_namespace,
+        app,
+        &provider_key(reference.kind, &namespace, &reference.name),
+    );
     if let Some(secret) = existing {
         if keep_secret {
+            // Credentials staged but never delivered are the client's only working ones: the
+            // Secret that is kept gets them.
+            let secret = match staging.load().await? {
+                Some(staged) => {
+                    put_client_secret(
+                        &secrets,
+                        secret,
+                        app,
+                        &staged.client_id,
+                        &staged.client_secret,
+                    )
+                    .await?
+                }
+                None => secret,
+            };
             release_secret(&secrets, &secret, app).await?;
         } else {
             let params = DeleteParams {
@@ -831,6 +1202,7 @@ async fn cleanup(
             }
         }
     }
+    staging.discard().await?;
     Ok(Action::await_change())
 }
 
@@ -849,11 +1221,8 @@ async fn delete_remote(
     }
     // An interrupted registration: delete what it may have created (the name carries our uid).
     if let Some(pending) = &status.pending_registration {
-        let since = pending.started_at.0 - ADOPTION_CLOCK_SKEW;
         for c in provider.client.find_by_name(&pending.name).await? {
-            if c.created_at.is_some_and(|t| t >= since) {
-                provider.client.delete(&c.id).await?;
-            }
+            provider.client.delete(&c.id).await?;
         }
     }
     Ok(())

@@ -29,8 +29,8 @@ pub struct Config {
     pub deletion_timeout: Duration,
     /// Timeout of every request to a provider.
     pub provider_timeout: Duration,
-    /// Test-only fault injection (`OAUTH_OPERATOR_FAULT`), e.g. `abort-after-create`.
-    pub fault: Option<String>,
+    /// Crash points (`OAUTH_OPERATOR_FAULT`, test builds only: see [`crate::fault`]).
+    pub faults: Vec<String>,
 }
 
 impl Default for Config {
@@ -41,7 +41,7 @@ impl Default for Config {
             resync_interval: Duration::from_secs(600),
             deletion_timeout: Duration::from_secs(600),
             provider_timeout: Duration::from_secs(30),
-            fault: None,
+            faults: Vec::new(),
         }
     }
 }

@@ -25,10 +25,16 @@ pub enum Error {
     RegistrationPending(String),
     #[error("{0}")]
     DeletionBlocked(String),
+    /// A provider being deleted waits for the applications that still use it.
+    #[error("{0}")]
+    ProviderInUse(String),
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
+    /// A bug: the reconciler reached a state its plan rules out.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -46,6 +52,7 @@ impl Error {
             Error::ClientMissing(_) => "ClientMissing",
             Error::RegistrationPending(_) => "RegistrationPending",
             Error::DeletionBlocked(_) => "DeletionBlocked",
+            Error::ProviderInUse(_) => "ProviderInUse",
             Error::Provider(p) => match p {
                 ProviderError::Rejected { .. } | ProviderError::NotFound { .. } => {
                     "ProviderRejected"
@@ -56,6 +63,7 @@ impl Error {
                 ProviderError::Unsupported(_) => "InvalidSpec",
             },
             Error::Kube(_) => "KubernetesError",
+            Error::Internal(_) => "InternalError",
         }
     }
 
@@ -66,8 +74,10 @@ impl Error {
             Error::ProviderNotFound(_)
             | Error::CredentialsMissing(_)
             | Error::DeletionBlocked(_)
+            | Error::ProviderInUse(_)
             | Error::RegistrationPending(_)
-            | Error::Kube(_) => true,
+            | Error::Kube(_)
+            | Error::Internal(_) => true,
             Error::Provider(p) => {
                 matches!(
                     p,

@@ -5,9 +5,11 @@ pub mod application;
 pub mod context;
 pub mod desired;
 pub mod error;
+pub mod plan;
 pub mod provider;
 pub mod resolve;
 pub mod secret;
+pub mod staging;
 pub mod status;
 
 use std::sync::Arc;

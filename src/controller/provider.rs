@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
-use tracing::warn;
+use tracing::{info, warn};
 
+use super::application::FINALIZER as APPLICATION_FINALIZER;
 use super::context::Context;
 use super::error::Error;
 use super::resolve::{provider_client, provider_key};
@@ -18,43 +21,87 @@ use crate::api::conditions::{
     CREDENTIALS_FOUND, ENDPOINT_REACHABLE, READY, new_condition, set_condition,
 };
 use crate::api::{
-    ClusterOAuthProvider, OAuthProvider, ProviderKind, ProviderSettings, ProviderStatus,
+    ClusterOAuthProvider, OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings,
+    ProviderStatus,
 };
 use crate::telemetry::ReconcileLabels;
 
 /// How often a healthy provider's endpoint is checked again.
 const PROVIDER_RECHECK: Duration = Duration::from_secs(300);
+/// Kept on a provider while applications that use it may still need it to delete their
+/// clients (above all when a whole namespace is deleted at once).
+pub const IN_USE_FINALIZER: &str = "oauth-operator.dev/in-use";
+/// Kept on a provider's credential Secret while the provider exists, for the same reason.
+pub const CREDENTIAL_FINALIZER: &str = "oauth-operator.dev/provider-credential";
+/// How often a provider being deleted looks again for applications still using it.
+const IN_USE_RECHECK: Duration = Duration::from_secs(2);
+
+type ReconcileResult = Result<Action, FinalizerError<Error>>;
 
 pub async fn reconcile_namespaced(
     guard: Arc<DeserializeGuard<OAuthProvider>>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> ReconcileResult {
     let Ok(provider) = &guard.0 else {
         return Ok(Action::await_change());
     };
     let namespace = provider.namespace().unwrap_or_default();
     let api: Api<OAuthProvider> = Api::namespaced(ctx.client.clone(), &namespace);
-    let key = provider_key(
-        ProviderKind::OAuthProvider,
-        &namespace,
-        &provider.name_any(),
-    );
-    let status = check(
-        &ctx,
-        &key,
-        &provider.spec.settings,
-        &namespace,
-        provider,
-        provider.status.clone(),
-    )
-    .await;
-    finish(
-        &ctx,
+    let name = provider.name_any();
+    let key = provider_key(ProviderKind::OAuthProvider, &namespace, &name);
+    finalizer(
         &api,
-        provider,
-        provider.status.as_ref(),
-        status,
-        "OAuthProvider",
+        IN_USE_FINALIZER,
+        Arc::new(provider.clone()),
+        |event| async {
+            match event {
+                Finalizer::Apply(provider) => {
+                    protect_credential(
+                        &ctx,
+                        &namespace,
+                        &provider.spec.settings,
+                        provider.status.as_ref(),
+                    )
+                    .await?;
+                    let mut status = check(
+                        &ctx,
+                        &key,
+                        &provider.spec.settings,
+                        &namespace,
+                        &*provider,
+                        provider.status.clone(),
+                    )
+                    .await;
+                    status.protected_credential = provider
+                        .spec
+                        .settings
+                        .credential_secret()
+                        .map(str::to_string);
+                    finish(
+                        &ctx,
+                        &api,
+                        &*provider,
+                        provider.status.as_ref(),
+                        status,
+                        "OAuthProvider",
+                    )
+                    .await
+                }
+                Finalizer::Cleanup(provider) => {
+                    let apps: Api<DeserializeGuard<OAuthApplication>> =
+                        Api::namespaced(ctx.client.clone(), &namespace);
+                    release_when_unused(
+                        &ctx,
+                        apps,
+                        ProviderKind::OAuthProvider,
+                        &name,
+                        &namespace,
+                        provider.status.as_ref(),
+                    )
+                    .await
+                }
+            }
+        },
     )
     .await
 }
@@ -62,36 +109,176 @@ pub async fn reconcile_namespaced(
 pub async fn reconcile_cluster(
     guard: Arc<DeserializeGuard<ClusterOAuthProvider>>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> ReconcileResult {
     let Ok(provider) = &guard.0 else {
         return Ok(Action::await_change());
     };
     let api: Api<ClusterOAuthProvider> = Api::all(ctx.client.clone());
-    let key = provider_key(ProviderKind::ClusterOAuthProvider, "", &provider.name_any());
+    let name = provider.name_any();
+    let key = provider_key(ProviderKind::ClusterOAuthProvider, "", &name);
     let credential_ns = ctx.config.operator_namespace.clone();
-    let status = check(
-        &ctx,
-        &key,
-        &provider.spec.settings,
-        &credential_ns,
-        provider,
-        provider.status.clone(),
-    )
-    .await;
-    finish(
-        &ctx,
+    finalizer(
         &api,
-        provider,
-        provider.status.as_ref(),
-        status,
-        "ClusterOAuthProvider",
+        IN_USE_FINALIZER,
+        Arc::new(provider.clone()),
+        |event| async {
+            match event {
+                Finalizer::Apply(provider) => {
+                    protect_credential(
+                        &ctx,
+                        &credential_ns,
+                        &provider.spec.settings,
+                        provider.status.as_ref(),
+                    )
+                    .await?;
+                    let mut status = check(
+                        &ctx,
+                        &key,
+                        &provider.spec.settings,
+                        &credential_ns,
+                        &*provider,
+                        provider.status.clone(),
+                    )
+                    .await;
+                    status.protected_credential = provider
+                        .spec
+                        .settings
+                        .credential_secret()
+                        .map(str::to_string);
+                    finish(
+                        &ctx,
+                        &api,
+                        &*provider,
+                        provider.status.as_ref(),
+                        status,
+                        "ClusterOAuthProvider",
+                    )
+                    .await
+                }
+                Finalizer::Cleanup(provider) => {
+                    let apps: Api<DeserializeGuard<OAuthApplication>> =
+                        Api::all(ctx.client.clone());
+                    release_when_unused(
+                        &ctx,
+                        apps,
+                        ProviderKind::ClusterOAuthProvider,
+                        &name,
+                        &credential_ns,
+                        provider.status.as_ref(),
+                    )
+                    .await
+                }
+            }
+        },
     )
     .await
 }
 
-pub fn error_policy<K>(_: Arc<DeserializeGuard<K>>, error: &Error, _: Arc<Context>) -> Action {
-    warn!(%error, "provider reconcile failed");
-    Action::requeue(Duration::from_secs(30))
+pub fn error_policy<K>(
+    _: Arc<DeserializeGuard<K>>,
+    error: &FinalizerError<Error>,
+    _: Arc<Context>,
+) -> Action {
+    match error {
+        FinalizerError::CleanupFailed(Error::ProviderInUse(_)) => Action::requeue(IN_USE_RECHECK),
+        error => {
+            warn!(%error, "provider reconcile failed");
+            Action::requeue(Duration::from_secs(30))
+        }
+    }
+}
+
+/// A provider being deleted lets go once no application that references it still holds its
+/// cleanup finalizer: until then they need it (and its credential) to delete their clients.
+async fn release_when_unused(
+    ctx: &Context,
+    apps: Api<DeserializeGuard<OAuthApplication>>,
+    kind: ProviderKind,
+    name: &str,
+    credential_ns: &str,
+    status: Option<&ProviderStatus>,
+) -> Result<Action, Error> {
+    let users: Vec<String> = apps
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|guard| guard.0.ok())
+        .filter(|app| {
+            app.spec.provider_ref.kind == kind
+                && app.spec.provider_ref.name == name
+                && app.finalizers().iter().any(|f| f == APPLICATION_FINALIZER)
+        })
+        .map(|app| format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()))
+        .collect();
+    if !users.is_empty() {
+        return Err(Error::ProviderInUse(format!(
+            "{kind} {name} is being deleted but {} application(s) still use it to delete their clients: {}",
+            users.len(),
+            users.join(", ")
+        )));
+    }
+    if let Some(secret) = status.and_then(|s| s.protected_credential.as_deref()) {
+        set_credential_finalizer(ctx, credential_ns, secret, false).await?;
+    }
+    info!(%kind, name, "no application uses the provider any more; letting it be deleted");
+    Ok(Action::await_change())
+}
+
+/// Keeps the credential Secret from being deleted while the provider exists; a Secret the
+/// provider no longer points at is let go.
+async fn protect_credential(
+    ctx: &Context,
+    namespace: &str,
+    settings: &ProviderSettings,
+    status: Option<&ProviderStatus>,
+) -> Result<(), Error> {
+    let current = settings.credential_secret();
+    if let Some(old) = status.and_then(|s| s.protected_credential.as_deref())
+        && Some(old) != current
+    {
+        set_credential_finalizer(ctx, namespace, old, false).await?;
+    }
+    if let Some(current) = current {
+        set_credential_finalizer(ctx, namespace, current, true).await?;
+    }
+    Ok(())
+}
+
+/// Adds or removes [`CREDENTIAL_FINALIZER`] on a Secret (a missing Secret needs neither).
+async fn set_credential_finalizer(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    present: bool,
+) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(secret) = api.get_metadata_opt(name).await? else {
+        return Ok(());
+    };
+    let has = secret
+        .finalizers()
+        .iter()
+        .any(|f| f == CREDENTIAL_FINALIZER);
+    if has == present || (present && secret.metadata.deletion_timestamp.is_some()) {
+        // No finalizer can be added to an object that is already being deleted.
+        return Ok(());
+    }
+    let mut finalizers: Vec<String> = secret
+        .finalizers()
+        .iter()
+        .filter(|f| *f != CREDENTIAL_FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(CREDENTIAL_FINALIZER.to_string());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": secret.resource_version(), "finalizers": finalizers}
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 async fn check<K: Resource>(
@@ -105,6 +292,7 @@ async fn check<K: Resource>(
     let generation = provider.meta().generation;
     let mut status = ProviderStatus {
         observed_generation: old.as_ref().and_then(|s| s.observed_generation),
+        protected_credential: old.as_ref().and_then(|s| s.protected_credential.clone()),
         conditions: old.map(|s| s.conditions).unwrap_or_default(),
         backend: Some(settings.backend_name().to_string()),
     };
@@ -209,6 +397,7 @@ where
     let unchanged = old.is_some_and(|o| {
         o.observed_generation == status.observed_generation
             && o.backend == status.backend
+            && o.protected_credential == status.protected_credential
             && crate::api::conditions::eq_ignoring_time(&o.conditions, &status.conditions)
     });
     if !unchanged {

@@ -338,6 +338,63 @@ pub async fn reconcile_metadata(
     Ok(true)
 }
 
+/// Writes the client id and endpoint keys back after someone edited them; the client secret is
+/// left as it is (a merge patch of `data` touches only the keys it names).
+pub async fn heal_secret(
+    api: &Api<Secret>,
+    existing: &Secret,
+    app: &OAuthApplication,
+    client: &RemoteClient,
+) -> Result<()> {
+    let fresh = build_secret(app, client, None, None);
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": existing.resource_version(),
+            "labels": fresh.metadata.labels,
+            "annotations": fresh.metadata.annotations,
+        },
+        "data": fresh.data,
+    });
+    api.patch(
+        &existing.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Puts `client_secret` into a Secret that holds credentials of `client_id` (and nothing else:
+/// a Secret of another client is left alone). Returns the Secret as it is now.
+pub async fn put_client_secret(
+    api: &Api<Secret>,
+    existing: Secret,
+    app: &OAuthApplication,
+    client_id: &str,
+    client_secret: &SecretString,
+) -> Result<Secret> {
+    let keys = KeyNames::for_app(app);
+    let holds = existing
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&keys.client_id))
+        .is_some_and(|v| v.0 == client_id.as_bytes());
+    if !holds {
+        return Ok(existing);
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": existing.resource_version()},
+        "data": {keys.client_secret: ByteString(client_secret.expose_secret().as_bytes().to_vec())},
+    });
+    Ok(api
+        .patch(
+            &existing.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?)
+}
+
 /// `deletionPolicy: Orphan`: drop our ownerReference so garbage collection keeps the Secret.
 pub async fn release_secret(
     api: &Api<Secret>,

@@ -545,6 +545,51 @@ impl ClerkClient {
         }
     }
 
+    /// Client authentication at Clerk's token endpoint (the `token_fetch_url` Clerk reports for
+    /// the client): a refresh-token grant with a token that cannot exist. Client
+    /// authentication comes first (RFC 6749 section 5.2): `invalid_client` says the secret is
+    /// wrong, `invalid_grant` that it is right and only the made-up token is refused.
+    pub async fn proves_possession(
+        &self,
+        remote: &RemoteClient,
+        secret: &SecretString,
+    ) -> Result<bool, ProviderError> {
+        use rand::distr::{Alphanumeric, SampleString};
+        const OPERATION: &str = "verify_secret";
+        let Some(token_url) = remote.endpoints.token.as_deref() else {
+            return Ok(false);
+        };
+        let url = url::Url::parse(token_url).map_err(|e| {
+            ProviderError::Unsupported(format!("Clerk reported an invalid token URL: {e}"))
+        })?;
+        let probe = Alphanumeric.sample_string(&mut rand::rng(), 40);
+        let unavailable = |message: String| ProviderError::Unavailable {
+            operation: OPERATION,
+            outcome_unknown: false,
+            message,
+        };
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(&remote.client_id, Some(secret.expose_secret()))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", &probe)])
+            .send()
+            .await
+            .map_err(|e| unavailable(e.without_url().to_string()))?;
+        let status = response.status();
+        self.count(OPERATION, status.as_str());
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        match (status, body.get("error").and_then(|e| e.as_str())) {
+            (_, Some("invalid_client")) | (StatusCode::UNAUTHORIZED, _) => Ok(false),
+            (s, Some("invalid_grant")) if s.is_client_error() => Ok(true),
+            (s, error) => Err(unavailable(format!(
+                "the token endpoint answered a credential check with HTTP {} ({})",
+                s.as_u16(),
+                error.unwrap_or("no OAuth error code")
+            ))),
+        }
+    }
+
     pub async fn check_reachable(&self) -> Result<(), ProviderError> {
         let _: ClerkAppList = self
             .send(

@@ -184,6 +184,19 @@ impl ProviderClient {
         }
     }
 
+    /// Whether `secret` authenticates as `remote` at the provider: proof that whoever holds it
+    /// already holds that client's credentials. Used only to take back a client that status
+    /// lost, on the word of a Secret that anyone with write access to it could have edited.
+    pub async fn proves_possession(
+        &self,
+        remote: &RemoteClient,
+        secret: &SecretString,
+    ) -> Result<bool, ProviderError> {
+        match self {
+            ProviderClient::Clerk(c) => c.proves_possession(remote, secret).await,
+        }
+    }
+
     /// A cheap authenticated request proving the endpoint and credential work.
     pub async fn check_reachable(&self) -> Result<(), ProviderError> {
         match self {

@@ -376,3 +376,92 @@ pub async fn assert_token(secret: &Secret, redirect_uri: &str) -> Result<String>
         }
     }
 }
+
+/// Every version of every Secret in a namespace, recorded by a watch from the moment it starts:
+/// what proves that a client secret changed only when a rotation or a deletion asked for it.
+/// (Secret name, CLIENT_SECRET) of each version seen.
+type Versions = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+pub struct SecretHistory {
+    versions: Versions,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SecretHistory {
+    pub async fn start(env: &Env) -> Result<SecretHistory> {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let versions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = versions.clone();
+        let stream = watcher(env.secrets(), watcher::Config::default());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let secret = match event {
+                    Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let value = data(&secret).get("CLIENT_SECRET").cloned();
+                log.lock().unwrap().push((secret.name_any(), value));
+            }
+        });
+        tokio::time::timeout(TIMEOUT, ready_rx)
+            .await
+            .context("the Secret watch did not start")??;
+        Ok(SecretHistory { versions, task })
+    }
+
+    /// The client-secret values Secret `name` has held, in order, repeats collapsed.
+    pub fn values(&self, name: &str) -> Vec<String> {
+        let mut values: Vec<String> = Vec::new();
+        for (n, v) in self.versions.lock().unwrap().iter() {
+            if n == name
+                && let Some(v) = v
+                && values.last() != Some(v)
+            {
+                values.push(v.clone());
+            }
+        }
+        values
+    }
+}
+
+impl Drop for SecretHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Env {
+    /// Merge-patches the application's metadata annotations.
+    pub async fn annotate(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+        self.apps()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Asks for a rotation with a new token.
+    pub async fn rotate(&self, name: &str, token: &str) -> Result<()> {
+        self.annotate(name, "oauth-operator.dev/rotate", token)
+            .await
+    }
+
+    /// Staged-credential Secrets the operator keeps in its namespace (here: the test's).
+    pub async fn staged_secrets(&self) -> Result<Vec<Secret>> {
+        Ok(self
+            .secrets()
+            .list(&ListParams::default().labels("oauth-operator.dev/staged-credentials=true"))
+            .await?
+            .items)
+    }
+}

@@ -223,6 +223,34 @@ impl ControlPlane {
         })
     }
 
+    /// Starts `kube-controller-manager` against this control plane, running only
+    /// `controllers` (for example `namespace,garbagecollector`: what deleting a namespace
+    /// needs), without serving anything (`--secure-port=0`). It lives as long as the control
+    /// plane. Its log is `kube-controller-manager.log` in [`Self::dir`].
+    pub fn start_controller_manager(&self, controllers: &str) -> Result<()> {
+        let bin = testenv_dir()?.join("bin").join("kube-controller-manager");
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build the test components with `make testenv`",
+                bin.display()
+            );
+        }
+        let log = self.dir.join("kube-controller-manager.log");
+        let mut cmd = Command::new(bin);
+        cmd.current_dir(&self.dir)
+            .arg(format!("--kubeconfig={}", self.kubeconfig_path.display()))
+            .arg(format!("--controllers={controllers}"))
+            .arg("--secure-port=0")
+            .arg("--leader-elect=false")
+            .arg("--use-service-account-credentials=false");
+        let child = GuardedChild::spawn("kube-controller-manager", cmd, &log)?;
+        self.processes
+            .lock()
+            .map_err(|_| anyhow!("control plane process list poisoned"))?
+            .insert(0, child);
+        Ok(())
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn server_url(&self) -> &str {
         &self.server_url

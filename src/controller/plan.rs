@@ -1,0 +1,457 @@
+//! The planning step of a pass: pure functions from what was observed to the one thing to do
+//! next. No IO here; `application.rs` carries each step out and observes again.
+//!
+//! Two questions, asked in order:
+//! 1. [`identity_step`]: which client at the provider is this application's? It is settled by
+//!    a few observations, each cheap and made only when the previous one did not settle it:
+//!    staged credentials, the id in status, a pending registration, the Secret's annotations.
+//! 2. [`credentials_step`]: once the client is known, what does the Secret need?
+//!
+//! The rules that keep a client from being duplicated and a secret from being lost or
+//! replaced unasked live here, where a table test can hold them:
+//! - staged credentials (issued, not yet delivered) come first, before any new call;
+//! - an id is recorded in status before anything depends on it (see `application.rs`);
+//! - a pending registration is resolved by the uid-tagged name, never by creating again;
+//! - a Secret that exists is never overwritten by a registration nobody asked for.
+
+/// What a Secret of ours holds, as far as the plan cares (values never reach the plan).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretFact {
+    Missing,
+    Present {
+        /// The client id the operator wrote it for (its annotation).
+        written_for: Option<String>,
+        /// The client id in its data (a user may edit it).
+        data_client_id: Option<String>,
+        /// Whether it has a client secret at all.
+        has_secret: bool,
+    },
+}
+
+/// The result of looking a client up at the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    NotYet,
+    Present,
+    /// Not there (404), or, for a client named only by a Secret's annotations, there but not
+    /// proven to be ours.
+    Absent,
+}
+
+/// What is known about an application's client so far in this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityFacts {
+    /// Staged credentials exist and their client id is not yet recorded in status.
+    pub staged_unrecorded: bool,
+    /// Status records the provider's object id.
+    pub recorded_id: bool,
+    /// The recorded client at the provider.
+    pub remote: Lookup,
+    /// A create call may have happened without its result being recorded.
+    pub pending_registration: bool,
+    pub secret: SecretFact,
+    /// The client named by the Secret's annotations (only looked at when status lost its id).
+    pub from_secret: Lookup,
+    /// A new `oauth-operator.dev/rotate` token asks for new credentials.
+    pub rotation_requested: bool,
+}
+
+/// The next move towards knowing the application's client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityStep {
+    /// Record the staged credentials' client id in status (then look it up).
+    RecordStaged,
+    /// Look up the recorded client (and bring it in line with the spec).
+    Sync,
+    /// The recorded client is gone and new credentials were asked for: register anew.
+    Recreate,
+    /// Resolve a pending registration: adopt the client created under the uid-tagged name,
+    /// or wait for a late commit, or register.
+    ResolvePending,
+    /// Status has no id but our Secret names a client: look it up and prove it is ours.
+    LookUpFromSecret,
+    /// Nothing is registered: register.
+    Register,
+    /// Known: go on with the credentials.
+    Known,
+    /// Stop with a condition, changing nothing.
+    Refuse(Refusal),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The recorded client is gone; the credentials are left as they are until a rotation
+    /// token asks for a new client.
+    ClientGone,
+    /// Our Secret exists, status knows no client and the Secret names none that is provably
+    /// ours: registering would silently replace credentials that may still work.
+    SecretWithoutClient,
+}
+
+pub fn identity_step(f: &IdentityFacts) -> IdentityStep {
+    if f.staged_unrecorded {
+        return IdentityStep::RecordStaged;
+    }
+    if f.recorded_id {
+        return match f.remote {
+            Lookup::NotYet => IdentityStep::Sync,
+            Lookup::Present => IdentityStep::Known,
+            Lookup::Absent if f.rotation_requested => IdentityStep::Recreate,
+            Lookup::Absent => IdentityStep::Refuse(Refusal::ClientGone),
+        };
+    }
+    if f.pending_registration {
+        return IdentityStep::ResolvePending;
+    }
+    match (&f.secret, f.from_secret) {
+        (SecretFact::Missing, _) => IdentityStep::Register,
+        (SecretFact::Present { .. }, Lookup::NotYet) => IdentityStep::LookUpFromSecret,
+        // Proven ours: the lookup recorded it, so `recorded_id` is set; kept for totality.
+        (SecretFact::Present { .. }, Lookup::Present) => IdentityStep::Known,
+        (SecretFact::Present { .. }, Lookup::Absent) if f.rotation_requested => {
+            IdentityStep::Register
+        }
+        (SecretFact::Present { .. }, Lookup::Absent) => {
+            IdentityStep::Refuse(Refusal::SecretWithoutClient)
+        }
+    }
+}
+
+/// What the Secret needs once the client is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialsStep {
+    /// Credentials issued in this pass or staged earlier: write them.
+    Deliver,
+    /// The Secret is gone, or holds another client's credentials: issue a new secret (a
+    /// public client has none: rewrite the Secret).
+    Recover,
+    /// Someone edited the client id in the Secret: write it back from status; the secret is
+    /// left alone.
+    Heal,
+    /// A rotation was asked for.
+    Rotate,
+    /// Only labels and annotations may need reconciling.
+    Keep,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialFacts {
+    /// Credentials in hand (just issued, or staged).
+    pub in_hand: bool,
+    pub secret: SecretFact,
+    pub client_id: String,
+    pub public: bool,
+    pub rotation_requested: bool,
+}
+
+pub fn credentials_step(f: &CredentialFacts) -> CredentialsStep {
+    if f.in_hand {
+        return CredentialsStep::Deliver;
+    }
+    let SecretFact::Present {
+        written_for,
+        data_client_id,
+        has_secret,
+    } = &f.secret
+    else {
+        return CredentialsStep::Recover;
+    };
+    if written_for.as_deref() != Some(f.client_id.as_str()) {
+        // Written for another client (a registration whose write never happened): the secret
+        // in it cannot work for this one.
+        return CredentialsStep::Recover;
+    }
+    if f.rotation_requested && !f.public {
+        return CredentialsStep::Rotate;
+    }
+    if !f.public && !has_secret {
+        // Written by us for this client, and its secret is gone from it: only a new one helps.
+        return CredentialsStep::Recover;
+    }
+    if data_client_id.as_deref() != Some(f.client_id.as_str()) {
+        return CredentialsStep::Heal;
+    }
+    CredentialsStep::Keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn present(for_id: &str, data_id: &str) -> SecretFact {
+        SecretFact::Present {
+            written_for: Some(for_id.into()),
+            data_client_id: Some(data_id.into()),
+            has_secret: true,
+        }
+    }
+
+    fn facts() -> IdentityFacts {
+        IdentityFacts {
+            staged_unrecorded: false,
+            recorded_id: false,
+            remote: Lookup::NotYet,
+            pending_registration: false,
+            secret: SecretFact::Missing,
+            from_secret: Lookup::NotYet,
+            rotation_requested: false,
+        }
+    }
+
+    #[test]
+    fn identity_table() {
+        use IdentityStep::*;
+        let secret = present("c1", "c1");
+        let cases: Vec<(&str, IdentityFacts, IdentityStep)> = vec![
+            ("new application", facts(), Register),
+            (
+                "staged credentials win over everything",
+                IdentityFacts {
+                    staged_unrecorded: true,
+                    pending_registration: true,
+                    recorded_id: true,
+                    remote: Lookup::Absent,
+                    ..facts()
+                },
+                RecordStaged,
+            ),
+            (
+                "recorded id is looked up",
+                IdentityFacts {
+                    recorded_id: true,
+                    ..facts()
+                },
+                Sync,
+            ),
+            (
+                "recorded and present",
+                IdentityFacts {
+                    recorded_id: true,
+                    remote: Lookup::Present,
+                    ..facts()
+                },
+                Known,
+            ),
+            (
+                "recorded, gone, no request: refuse",
+                IdentityFacts {
+                    recorded_id: true,
+                    remote: Lookup::Absent,
+                    secret: secret.clone(),
+                    ..facts()
+                },
+                Refuse(Refusal::ClientGone),
+            ),
+            (
+                "recorded, gone, rotation asked: recreate",
+                IdentityFacts {
+                    recorded_id: true,
+                    remote: Lookup::Absent,
+                    rotation_requested: true,
+                    ..facts()
+                },
+                Recreate,
+            ),
+            (
+                "a pending registration is resolved, never created over",
+                IdentityFacts {
+                    pending_registration: true,
+                    secret: secret.clone(),
+                    rotation_requested: true,
+                    ..facts()
+                },
+                ResolvePending,
+            ),
+            (
+                "status lost, Secret present: look at its annotations first",
+                IdentityFacts {
+                    secret: secret.clone(),
+                    rotation_requested: true,
+                    ..facts()
+                },
+                LookUpFromSecret,
+            ),
+            (
+                "status lost, Secret's client not ours, no request: refuse",
+                IdentityFacts {
+                    secret: secret.clone(),
+                    from_secret: Lookup::Absent,
+                    ..facts()
+                },
+                Refuse(Refusal::SecretWithoutClient),
+            ),
+            (
+                "status lost, Secret's client not ours, rotation asked: register",
+                IdentityFacts {
+                    secret: secret.clone(),
+                    from_secret: Lookup::Absent,
+                    rotation_requested: true,
+                    ..facts()
+                },
+                Register,
+            ),
+            (
+                "status lost, Secret's client proven",
+                IdentityFacts {
+                    secret,
+                    from_secret: Lookup::Present,
+                    ..facts()
+                },
+                Known,
+            ),
+        ];
+        for (name, f, want) in cases {
+            assert_eq!(identity_step(&f), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_pass_settles_in_a_few_steps() {
+        // Walk the identity steps the way the reconciler does, answering each lookup both
+        // ways: no path loops, and none registers over a pending registration.
+        fn walk(mut f: IdentityFacts, answers: &mut dyn Iterator<Item = Lookup>, depth: u32) {
+            assert!(depth < 5, "no settling: {f:?}");
+            match identity_step(&f) {
+                IdentityStep::RecordStaged => {
+                    f.staged_unrecorded = false;
+                    f.recorded_id = true;
+                    f.remote = Lookup::NotYet;
+                    walk(f, answers, depth + 1)
+                }
+                IdentityStep::Sync => {
+                    f.remote = answers.next().unwrap_or(Lookup::Present);
+                    walk(f, answers, depth + 1)
+                }
+                IdentityStep::LookUpFromSecret => {
+                    f.from_secret = answers.next().unwrap_or(Lookup::Absent);
+                    if f.from_secret == Lookup::Present {
+                        f.recorded_id = true;
+                        f.remote = Lookup::Present;
+                    }
+                    walk(f, answers, depth + 1)
+                }
+                IdentityStep::Register => assert!(!f.pending_registration),
+                _ => {}
+            }
+        }
+        for staged in [false, true] {
+            for recorded in [false, true] {
+                for pending in [false, true] {
+                    for rotation in [false, true] {
+                        for secret in [SecretFact::Missing, present("c", "c")] {
+                            for a in [Lookup::Present, Lookup::Absent] {
+                                let f = IdentityFacts {
+                                    staged_unrecorded: staged,
+                                    recorded_id: recorded,
+                                    pending_registration: pending,
+                                    rotation_requested: rotation,
+                                    secret: secret.clone(),
+                                    ..facts()
+                                };
+                                walk(f, &mut std::iter::repeat(a), 0);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_table() {
+        use CredentialsStep::*;
+        let base = CredentialFacts {
+            in_hand: false,
+            secret: present("c1", "c1"),
+            client_id: "c1".into(),
+            public: false,
+            rotation_requested: false,
+        };
+        let cases: Vec<(&str, CredentialFacts, CredentialsStep)> = vec![
+            ("steady state", base.clone(), Keep),
+            (
+                "credentials in hand are delivered first",
+                CredentialFacts {
+                    in_hand: true,
+                    rotation_requested: true,
+                    secret: SecretFact::Missing,
+                    ..base.clone()
+                },
+                Deliver,
+            ),
+            (
+                "Secret deleted",
+                CredentialFacts {
+                    secret: SecretFact::Missing,
+                    ..base.clone()
+                },
+                Recover,
+            ),
+            (
+                "Secret written for another client",
+                CredentialFacts {
+                    secret: present("c0", "c0"),
+                    ..base.clone()
+                },
+                Recover,
+            ),
+            (
+                "client id edited in the Secret: healed, never rotated",
+                CredentialFacts {
+                    secret: present("c1", "someone-else"),
+                    ..base.clone()
+                },
+                Heal,
+            ),
+            (
+                "client id key removed from the Secret: healed",
+                CredentialFacts {
+                    secret: SecretFact::Present {
+                        written_for: Some("c1".into()),
+                        data_client_id: None,
+                        has_secret: true,
+                    },
+                    ..base.clone()
+                },
+                Heal,
+            ),
+            (
+                "secret removed from the Secret: only a new one helps",
+                CredentialFacts {
+                    secret: SecretFact::Present {
+                        written_for: Some("c1".into()),
+                        data_client_id: Some("c1".into()),
+                        has_secret: false,
+                    },
+                    ..base.clone()
+                },
+                Recover,
+            ),
+            (
+                "rotation asked",
+                CredentialFacts {
+                    rotation_requested: true,
+                    ..base.clone()
+                },
+                Rotate,
+            ),
+            (
+                "a public client has nothing to rotate",
+                CredentialFacts {
+                    rotation_requested: true,
+                    public: true,
+                    secret: SecretFact::Present {
+                        written_for: Some("c1".into()),
+                        data_client_id: Some("c1".into()),
+                        has_secret: false,
+                    },
+                    ..base.clone()
+                },
+                Keep,
+            ),
+        ];
+        for (name, f, want) in cases {
+            assert_eq!(credentials_step(&f), want, "{name}");
+        }
+    }
+}

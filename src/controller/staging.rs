@@ -1,0 +1,211 @@
+//! Staged credentials: the moment a provider hands out a new client secret (create, rotation,
+//! adoption, recovery), the operator stores it in a Secret of its own namespace before anything
+//! else can fail. The consumer Secret is written from there, and the staged copy deleted once
+//! the consumer Secret holds the value. A crash, a failed status write or a consumer Secret that
+//! cannot be written (a foreign Secret in its place, an admission rule) then costs a retry,
+//! never the secret: at Clerk the previous secret stops working when a new one is issued.
+//!
+//! Tenants cannot read or write the operator's namespace, so a staged copy is as safe as the
+//! provider's admin credential that sits beside it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::error::Result;
+use crate::api::OAuthApplication;
+
+const PREFIX: &str = "oauth-operator-staged-";
+/// Marks staged copies (and keeps them out of the watch of consumer Secrets, which selects
+/// `app.kubernetes.io/managed-by=oauth-operator`).
+pub const STAGED_LABEL: &str = "oauth-operator.dev/staged-credentials";
+const APP_UID: &str = "oauth-operator.dev/owner-uid";
+const APP_REF: &str = "oauth-operator.dev/application";
+const PROVIDER: &str = "oauth-operator.dev/provider";
+const CLIENT_ID: &str = "oauth-operator.dev/client-id";
+const OBJECT_ID: &str = "oauth-operator.dev/provider-object-id";
+const ROTATION_TOKEN: &str = "oauth-operator.dev/rotation-token";
+const ROTATED: &str = "oauth-operator.dev/rotated";
+const SECRET_KEY: &str = "clientSecret";
+
+/// Credentials issued by a provider and not yet delivered to the consumer Secret.
+pub struct Staged {
+    pub client_id: String,
+    pub provider_object_id: String,
+    /// The rotation request these credentials answer, if any.
+    pub rotation_token: Option<String>,
+    /// Issued by a rotation (not by the create call).
+    pub rotated: bool,
+    pub client_secret: SecretString,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("client_id", &self.client_id)
+            .field("provider_object_id", &self.provider_object_id)
+            .field("rotation_token", &self.rotation_token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The staged copy of one application's credentials at one provider.
+pub struct Staging {
+    api: Api<Secret>,
+    name: String,
+    uid: String,
+    app_ref: String,
+    provider: String,
+}
+
+/// `oauth-operator-staged-<uid>`: one per application, named by uid so that a namesake in
+/// another namespace (or a recreated object) can never pick it up.
+pub fn staged_name(uid: &str) -> String {
+    format!("{PREFIX}{uid}")
+}
+
+impl Staging {
+    pub fn new(
+        client: kube::Client,
+        operator_namespace: &str,
+        app: &OAuthApplication,
+        provider: &str,
+    ) -> Self {
+        let uid = app.metadata.uid.clone().unwrap_or_default();
+        Self {
+            api: Api::namespaced(client, operator_namespace),
+            name: staged_name(&uid),
+            app_ref: format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()),
+            uid,
+            provider: provider.to_string(),
+        }
+    }
+
+    fn build(&self, staged: &Staged) -> Secret {
+        let mut annotations = BTreeMap::from([
+            (APP_UID.to_string(), self.uid.clone()),
+            (APP_REF.to_string(), self.app_ref.clone()),
+            (PROVIDER.to_string(), self.provider.clone()),
+            (CLIENT_ID.to_string(), staged.client_id.clone()),
+            (OBJECT_ID.to_string(), staged.provider_object_id.clone()),
+        ]);
+        if let Some(token) = &staged.rotation_token {
+            annotations.insert(ROTATION_TOKEN.to_string(), token.clone());
+        }
+        if staged.rotated {
+            annotations.insert(ROTATED.to_string(), "true".to_string());
+        }
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                // Not `managed-by`: see STAGED_LABEL.
+                labels: Some(BTreeMap::from([(
+                    STAGED_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                SECRET_KEY.to_string(),
+                ByteString(staged.client_secret.expose_secret().as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    /// Stores `staged`, replacing an earlier copy (which the pass delivered or found void
+    /// before it asked the provider for new credentials).
+    pub async fn store(&self, staged: &Staged) -> Result<()> {
+        let secret = self.build(staged);
+        match self.api.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let patch = serde_json::json!({
+                    "metadata": {"annotations": secret.metadata.annotations, "labels": secret.metadata.labels},
+                    "data": secret.data,
+                });
+                self.api
+                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The staged credentials of this application at this provider, if any. A copy for
+    /// another provider (the application was moved) is ignored.
+    pub async fn load(&self) -> Result<Option<Staged>> {
+        let Some(secret) = self.api.get_opt(&self.name).await? else {
+            return Ok(None);
+        };
+        let note = secret.annotations();
+        if note.get(APP_UID) != Some(&self.uid) || note.get(PROVIDER) != Some(&self.provider) {
+            tracing::warn!(staged = %self.name, "ignoring staged credentials of another application or provider");
+            return Ok(None);
+        }
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(SECRET_KEY))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty());
+        let (Some(client_id), Some(object_id), Some(value)) =
+            (note.get(CLIENT_ID), note.get(OBJECT_ID), value)
+        else {
+            tracing::warn!(staged = %self.name, "ignoring an incomplete staged-credentials Secret");
+            return Ok(None);
+        };
+        Ok(Some(Staged {
+            client_id: client_id.clone(),
+            provider_object_id: object_id.clone(),
+            rotation_token: note.get(ROTATION_TOKEN).cloned(),
+            rotated: note.get(ROTATED).is_some_and(|v| v == "true"),
+            client_secret: SecretString::from(value),
+        }))
+    }
+
+    /// Deletes the staged copy (gone already counts as deleted).
+    pub async fn discard(&self) -> Result<()> {
+        match self.api.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Whether a Secret is a staged copy (for listings and tests).
+pub fn is_staged(secret: &Secret) -> bool {
+    secret
+        .meta()
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with(PREFIX))
+        && secret.labels().get(STAGED_LABEL).map(String::as_str) == Some("true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_copies_are_named_by_uid_and_never_debug_print_the_secret() {
+        assert_eq!(staged_name("1234"), "oauth-operator-staged-1234");
+        let staged = Staged {
+            client_id: "c".into(),
+            provider_object_id: "oa_1".into(),
+            rotation_token: None,
+            rotated: false,
+            client_secret: SecretString::from("s3cr3t"),
+        };
+        assert!(!format!("{staged:?}").contains("s3cr3t"));
+    }
+}
