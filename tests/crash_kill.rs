@@ -592,6 +592,13 @@ async fn random_sigkills_never_duplicate_lose_or_replace_credentials() -> Result
         .filter(|(name, exists)| *exists && *name != "clerk-admin")
         .map(|(name, _)| name)
         .collect();
+    // Every app converged: a staged copy left behind is a live secret nobody will deliver.
+    for name in left
+        .iter()
+        .filter(|n| n.starts_with("oauth-operator-staged-"))
+    {
+        violations.push(format!("staged credentials left behind: {name}"));
+    }
 
     eprintln!(
         "KILL_SEED={seed}: {} Secret versions watched ({} watch starts, {} watch errors), \

@@ -23,6 +23,15 @@ async fn case4_namespace_deletion_deletes_every_client() -> Result<()> {
     env.cp
         .start_controller_manager("namespace,garbagecollector")?;
     let _op = env.start_operator(&[])?;
+    // A second provider sharing the same credential Secret: its deletion must not release the
+    // Secret for the first one.
+    let shared: OAuthProvider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+        "metadata": {"name": "clerk-shared"},
+        "spec": {"clerk": {"baseUrl": env.clerk.base_url(), "secretKeyRef": {"name": "clerk-admin"}}},
+    }))?;
+    let providers = Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns);
+    providers.create(&Default::default(), &shared).await?;
     for name in ["a", "b", "c"] {
         env.apply_app(&format!(
             r#"
@@ -40,9 +49,7 @@ spec:
         env.wait_ready(name).await?;
     }
     assert_eq!(env.clerk.apps().len(), 3);
-    let provider = Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns)
-        .get("clerk")
-        .await?;
+    let provider = providers.get("clerk").await?;
     assert!(
         provider
             .finalizers()
@@ -50,13 +57,40 @@ spec:
             .any(|f| f == "oauth-operator.dev/in-use"),
         "the provider is protected while in use"
     );
-    let credential = env.secrets().get("clerk-admin").await?;
+    let finalizer = oauth_operator::controller::provider::credential_finalizer(
+        &provider.uid().unwrap_or_default(),
+    );
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while !env
+        .secrets()
+        .get("clerk-admin")
+        .await?
+        .finalizers()
+        .contains(&finalizer)
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "its credential is protected too"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The second provider goes first: the credential stays protected for the first.
+    providers
+        .delete("clerk-shared", &DeleteParams::default())
+        .await?;
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while providers.get_opt("clerk-shared").await?.is_some() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "clerk-shared stays");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
-        credential
+        env.secrets()
+            .get("clerk-admin")
+            .await?
             .finalizers()
-            .iter()
-            .any(|f| f == "oauth-operator.dev/provider-credential"),
-        "its credential too"
+            .contains(&finalizer),
+        "still protected for the provider that uses it"
     );
 
     let namespaces: Api<Namespace> = Api::all(env.client.clone());

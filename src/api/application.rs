@@ -307,10 +307,11 @@ pub struct OAuthApplicationStatus {
     /// `spec.secret.keys` is refused rather than answered with new credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_keys: Option<RecordedSecretKeys>,
-    /// Set while newly issued credentials are held in the operator's own namespace and not
-    /// yet in the Secret; cleared once the Secret holds them.
+    /// Set before new credentials are requested for a known client, and while newly issued
+    /// credentials are staged in the operator's own namespace and not yet in the Secret;
+    /// cleared once the Secret holds them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_staged_at: Option<Time>,
+    pub credentials_in_flight_since: Option<Time>,
 }
 
 /// Key names of the credentials in the Secret, as written.

@@ -27,9 +27,9 @@ use super::plan::{
 };
 use super::resolve::{ResolvedProvider, provider_key, resolve_provider};
 use super::secret::{
-    CLIENT_ID_ANNOTATION, KeyNames, PROVIDER_OBJECT_ID_ANNOTATION, build_secret, create_secret,
-    dry_run_write, heal_secret, is_owned_by, put_client_secret, reconcile_metadata, release_secret,
-    write_rotated_secret,
+    CLIENT_ID_ANNOTATION, KeyNames, PROVIDER_OBJECT_ID_ANNOTATION, ROTATION_TOKEN_ANNOTATION,
+    build_secret, create_secret, dry_run_write, heal_secret, is_owned_by, put_client_secret,
+    reconcile_metadata, release_secret, write_rotated_secret,
 };
 use super::staging::{Staged, Staging};
 use super::status::StatusWriter;
@@ -241,6 +241,14 @@ async fn apply(
     let namespace = app.namespace().unwrap_or_default();
     // 1. provider and tenancy
     let provider = resolve_provider(app, ctx).await?;
+    if provider.deleting {
+        // Its in-use finalizer waits for its applications to delete their clients; nothing
+        // new may start against it meanwhile.
+        return Err(Error::ProviderNotFound(format!(
+            "{} is being deleted; it serves only the deletion of its applications' clients",
+            provider.key
+        )));
+    }
     // 2. desired client (pure) and what the backend can represent
     let desired = desired_client(app)?;
     provider
@@ -297,25 +305,41 @@ async fn apply(
         staging: &staging,
         rotate_token,
     };
-    let rotation_requested =
-        rotate_token.is_some() && rotate_token != status.last_rotation_token.as_deref();
+    // Answered when status says so, or the Secret does (status may have been reset).
+    let answered_in_secret = existing
+        .as_ref()
+        .and_then(|s| s.annotations().get(ROTATION_TOKEN_ANNOTATION))
+        .map(String::as_str);
+    let rotation_requested = rotate_token.is_some()
+        && rotate_token != status.last_rotation_token.as_deref()
+        && rotate_token != answered_in_secret;
+    if !rotation_requested && rotate_token.is_some() {
+        status.last_rotation_token = rotate_token.map(str::to_string);
+    }
     let secret = secret_fact(existing.as_ref(), &keys);
 
     // 3. staged credentials: looked for only when an earlier pass may not have finished, so
     //    the steady state costs no read
     let settled = status.provider_object_id.is_some()
         && status.pending_registration.is_none()
-        && status.credentials_staged_at.is_none()
+        && status.credentials_in_flight_since.is_none()
         && !rotation_requested
         && matches!(&secret, SecretFact::Present { written_for, .. } if *written_for == status.client_id);
     let mut staged = if settled { None } else { staging.load().await? };
+    if let (Some(s), Some(id)) = (&staged, &status.provider_object_id)
+        && *id != s.provider_object_id
+    {
+        // Staged for a client status no longer records: not this application's credentials.
+        warn!(app = %ObjectRef::from_obj(app), "discarding staged credentials of another client");
+        discard_void(&staging, &mut staged, status).await?;
+    }
 
     // 4. which client is ours (plan, observe, repeat: a handful of steps at most)
     let mut facts = IdentityFacts {
         staged_unrecorded: staged.as_ref().is_some_and(|s| {
             status.provider_object_id.as_deref() != Some(s.provider_object_id.as_str())
                 || status.pending_registration.is_some()
-                || status.credentials_staged_at.is_none()
+                || status.credentials_in_flight_since.is_none()
         }),
         recorded_id: status.provider_object_id.is_some(),
         remote: Lookup::NotYet,
@@ -333,7 +357,7 @@ async fn apply(
                 status.provider_object_id = Some(s.provider_object_id.clone());
                 status.client_id = Some(s.client_id.clone());
                 status.pending_registration = None;
-                status.credentials_staged_at = Some(Time(now()));
+                status.credentials_in_flight_since = Some(Time(now()));
                 writer.write(status).await?;
                 ctx.event(
                     app,
@@ -372,7 +396,7 @@ async fn apply(
                 ctx.event(app, EventType::Warning, "ClientRecreated", "Register", note)
                     .await;
                 ctx.metrics.lifecycle_event("client_recreated");
-                discard_void(&staging, &mut staged, status).await;
+                discard_void(&staging, &mut staged, status).await?;
                 let (client, hand) = register(pass, writer, status, existing.as_ref()).await?;
                 (remote, in_hand) = (Some(client), Some(hand));
                 break;
@@ -402,8 +426,8 @@ async fn apply(
                 (remote, in_hand) = (Some(client), Some(hand));
                 break;
             }
+            // Staged credentials stay: the provider may just point elsewhere for now.
             IdentityStep::Refuse(refusal) => {
-                discard_void(&staging, &mut staged, status).await;
                 return Err(refuse(refusal, status, &provider.key, &secret_name));
             }
         }
@@ -422,26 +446,41 @@ async fn apply(
         } else {
             // Issued for a client that is no longer this application's.
             staged = Some(s);
-            discard_void(&staging, &mut staged, status).await;
+            discard_void(&staging, &mut staged, status).await?;
         }
     }
 
     // 5. the Secret
-    let step = credentials_step(&CredentialFacts {
+    let mut credential_facts = CredentialFacts {
         in_hand: in_hand.is_some(),
+        unfinished_issue: in_hand.is_none() && status.credentials_in_flight_since.is_some(),
         secret,
         client_id: remote.client_id.clone(),
         public: remote.public,
         rotation_requested,
-    });
+    };
+    let mut step = credentials_step(&credential_facts);
+    if step == CredentialsStep::Verify {
+        // A new secret was asked for and nothing was staged: did the provider issue one (the
+        // Secret's is then dead) or not?
+        let current = existing.as_ref().ok_or_else(invariant)?;
+        if secret_still_works(pass, current, &keys, &remote).await? {
+            status.credentials_in_flight_since = None;
+            credential_facts.unfinished_issue = false;
+            step = credentials_step(&credential_facts);
+        } else {
+            step = CredentialsStep::Recover;
+        }
+    }
     match step {
+        CredentialsStep::Verify => return Err(invariant()),
         CredentialsStep::Deliver => {
             let hand = in_hand.ok_or_else(invariant)?;
-            deliver(pass, status, existing.as_ref(), &remote, hand).await?;
+            deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
         }
         CredentialsStep::Recover => {
             let hand = issue(pass, writer, status, existing.as_ref(), &remote).await?;
-            deliver(pass, status, existing.as_ref(), &remote, hand).await?;
+            deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
             ctx.metrics.lifecycle_event("secret_recovered");
             ctx.event(
                 app,
@@ -461,7 +500,7 @@ async fn apply(
         }
         CredentialsStep::Rotate => {
             let hand = issue(pass, writer, status, existing.as_ref(), &remote).await?;
-            deliver(pass, status, existing.as_ref(), &remote, hand).await?;
+            deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
             ctx.metrics.lifecycle_event("secret_rotated");
             ctx.event(
                 app,
@@ -492,6 +531,10 @@ async fn apply(
             .await;
         }
         CredentialsStep::Keep => {
+            if rotation_requested {
+                // A public client has no secret to rotate: the request is answered as is.
+                status.last_rotation_token = rotate_token.map(str::to_string);
+            }
             if let Some(current) = &existing
                 && reconcile_metadata(&secrets, current, app, &remote).await?
             {
@@ -558,18 +601,42 @@ fn refuse(
     }
 }
 
-/// Drops staged credentials that can no longer be delivered (their client is gone).
+/// Drops staged credentials that can no longer be delivered (their client is gone). A failure
+/// fails the pass: a stale copy must never outlive the decision that it is stale.
 async fn discard_void(
     staging: &Staging,
     staged: &mut Option<Staged>,
     status: &mut OAuthApplicationStatus,
-) {
+) -> Result<()> {
     if staged.take().is_some() {
-        if let Err(e) = staging.discard().await {
-            warn!(error = %e, "could not delete void staged credentials");
-        }
-        status.credentials_staged_at = None;
+        staging.discard().await?;
+        status.credentials_in_flight_since = None;
     }
+    Ok(())
+}
+
+/// Whether the Secret's client secret still authenticates as `remote` (after an issue that
+/// did not finish).
+async fn secret_still_works(
+    pass: Pass<'_>,
+    secret: &Secret,
+    keys: &KeyNames,
+    remote: &RemoteClient,
+) -> Result<bool> {
+    let Some(value) = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&keys.client_secret))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(false);
+    };
+    Ok(pass
+        .provider
+        .client
+        .proves_possession(remote, &SecretString::from(value))
+        .await?)
 }
 
 /// Checks the existing client against the spec: a PATCH after a spec change, drift
@@ -716,6 +783,9 @@ async fn register(
         ..
     } = pass;
     dry_run_write(secrets, app, existing).await?;
+    // Whatever is staged belongs to an earlier issue that this pass has delivered or found
+    // void: the slot must be empty before the provider hands out a new secret.
+    pass.staging.discard().await?;
     let uid = app.metadata.uid.clone().unwrap_or_default();
     let name = registration_name(&desired.name, &uid);
     status.pending_registration = Some(PendingRegistration {
@@ -766,7 +836,7 @@ async fn register(
     pass.crash_point("after-create");
     let hand = stage(pass, &issued.client, issued.client_secret, false).await;
     pass.crash_point("after-stage");
-    record_id(writer, status, &issued.client, hand.staged).await?;
+    record_id(app, writer, status, &issued.client, hand.staged).await?;
     pass.crash_point("after-record");
     ctx.metrics.lifecycle_event("client_registered");
     ctx.event(
@@ -820,12 +890,13 @@ async fn resolve_pending(
                 client_secret: None,
             }
         } else {
+            pass.staging.discard().await?;
             provider.client.rotate_secret(&orphan.id).await?
         };
         pass.crash_point("after-rotate");
         let hand = stage(pass, &issued.client, issued.client_secret, !orphan.public).await;
         pass.crash_point("after-stage");
-        record_id(writer, status, &issued.client, hand.staged).await?;
+        record_id(app, writer, status, &issued.client, hand.staged).await?;
         pass.crash_point("after-record");
         ctx.metrics.lifecycle_event("client_adopted");
         ctx.event(
@@ -918,7 +989,7 @@ async fn look_up_from_secret(
             "the Secret names a client whose secret it does not hold; not taking it back");
         return Ok(None);
     }
-    record_id(writer, status, &remote, false).await?;
+    record_id(app, writer, status, &remote, false).await?;
     ctx.metrics.lifecycle_event("client_relinked");
     ctx.event(
         app,
@@ -975,6 +1046,7 @@ async fn stage(
 /// Makes the client's id durable before anything depends on it: the Secret write, the rename
 /// that removes the uid tag, the end of the pending registration.
 async fn record_id(
+    app: &OAuthApplication,
     writer: &mut StatusWriter<'_>,
     status: &mut OAuthApplicationStatus,
     client: &RemoteClient,
@@ -983,8 +1055,14 @@ async fn record_id(
     status.provider_object_id = Some(client.id.clone());
     status.client_id = Some(client.client_id.clone());
     status.pending_registration = None;
+    status.secret_name = Some(app.secret_name());
+    let keys = KeyNames::for_app(app);
+    status.secret_keys = Some(RecordedSecretKeys {
+        client_id: keys.client_id,
+        client_secret: keys.client_secret,
+    });
     if staged {
-        status.credentials_staged_at = Some(Time(now()));
+        status.credentials_in_flight_since = Some(Time(now()));
     }
     writer.write(status).await
 }
@@ -1008,14 +1086,30 @@ async fn issue(
         });
     }
     dry_run_write(pass.secrets, pass.app, existing).await?;
-    let issued = pass.provider.client.rotate_secret(&remote.id).await?;
+    pass.staging.discard().await?;
+    // Durable before the call: if the pass dies after the provider rotated (the Secret's
+    // secret is then dead) and before the new one is staged, the next pass knows to check.
+    status.credentials_in_flight_since = Some(Time(now()));
+    writer.write(status).await?;
+    let issued = match pass.provider.client.rotate_secret(&remote.id).await {
+        Ok(issued) => issued,
+        Err(e) => {
+            if !matches!(
+                e,
+                ProviderError::Unavailable {
+                    outcome_unknown: true,
+                    ..
+                }
+            ) {
+                // A definite "no": nothing was rotated.
+                status.credentials_in_flight_since = None;
+            }
+            return Err(e.into());
+        }
+    };
     pass.crash_point("after-rotate");
     let hand = stage(pass, &issued.client, issued.client_secret, true).await;
     pass.crash_point("after-stage");
-    if hand.staged {
-        status.credentials_staged_at = Some(Time(now()));
-        writer.write(status).await?;
-    }
     pass.crash_point("after-record");
     Ok(hand)
 }
@@ -1024,6 +1118,7 @@ async fn issue(
 /// value the Secret already holds is skipped, so delivering twice changes nothing.
 async fn deliver(
     pass: Pass<'_>,
+    writer: &mut StatusWriter<'_>,
     status: &mut OAuthApplicationStatus,
     existing: Option<&Secret>,
     remote: &RemoteClient,
@@ -1060,6 +1155,7 @@ async fn deliver(
             remote,
             hand.client_secret.as_ref(),
             at.as_deref(),
+            hand.rotation_token.as_deref(),
         )
         .await?;
         if let Some(t) = rotated_at {
@@ -1067,14 +1163,14 @@ async fn deliver(
         }
     }
     pass.crash_point("after-secret");
-    if hand.staged || status.credentials_staged_at.is_some() {
-        match staging.discard().await {
-            Ok(()) => status.credentials_staged_at = None,
-            // Kept as staged: the next pass finds the Secret already holds it.
-            Err(e) => warn!(error = %e, "could not delete the staged credentials"),
-        }
-    }
+    // What the Secret now answers is durable before the staged copy goes: a pass that then
+    // finds no copy must not take the request as still open.
     status.last_rotation_token = hand.rotation_token;
+    writer.write(status).await?;
+    if hand.staged || status.credentials_in_flight_since.is_some() {
+        staging.discard().await?;
+    }
+    status.credentials_in_flight_since = None;
     Ok(())
 }
 
@@ -1087,10 +1183,11 @@ async fn store_credentials(
     client: &RemoteClient,
     client_secret: Option<&SecretString>,
     rotated_at: Option<&str>,
+    rotation_token: Option<&str>,
 ) -> Result<()> {
     match existing {
         None => {
-            let secret = build_secret(app, client, client_secret, rotated_at);
+            let secret = build_secret(app, client, client_secret, rotated_at, rotation_token);
             // A few quick retries; if it never succeeds, the staged copy (or, without one, the
             // next pass) takes over.
             let mut attempt = 0;
@@ -1110,7 +1207,7 @@ async fn store_credentials(
             let at = rotated_at
                 .map(str::to_string)
                 .unwrap_or_else(|| now().to_string());
-            write_rotated_secret(secrets, app, client, client_secret, &at).await
+            write_rotated_secret(secrets, app, client, client_secret, &at, rotation_token).await
         }
     }
 }
@@ -1219,8 +1316,23 @@ async fn delete_remote(
         provider.client.delete(id).await?;
         ctx.inventory.remove(&provider.key, id).await;
     }
-    // An interrupted registration: delete what it may have created (the name carries our uid).
+    // An interrupted registration: delete what it may have created (the name carries our uid),
+    // once a create whose answer was lost can no longer commit late.
     if let Some(pending) = &status.pending_registration {
+        let settle = ctx.config.provider_timeout * 2;
+        let since = pending
+            .unanswered_at
+            .as_ref()
+            .unwrap_or(&pending.started_at);
+        if now().duration_since(since.0)
+            < SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX)
+        {
+            return Err(Error::RegistrationPending(format!(
+                "a create call at {} may still complete; deleting what it created once {}s have passed",
+                provider.key,
+                settle.as_secs()
+            )));
+        }
         for c in provider.client.find_by_name(&pending.name).await? {
             provider.client.delete(&c.id).await?;
         }

@@ -122,6 +122,9 @@ pub fn identity_step(f: &IdentityFacts) -> IdentityStep {
 pub enum CredentialsStep {
     /// Credentials issued in this pass or staged earlier: write them.
     Deliver,
+    /// A pass asked the provider for a new secret and did not finish, and nothing was staged:
+    /// whether the Secret's secret still works decides between keeping it and recovering.
+    Verify,
     /// The Secret is gone, or holds another client's credentials: issue a new secret (a
     /// public client has none: rewrite the Secret).
     Recover,
@@ -138,6 +141,9 @@ pub enum CredentialsStep {
 pub struct CredentialFacts {
     /// Credentials in hand (just issued, or staged).
     pub in_hand: bool,
+    /// Status says new credentials were being issued and not yet delivered (and none are in
+    /// hand): the Secret's secret may have been rotated out.
+    pub unfinished_issue: bool,
     pub secret: SecretFact,
     pub client_id: String,
     pub public: bool,
@@ -156,19 +162,25 @@ pub fn credentials_step(f: &CredentialFacts) -> CredentialsStep {
     else {
         return CredentialsStep::Recover;
     };
-    if written_for.as_deref() != Some(f.client_id.as_str()) {
+    let data_is_ours = data_client_id.as_deref() == Some(f.client_id.as_str());
+    if written_for.as_deref() != Some(f.client_id.as_str()) && !data_is_ours {
         // Written for another client (a registration whose write never happened): the secret
         // in it cannot work for this one.
         return CredentialsStep::Recover;
     }
+    if !f.public && !has_secret {
+        // Its secret is gone from it: only a new one helps.
+        return CredentialsStep::Recover;
+    }
+    if f.unfinished_issue && !f.public {
+        return CredentialsStep::Verify;
+    }
     if f.rotation_requested && !f.public {
         return CredentialsStep::Rotate;
     }
-    if !f.public && !has_secret {
-        // Written by us for this client, and its secret is gone from it: only a new one helps.
-        return CredentialsStep::Recover;
-    }
-    if data_client_id.as_deref() != Some(f.client_id.as_str()) {
+    if !data_is_ours || written_for.as_deref() != Some(f.client_id.as_str()) {
+        // The client id (in the data or the annotation) was edited: written back from
+        // status, the secret left as it is.
         return CredentialsStep::Heal;
     }
     CredentialsStep::Keep
@@ -362,6 +374,7 @@ mod tests {
         use CredentialsStep::*;
         let base = CredentialFacts {
             in_hand: false,
+            unfinished_issue: false,
             secret: present("c1", "c1"),
             client_id: "c1".into(),
             public: false,
@@ -434,6 +447,36 @@ mod tests {
                     ..base.clone()
                 },
                 Rotate,
+            ),
+            (
+                "only the client-id annotation edited: healed, never rotated",
+                CredentialFacts {
+                    secret: SecretFact::Present {
+                        written_for: Some("someone-else".into()),
+                        data_client_id: Some("c1".into()),
+                        has_secret: true,
+                    },
+                    ..base.clone()
+                },
+                Heal,
+            ),
+            (
+                "an issue that did not finish, nothing staged: verify before anything else",
+                CredentialFacts {
+                    unfinished_issue: true,
+                    rotation_requested: true,
+                    ..base.clone()
+                },
+                Verify,
+            ),
+            (
+                "an unfinished issue whose Secret lost its secret: recover",
+                CredentialFacts {
+                    unfinished_issue: true,
+                    secret: SecretFact::Missing,
+                    ..base.clone()
+                },
+                Recover,
             ),
             (
                 "a public client has nothing to rotate",

@@ -31,8 +31,13 @@ const PROVIDER_RECHECK: Duration = Duration::from_secs(300);
 /// Kept on a provider while applications that use it may still need it to delete their
 /// clients (above all when a whole namespace is deleted at once).
 pub const IN_USE_FINALIZER: &str = "oauth-operator.dev/in-use";
-/// Kept on a provider's credential Secret while the provider exists, for the same reason.
-pub const CREDENTIAL_FINALIZER: &str = "oauth-operator.dev/provider-credential";
+/// Kept on an `OAuthProvider`'s credential Secret while the provider exists, for the same
+/// reason: `oauth-operator.dev/credential-<provider uid>`, one per provider, so providers
+/// sharing a Secret never release it for each other.
+pub fn credential_finalizer(provider_uid: &str) -> String {
+    let uid: String = provider_uid.chars().filter(|c| *c != '-').collect();
+    format!("oauth-operator.dev/credential-{uid}")
+}
 /// How often a provider being deleted looks again for applications still using it.
 const IN_USE_RECHECK: Duration = Duration::from_secs(2);
 
@@ -49,6 +54,7 @@ pub async fn reconcile_namespaced(
     let api: Api<OAuthProvider> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = provider.name_any();
     let key = provider_key(ProviderKind::OAuthProvider, &namespace, &name);
+    let uid = provider.uid().unwrap_or_default();
     finalizer(
         &api,
         IN_USE_FINALIZER,
@@ -56,49 +62,29 @@ pub async fn reconcile_namespaced(
         |event| async {
             match event {
                 Finalizer::Apply(provider) => {
-                    protect_credential(
-                        &ctx,
-                        &namespace,
-                        &provider.spec.settings,
-                        provider.status.as_ref(),
-                    )
-                    .await?;
+                    let settings = &provider.spec.settings;
+                    protect_credential(&ctx, &namespace, settings.credential_secret(), &uid)
+                        .await?;
                     let mut status = check(
                         &ctx,
                         &key,
-                        &provider.spec.settings,
+                        settings,
                         &namespace,
                         &*provider,
                         provider.status.clone(),
                     )
                     .await;
-                    status.protected_credential = provider
-                        .spec
-                        .settings
-                        .credential_secret()
-                        .map(str::to_string);
-                    finish(
-                        &ctx,
-                        &api,
-                        &*provider,
-                        provider.status.as_ref(),
-                        status,
-                        "OAuthProvider",
-                    )
-                    .await
+                    status.protected_credential = settings.credential_secret().map(str::to_string);
+                    let old = provider.status.as_ref();
+                    finish(&ctx, &api, &*provider, old, status, "OAuthProvider").await
                 }
                 Finalizer::Cleanup(provider) => {
                     let apps: Api<DeserializeGuard<OAuthApplication>> =
                         Api::namespaced(ctx.client.clone(), &namespace);
-                    release_when_unused(
-                        &ctx,
-                        apps,
-                        ProviderKind::OAuthProvider,
-                        &name,
-                        &namespace,
-                        provider.status.as_ref(),
-                    )
-                    .await
+                    release_when_unused(apps, ProviderKind::OAuthProvider, &name, &*provider)
+                        .await?;
+                    protect_credential(&ctx, &namespace, None, &uid).await?;
+                    Ok(Action::await_change())
                 }
             }
         },
@@ -123,15 +109,10 @@ pub async fn reconcile_cluster(
         Arc::new(provider.clone()),
         |event| async {
             match event {
+                // Its credential lives in the operator's namespace, which deleting a tenant's
+                // namespace never touches: no finalizer on it.
                 Finalizer::Apply(provider) => {
-                    protect_credential(
-                        &ctx,
-                        &credential_ns,
-                        &provider.spec.settings,
-                        provider.status.as_ref(),
-                    )
-                    .await?;
-                    let mut status = check(
+                    let status = check(
                         &ctx,
                         &key,
                         &provider.spec.settings,
@@ -140,33 +121,20 @@ pub async fn reconcile_cluster(
                         provider.status.clone(),
                     )
                     .await;
-                    status.protected_credential = provider
-                        .spec
-                        .settings
-                        .credential_secret()
-                        .map(str::to_string);
-                    finish(
-                        &ctx,
-                        &api,
-                        &*provider,
-                        provider.status.as_ref(),
-                        status,
-                        "ClusterOAuthProvider",
-                    )
-                    .await
+                    let old = provider.status.as_ref();
+                    finish(&ctx, &api, &*provider, old, status, "ClusterOAuthProvider").await
                 }
                 Finalizer::Cleanup(provider) => {
                     let apps: Api<DeserializeGuard<OAuthApplication>> =
                         Api::all(ctx.client.clone());
                     release_when_unused(
-                        &ctx,
                         apps,
                         ProviderKind::ClusterOAuthProvider,
                         &name,
-                        &credential_ns,
-                        provider.status.as_ref(),
+                        &*provider,
                     )
-                    .await
+                    .await?;
+                    Ok(Action::await_change())
                 }
             }
         },
@@ -190,14 +158,20 @@ pub fn error_policy<K>(
 
 /// A provider being deleted lets go once no application that references it still holds its
 /// cleanup finalizer: until then they need it (and its credential) to delete their clients.
-async fn release_when_unused(
-    ctx: &Context,
+/// `oauth-operator.dev/force-delete: "true"` on the provider lets go at once (its
+/// applications' deletions then give up after `--deletion-timeout`).
+async fn release_when_unused<K: Resource>(
     apps: Api<DeserializeGuard<OAuthApplication>>,
     kind: ProviderKind,
     name: &str,
-    credential_ns: &str,
-    status: Option<&ProviderStatus>,
-) -> Result<Action, Error> {
+    provider: &K,
+) -> Result<(), Error> {
+    let forced = provider
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::FORCE_DELETE_ANNOTATION))
+        .is_some_and(|v| v == "true");
     let users: Vec<String> = apps
         .list(&ListParams::default())
         .await?
@@ -211,73 +185,68 @@ async fn release_when_unused(
         })
         .map(|app| format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()))
         .collect();
-    if !users.is_empty() {
+    if !users.is_empty() && !forced {
         return Err(Error::ProviderInUse(format!(
-            "{kind} {name} is being deleted but {} application(s) still use it to delete their clients: {}",
+            "{kind} {name} is being deleted but {} application(s) still use it to delete their clients: {} \
+             (annotate it with oauth-operator.dev/force-delete=true to let it go now)",
             users.len(),
             users.join(", ")
         )));
     }
-    if let Some(secret) = status.and_then(|s| s.protected_credential.as_deref()) {
-        set_credential_finalizer(ctx, credential_ns, secret, false).await?;
-    }
-    info!(%kind, name, "no application uses the provider any more; letting it be deleted");
-    Ok(Action::await_change())
+    info!(%kind, name, forced, "no application needs the provider any more; letting it be deleted");
+    Ok(())
 }
 
-/// Keeps the credential Secret from being deleted while the provider exists; a Secret the
-/// provider no longer points at is let go.
+/// Keeps the `current` credential Secret from being deleted while the provider exists, and
+/// lets go of every other Secret of the namespace that carries this provider's finalizer (a
+/// credential it no longer points at; all of them when `current` is `None`, at deletion).
 async fn protect_credential(
     ctx: &Context,
     namespace: &str,
-    settings: &ProviderSettings,
-    status: Option<&ProviderStatus>,
+    current: Option<&str>,
+    provider_uid: &str,
 ) -> Result<(), Error> {
-    let current = settings.credential_secret();
-    if let Some(old) = status.and_then(|s| s.protected_credential.as_deref())
-        && Some(old) != current
-    {
-        set_credential_finalizer(ctx, namespace, old, false).await?;
-    }
-    if let Some(current) = current {
-        set_credential_finalizer(ctx, namespace, current, true).await?;
+    let finalizer = credential_finalizer(provider_uid);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    for secret in api.list_metadata(&ListParams::default()).await?.items {
+        let name = secret.name_any();
+        let has = secret.finalizers().contains(&finalizer);
+        let want = current == Some(name.as_str());
+        // Kept while it is being deleted (in a namespace deletion the Secret may go first);
+        // but no finalizer can be added to a Secret already being deleted.
+        let adding_too_late = want && !has && secret.metadata.deletion_timestamp.is_some();
+        if has != want && !adding_too_late {
+            set_finalizer(&api, &secret, &finalizer, want).await?;
+        }
     }
     Ok(())
 }
 
-/// Adds or removes [`CREDENTIAL_FINALIZER`] on a Secret (a missing Secret needs neither).
-async fn set_credential_finalizer(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
+/// Adds or removes `finalizer` on a Secret (resourceVersion-guarded).
+async fn set_finalizer(
+    api: &Api<Secret>,
+    secret: &kube::core::PartialObjectMeta<Secret>,
+    finalizer: &str,
     present: bool,
 ) -> Result<(), Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(secret) = api.get_metadata_opt(name).await? else {
-        return Ok(());
-    };
-    let has = secret
-        .finalizers()
-        .iter()
-        .any(|f| f == CREDENTIAL_FINALIZER);
-    if has == present || (present && secret.metadata.deletion_timestamp.is_some()) {
-        // No finalizer can be added to an object that is already being deleted.
-        return Ok(());
-    }
     let mut finalizers: Vec<String> = secret
         .finalizers()
         .iter()
-        .filter(|f| *f != CREDENTIAL_FINALIZER)
+        .filter(|f| *f != finalizer)
         .cloned()
         .collect();
     if present {
-        finalizers.push(CREDENTIAL_FINALIZER.to_string());
+        finalizers.push(finalizer.to_string());
     }
     let patch = serde_json::json!({
         "metadata": {"resourceVersion": secret.resource_version(), "finalizers": finalizers}
     });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    api.patch(
+        &secret.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 

@@ -34,6 +34,9 @@ pub struct ResolvedProvider {
     /// cache, the inventory and the request budget.
     pub key: String,
     pub client: SharedProviderClient,
+    /// The provider is being deleted (kept by its in-use finalizer for its applications'
+    /// cleanup only).
+    pub deleting: bool,
 }
 
 /// Whether `allowed` admits a namespace with these name and labels (none by default).
@@ -61,7 +64,7 @@ pub fn namespace_allowed(
 pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<ResolvedProvider> {
     let namespace = app.namespace().unwrap_or_default();
     let reference = &app.spec.provider_ref;
-    let (key, settings, credential_namespace, fingerprint_seed) = match reference.kind {
+    let (key, settings, credential_namespace, fingerprint_seed, deleting) = match reference.kind {
         ProviderKind::OAuthProvider => {
             let api: Api<OAuthProvider> = Api::namespaced(ctx.client.clone(), &namespace);
             let provider = api.get_opt(&reference.name).await?.ok_or_else(|| {
@@ -75,6 +78,7 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
                 provider.spec.settings.clone(),
                 namespace.clone(),
                 (provider.uid(), provider.meta().generation),
+                provider.meta().deletion_timestamp.is_some(),
             )
         }
         ProviderKind::ClusterOAuthProvider => {
@@ -103,6 +107,7 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
                 provider.spec.settings.clone(),
                 ctx.config.operator_namespace.clone(),
                 (provider.uid(), provider.meta().generation),
+                provider.meta().deletion_timestamp.is_some(),
             )
         }
     };
@@ -114,7 +119,11 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
         fingerprint_seed,
     )
     .await?;
-    Ok(ResolvedProvider { key, client })
+    Ok(ResolvedProvider {
+        key,
+        client,
+        deleting,
+    })
 }
 
 /// The backend client for a provider, rebuilt only when the provider or its credential changed.

@@ -24,6 +24,9 @@ pub const CLIENT_ID_ANNOTATION: &str = "oauth-operator.dev/client-id";
 pub const PROVIDER_OBJECT_ID_ANNOTATION: &str = "oauth-operator.dev/provider-object-id";
 /// Changed on every rotation so consumers (e.g. Reloader) notice.
 pub const ROTATED_AT_ANNOTATION: &str = "oauth-operator.dev/secret-rotated-at";
+/// The `oauth-operator.dev/rotate` token the credentials in the Secret answer: a request stays
+/// answered even if status is lost.
+pub const ROTATION_TOKEN_ANNOTATION: &str = "oauth-operator.dev/rotation-token";
 
 /// Resolved key names.
 pub struct KeyNames {
@@ -110,6 +113,7 @@ pub fn build_secret(
     client: &RemoteClient,
     client_secret: Option<&SecretString>,
     rotated_at: Option<&str>,
+    rotation_token: Option<&str>,
 ) -> Secret {
     let keys = KeyNames::for_app(app);
     let mut data = BTreeMap::new();
@@ -135,6 +139,9 @@ pub fn build_secret(
     let (labels, mut annotations) = desired_metadata(app, client);
     if let Some(t) = rotated_at {
         annotations.insert(ROTATED_AT_ANNOTATION.into(), t.to_string());
+    }
+    if let Some(t) = rotation_token {
+        annotations.insert(ROTATION_TOKEN_ANNOTATION.into(), t.to_string());
     }
     Secret {
         metadata: ObjectMeta {
@@ -215,7 +222,7 @@ pub async fn dry_run_write(
         created_at: None,
     };
     let value = SecretString::from("dry-run");
-    let secret = build_secret(app, &placeholder, Some(&value), Some("dry-run"));
+    let secret = build_secret(app, &placeholder, Some(&value), Some("dry-run"), None);
     let result = match existing {
         None => api
             .create(
@@ -266,8 +273,9 @@ pub async fn write_rotated_secret(
     client: &RemoteClient,
     client_secret: Option<&SecretString>,
     rotated_at: &str,
+    rotation_token: Option<&str>,
 ) -> Result<()> {
-    let fresh = build_secret(app, client, client_secret, Some(rotated_at));
+    let fresh = build_secret(app, client, client_secret, Some(rotated_at), rotation_token);
     let name = app.secret_name();
     let mut attempt = 0u64;
     loop {
@@ -346,7 +354,7 @@ pub async fn heal_secret(
     app: &OAuthApplication,
     client: &RemoteClient,
 ) -> Result<()> {
-    let fresh = build_secret(app, client, None, None);
+    let fresh = build_secret(app, client, None, None, None);
     let patch = serde_json::json!({
         "metadata": {
             "resourceVersion": existing.resource_version(),
@@ -462,7 +470,13 @@ spec:
 
     #[test]
     fn secret_has_keys_owner_and_metadata() {
-        let s = build_secret(&app(), &client(), Some(&SecretString::from("s3cr3t")), None);
+        let s = build_secret(
+            &app(),
+            &client(),
+            Some(&SecretString::from("s3cr3t")),
+            None,
+            None,
+        );
         assert_eq!(s.metadata.name.as_deref(), Some("web-oauth"));
         let data = s.data.as_ref().unwrap();
         assert_eq!(data["OIDC_CLIENT_ID"].0, b"cid");
@@ -482,7 +496,7 @@ spec:
 
     #[test]
     fn a_secret_without_our_uid_is_foreign() {
-        let mut s = build_secret(&app(), &client(), None, None);
+        let mut s = build_secret(&app(), &client(), None, None, None);
         s.metadata
             .annotations
             .as_mut()
@@ -495,7 +509,7 @@ spec:
 
     #[test]
     fn public_clients_get_no_secret_key() {
-        let s = build_secret(&app(), &client(), None, None);
+        let s = build_secret(&app(), &client(), None, None, None);
         assert!(!s.data.unwrap().contains_key("CLIENT_SECRET"));
     }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -120,20 +120,15 @@ impl Staging {
         }
     }
 
-    /// Stores `staged`, replacing an earlier copy (which the pass delivered or found void
-    /// before it asked the provider for new credentials).
+    /// Stores `staged`. The pass emptied the slot before asking the provider for a new
+    /// secret; a copy found there anyway is older and is replaced whole, never merged.
     pub async fn store(&self, staged: &Staged) -> Result<()> {
         let secret = self.build(staged);
         match self.api.create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                let patch = serde_json::json!({
-                    "metadata": {"annotations": secret.metadata.annotations, "labels": secret.metadata.labels},
-                    "data": secret.data,
-                });
-                self.api
-                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                self.discard().await?;
+                self.api.create(&PostParams::default(), &secret).await?;
                 Ok(())
             }
             Err(e) => Err(e.into()),

@@ -431,8 +431,8 @@ impl ClerkClient {
                 s => ProviderError::Unavailable {
                     operation,
                     // A 5xx may come after the change was made (a gateway timing out on a
-                    // slow origin, a 500 after the write); only 501 and 503 say the request
-                    // was not carried out.
+                    // slow origin, a 500 after the write); 501 and 503 say it was not
+                    // carried out (RFC 9110), and are taken at their word.
                     outcome_unknown: !matches!(
                         s,
                         StatusCode::NOT_IMPLEMENTED | StatusCode::SERVICE_UNAVAILABLE
@@ -580,8 +580,13 @@ impl ClerkClient {
         self.count(OPERATION, status.as_str());
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         match (status, body.get("error").and_then(|e| e.as_str())) {
-            (_, Some("invalid_client")) | (StatusCode::UNAUTHORIZED, _) => Ok(false),
-            (s, Some("invalid_grant")) if s.is_client_error() => Ok(true),
+            (_, Some("invalid_client")) => Ok(false),
+            // The client authenticated; only the made-up grant (or its type) was refused.
+            (s, Some("invalid_grant" | "unauthorized_client" | "unsupported_grant_type"))
+                if s.is_client_error() && s != StatusCode::UNAUTHORIZED =>
+            {
+                Ok(true)
+            }
             (s, error) => Err(unavailable(format!(
                 "the token endpoint answered a credential check with HTTP {} ({})",
                 s.as_u16(),

@@ -256,6 +256,21 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits for the process to die at crash point `point` (a test build's abort there).
+    pub async fn wait_abort(&mut self, point: &str, timeout: Duration) -> Result<()> {
+        self.wait_exit(timeout).await?;
+        let logs = self.logs();
+        let aborted = logs.lines().any(|l| {
+            l.contains("fault injection: aborting") && l.contains(&format!("\"point\":\"{point}\""))
+        });
+        anyhow::ensure!(
+            aborted,
+            "the operator exited, but not at {point}: {}",
+            self.log.display()
+        );
+        Ok(())
+    }
+
     /// Waits for the process to exit by itself (e.g. the abort fault).
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
