@@ -6,7 +6,7 @@ use std::time::Duration;
 use clerk_emulator::{Emulator, EmulatorConfig, NewOAuthApplication, routes};
 use oauth_operator::api::RequestBudget;
 use oauth_operator::providers::clerk::ClerkClient;
-use oauth_operator::providers::{DesiredClient, ProviderError, RequestBudgetLimiter};
+use oauth_operator::providers::{Backend, DesiredClient, ProviderError, RequestBudgetLimiter};
 use oauth_operator::telemetry::Metrics;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -144,9 +144,9 @@ async fn list_paginates_and_finds_by_exact_name() {
             .all(|r| r.query.as_deref().is_some_and(|q| q.contains("limit=500")))
     );
 
-    let provider = oauth_operator::providers::ProviderClient::Clerk(clerk);
+    let provider = clerk;
     // "bulk-1" also matches bulk-10..bulk-1202 by substring; only the exact name counts.
-    let found = provider.find_by_name("bulk-1").await.unwrap();
+    let found = provider.find_by_owner_marker("bulk-1").await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].name, "bulk-1");
 }

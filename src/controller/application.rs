@@ -38,7 +38,9 @@ use crate::api::{
     DeletionPolicy, DriftPolicy, OAuthApplication, OAuthApplicationStatus, PendingRegistration,
     RecordedSecretKeys,
 };
-use crate::providers::{DesiredClient, IssuedClient, ProviderError, RemoteClient};
+use crate::providers::{
+    DesiredClient, DriftSource, IssuedClient, OwnerMarker, ProviderError, RemoteClient,
+};
 use crate::telemetry::{ErrorLabels, ReconcileLabels};
 
 pub const FINALIZER: &str = "oauth-operator.dev/cleanup";
@@ -668,15 +670,20 @@ async fn sync_remote(
             Err(e) => Err(e.into()),
         };
     }
-    let from_snapshot = ctx
-        .inventory
-        .lookup(
-            &provider.key,
-            &provider.client,
-            id,
-            ctx.config.resync_interval,
-        )
-        .await?;
+    // One list per server per resync where the backend lists; a GET per client otherwise.
+    let from_snapshot = match provider.client.capabilities().drift {
+        DriftSource::ListAll => {
+            ctx.inventory
+                .lookup(
+                    &provider.key,
+                    &provider.client,
+                    id,
+                    ctx.config.resync_interval,
+                )
+                .await?
+        }
+        DriftSource::GetEach => None,
+    };
     let (remote, synced_at) = match from_snapshot {
         Some(found) => found,
         // Not in the snapshot (deleted, or created after it): confirm with one GET.
@@ -787,7 +794,10 @@ async fn register(
     // void: the slot must be empty before the provider hands out a new secret.
     pass.staging.discard().await?;
     let uid = app.metadata.uid.clone().unwrap_or_default();
-    let name = registration_name(&desired.name, &uid);
+    // The owner marker the backend offers carries the uid while the id is unknown.
+    let name = match provider.client.capabilities().owner_marker {
+        OwnerMarker::TaggedName => registration_name(&desired.name, &uid),
+    };
     status.pending_registration = Some(PendingRegistration {
         name: name.clone(),
         started_at: Time(now()),
@@ -875,7 +885,7 @@ async fn resolve_pending(
     } = pass;
     let pending = status.pending_registration.clone().ok_or_else(invariant)?;
     dry_run_write(secrets, app, existing).await?;
-    let mut candidates = provider.client.find_by_name(&pending.name).await?;
+    let mut candidates = provider.client.find_by_owner_marker(&pending.name).await?;
     candidates.sort_by_key(|c| (c.created_at.is_none(), c.created_at));
     if let Some((orphan, duplicates)) = candidates.split_first() {
         for duplicate in duplicates {
@@ -1333,7 +1343,7 @@ async fn delete_remote(
                 settle.as_secs()
             )));
         }
-        for c in provider.client.find_by_name(&pending.name).await? {
+        for c in provider.client.find_by_owner_marker(&pending.name).await? {
             provider.client.delete(&c.id).await?;
         }
     }

@@ -12,7 +12,7 @@ use rand::Rng;
 
 use super::error::Error;
 use crate::api::{OAuthApplication, RequestBudget};
-use crate::providers::{ProviderError, RemoteClient, RequestBudgetLimiter, SharedProviderClient};
+use crate::providers::{ProviderError, RemoteClient, RequestBudgetLimiter, SharedBackend};
 use crate::telemetry::Metrics;
 
 /// Operator settings (from the command line).
@@ -52,7 +52,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub config: Config,
     /// Provider clients by provider key, rebuilt when the provider or its credential changes.
-    pub providers: Mutex<HashMap<String, (u64, SharedProviderClient)>>,
+    pub providers: Mutex<HashMap<String, (u64, SharedBackend)>>,
     /// Per-provider list of remote clients, refreshed at most once per resync interval.
     pub inventory: Inventory,
     backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
@@ -272,7 +272,7 @@ impl Inventory {
     pub async fn lookup(
         &self,
         provider: &str,
-        client: &SharedProviderClient,
+        client: &SharedBackend,
         id: &str,
         max_age: Duration,
     ) -> Result<Option<(RemoteClient, k8s_openapi::jiff::Timestamp)>, ProviderError> {

@@ -317,10 +317,7 @@ async fn check<K: Resource>(
                         (
                             true,
                             "Ready",
-                            format!(
-                                "{} backend is reachable with the credential",
-                                client.backend()
-                            ),
+                            format!("{} backend is reachable with the credential", client.name()),
                         )
                     }
                     Err(e) => {

@@ -18,7 +18,7 @@ use crate::api::{
     OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings,
 };
 use crate::providers::clerk::ClerkClient;
-use crate::providers::{ProviderClient, ProviderError, SharedProviderClient};
+use crate::providers::{ProviderError, SharedBackend};
 
 /// The key of a provider in the client cache, the inventory, the request budget and the
 /// backoff reset: `OAuthProvider/<ns>/<name>` or `ClusterOAuthProvider/<name>`.
@@ -33,7 +33,7 @@ pub struct ResolvedProvider {
     /// `OAuthProvider/<ns>/<name>` or `ClusterOAuthProvider/<name>`: the key of the client
     /// cache, the inventory and the request budget.
     pub key: String,
-    pub client: SharedProviderClient,
+    pub client: SharedBackend,
     /// The provider is being deleted (kept by its in-use finalizer for its applications'
     /// cleanup only).
     pub deleting: bool,
@@ -133,7 +133,7 @@ pub async fn provider_client(
     settings: &ProviderSettings,
     credential_namespace: &str,
     seed: (Option<String>, Option<i64>),
-) -> Result<SharedProviderClient> {
+) -> Result<SharedBackend> {
     let Some(clerk) = &settings.clerk else {
         return Err(Error::InvalidSpec(format!(
             "{key} has no backend block (supported: clerk)"
@@ -197,7 +197,7 @@ pub async fn provider_client(
         ctx.metrics.clone(),
     )
     .map_err(|e: ProviderError| Error::InvalidSpec(format!("{key}: {e}")))?;
-    let client: SharedProviderClient = Arc::new(ProviderClient::Clerk(client));
+    let client: SharedBackend = Arc::new(client);
     providers.insert(key.to_string(), (fingerprint, client.clone()));
     Ok(client)
 }

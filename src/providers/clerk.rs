@@ -2,18 +2,20 @@
 //! (`shared/reference/clerk/bapi-2026-05-12.yml`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tracing::Instrument;
 
-use super::{DesiredClient, IssuedClient, ProviderError, RemoteClient, RequestBudgetLimiter};
+use super::http::{ErrorBodies, HttpEndpoint};
+use super::{
+    Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
+    ProviderError, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
+};
 use crate::api::Endpoints;
-use crate::telemetry::{Metrics, OperationLabels, RequestLabels};
+use crate::telemetry::Metrics;
 
 /// The Clerk API version this client is written against (the spec's version).
 pub const CLERK_API_VERSION: &str = "2026-05-12";
@@ -41,11 +43,22 @@ fn checked_id(id: &str) -> Result<&str, ProviderError> {
 
 /// A Clerk Backend API client for one provider (one instance, one secret key).
 pub struct ClerkClient {
-    http: reqwest::Client,
+    endpoint: HttpEndpoint,
     base_url: url::Url,
     secret_key: SecretString,
-    budget: Arc<RequestBudgetLimiter>,
-    metrics: Arc<Metrics>,
+}
+
+/// Clerk's error bodies (`{"errors": [{code, message, long_message}]}`).
+struct ClerkErrorBodies;
+
+impl ErrorBodies for ClerkErrorBodies {
+    fn is_not_found(&self, body: &[u8]) -> bool {
+        is_clerk_not_found(body)
+    }
+
+    fn message(&self, status: StatusCode, body: &[u8]) -> String {
+        error_message(status, body)
+    }
 }
 
 /// `OAuthApplication` (and `OAuthApplicationWithSecret`) from the spec. Unknown fields are
@@ -276,23 +289,6 @@ fn error_message(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
-/// A response body that does not parse, described by the error's class and position only:
-/// serde's own message can quote the value it choked on, and create/rotate bodies carry the
-/// client secret.
-fn body_error(e: &serde_json::Error) -> String {
-    format!(
-        "unexpected response body ({:?} error at line {} column {})",
-        e.classify(),
-        e.line(),
-        e.column()
-    )
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
 impl ClerkClient {
     /// `base_url` is the Backend API root (e.g. `https://api.clerk.com/v1`).
     pub fn new(
@@ -309,11 +305,14 @@ impl ClerkClient {
             base_url.set_path(&path);
         }
         Ok(Self {
-            http,
+            endpoint: HttpEndpoint {
+                http,
+                budget,
+                metrics,
+                backend: BACKEND,
+            },
             base_url,
             secret_key,
-            budget,
-            metrics,
         })
     }
 
@@ -328,7 +327,28 @@ impl ClerkClient {
         Ok(url)
     }
 
-    /// One request: budget, timeout (set on the reqwest client), span, metrics, error mapping.
+    /// One request to the Backend API (budget, span, metrics and error mapping are shared:
+    /// see [`HttpEndpoint`]).
+    fn request(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&ClerkAppBody<'_>>,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let mut request = self
+            .endpoint
+            .http
+            .request(method, self.url(segments)?)
+            .bearer_auth(self.secret_key.expose_secret())
+            .header("Clerk-API-Version", CLERK_API_VERSION)
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        Ok(request)
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         operation: &'static str,
@@ -337,189 +357,10 @@ impl ClerkClient {
         query: &[(&str, String)],
         body: Option<&ClerkAppBody<'_>>,
     ) -> Result<T, ProviderError> {
-        let url = self.url(segments)?;
-        let span = tracing::debug_span!("clerk_request", operation, %method, path = %url.path());
-        async {
-            self.budget.acquire().await;
-            let mut request = self
-                .http
-                .request(method, url)
-                .bearer_auth(self.secret_key.expose_secret())
-                .header("Clerk-API-Version", CLERK_API_VERSION)
-                .query(query);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let start = Instant::now();
-            let result = request.send().await;
-            let elapsed = start.elapsed();
-            self.metrics
-                .provider_request_duration
-                .get_or_create(&OperationLabels {
-                    backend: BACKEND,
-                    operation,
-                })
-                .observe(elapsed.as_secs_f64());
-            let response = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    self.count(operation, if e.is_timeout() { "timeout" } else { "error" });
-                    return Err(ProviderError::Unavailable {
-                        operation,
-                        // A connection that was never made carried no request; anything
-                        // else (a timeout above all) may have been processed.
-                        outcome_unknown: !e.is_connect(),
-                        // without_url: the URL holds no secret, but keep messages short.
-                        message: e.without_url().to_string(),
-                    });
-                }
-            };
-            let status = response.status();
-            self.count(operation, status.as_str());
-            let headers = response.headers().clone();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| ProviderError::Unavailable {
-                    operation,
-                    outcome_unknown: true,
-                    message: format!("reading response: {}", e.without_url()),
-                })?;
-            tracing::debug!(
-                status = status.as_u16(),
-                elapsed_ms = elapsed.as_millis() as u64,
-                "clerk response"
-            );
-            if status.is_success() {
-                // Only the error's class and position: serde's message can quote the value it
-                // choked on, and create/rotate bodies carry the client secret.
-                return serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
-                    operation,
-                    outcome_unknown: true,
-                    message: body_error(&e),
-                });
-            }
-            Err(match status {
-                StatusCode::NOT_FOUND if is_clerk_not_found(&bytes) => {
-                    ProviderError::NotFound { operation }
-                }
-                StatusCode::REQUEST_TIMEOUT => ProviderError::Unavailable {
-                    operation,
-                    outcome_unknown: false,
-                    message: "HTTP 408 request timeout".into(),
-                },
-                StatusCode::TOO_MANY_REQUESTS => {
-                    let retry_after = retry_after(&headers);
-                    // Every application of this provider waits, not just this one.
-                    self.budget
-                        .pause(retry_after.unwrap_or(Duration::from_secs(1)));
-                    ProviderError::RateLimited {
-                        operation,
-                        retry_after,
-                    }
-                }
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized {
-                    operation,
-                    status: status.as_u16(),
-                    message: error_message(status, &bytes),
-                },
-                s if s.is_client_error() => ProviderError::Rejected {
-                    operation,
-                    status: s.as_u16(),
-                    message: error_message(s, &bytes),
-                },
-                s => ProviderError::Unavailable {
-                    operation,
-                    // A 5xx may come after the change was made (a gateway timing out on a
-                    // slow origin, a 500 after the write); 501 and 503 say it was not
-                    // carried out (RFC 9110), and are taken at their word.
-                    outcome_unknown: !matches!(
-                        s,
-                        StatusCode::NOT_IMPLEMENTED | StatusCode::SERVICE_UNAVAILABLE
-                    ),
-                    message: format!("HTTP {}: {}", s.as_u16(), error_message(s, &bytes)),
-                },
-            })
-        }
-        .instrument(span)
-        .await
-    }
-
-    fn count(&self, operation: &'static str, status: &str) {
-        self.metrics
-            .provider_requests
-            .get_or_create(&RequestLabels {
-                backend: BACKEND,
-                operation,
-                status: status.to_string(),
-            })
-            .inc();
-    }
-
-    pub async fn create(&self, desired: &DesiredClient) -> Result<IssuedClient, ProviderError> {
-        let app: ClerkApp = self
-            .send(
-                "create",
-                Method::POST,
-                &[APPS],
-                &[],
-                Some(&body_for(desired)),
-            )
-            .await?;
-        Ok(app.into_issued())
-    }
-
-    pub async fn get(&self, id: &str) -> Result<RemoteClient, ProviderError> {
-        let app: ClerkApp = self
-            .send("get", Method::GET, &[APPS, checked_id(id)?], &[], None)
-            .await?;
-        Ok(app.into_remote())
-    }
-
-    pub async fn update(
-        &self,
-        id: &str,
-        desired: &DesiredClient,
-    ) -> Result<RemoteClient, ProviderError> {
-        let app: ClerkApp = self
-            .send(
-                "update",
-                Method::PATCH,
-                &[APPS, checked_id(id)?],
-                &[],
-                Some(&body_for(desired)),
-            )
-            .await?;
-        Ok(app.into_remote())
-    }
-
-    pub async fn delete(&self, id: &str) -> Result<(), ProviderError> {
-        match self
-            .send::<serde_json::Value>(
-                "delete",
-                Method::DELETE,
-                &[APPS, checked_id(id)?],
-                &[],
-                None,
-            )
+        let request = self.request(method, segments, query, body)?;
+        self.endpoint
+            .send(operation, request, &ClerkErrorBodies)
             .await
-        {
-            Ok(_) | Err(ProviderError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub async fn rotate_secret(&self, id: &str) -> Result<IssuedClient, ProviderError> {
-        let app: ClerkApp = self
-            .send(
-                "rotate_secret",
-                Method::POST,
-                &[APPS, checked_id(id)?, "rotate_secret"],
-                &[],
-                None,
-            )
-            .await?;
-        Ok(app.into_issued())
     }
 
     /// All applications (optionally those matching `name_query`), 500 per page.
@@ -544,12 +385,117 @@ impl ClerkClient {
             }
         }
     }
+}
+
+#[async_trait::async_trait]
+impl Backend for ClerkClient {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            identity: Identity::ServerAssigned,
+            secret_source: SecretSource::IssuedOnce,
+            rotation: Rotation::ServerEndpoint,
+            drift: DriftSource::ListAll,
+            owner_marker: OwnerMarker::TaggedName,
+        }
+    }
+
+    fn check_supported(&self, desired: &DesiredClient) -> Result<(), ProviderError> {
+        check_supported(desired)
+    }
+
+    fn diff(&self, desired: &DesiredClient, remote: &RemoteClient) -> Vec<&'static str> {
+        diff(desired, remote)
+    }
+
+    async fn create(&self, desired: &DesiredClient) -> Result<IssuedClient, ProviderError> {
+        let app: ClerkApp = self
+            .send(
+                "create",
+                Method::POST,
+                &[APPS],
+                &[],
+                Some(&body_for(desired)),
+            )
+            .await?;
+        Ok(app.into_issued())
+    }
+
+    async fn get(&self, id: &str) -> Result<RemoteClient, ProviderError> {
+        let app: ClerkApp = self
+            .send("get", Method::GET, &[APPS, checked_id(id)?], &[], None)
+            .await?;
+        Ok(app.into_remote())
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        desired: &DesiredClient,
+    ) -> Result<RemoteClient, ProviderError> {
+        let app: ClerkApp = self
+            .send(
+                "update",
+                Method::PATCH,
+                &[APPS, checked_id(id)?],
+                &[],
+                Some(&body_for(desired)),
+            )
+            .await?;
+        Ok(app.into_remote())
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), ProviderError> {
+        match self
+            .send::<serde_json::Value>(
+                "delete",
+                Method::DELETE,
+                &[APPS, checked_id(id)?],
+                &[],
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(ProviderError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn rotate_secret(&self, id: &str) -> Result<IssuedClient, ProviderError> {
+        let app: ClerkApp = self
+            .send(
+                "rotate_secret",
+                Method::POST,
+                &[APPS, checked_id(id)?, "rotate_secret"],
+                &[],
+                None,
+            )
+            .await?;
+        Ok(app.into_issued())
+    }
+
+    async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
+        self.list(None).await
+    }
+
+    /// Clients whose name is exactly `marker` (the uid-tagged registration name).
+    async fn find_by_owner_marker(&self, marker: &str) -> Result<Vec<RemoteClient>, ProviderError> {
+        Ok(self
+            .list(Some(marker))
+            .await?
+            .into_iter()
+            .filter(|r| r.name == marker)
+            .collect())
+    }
 
     /// Client authentication at Clerk's token endpoint (the `token_fetch_url` Clerk reports for
     /// the client): a refresh-token grant with a token that cannot exist. Client
     /// authentication comes first (RFC 6749 section 5.2): `invalid_client` says the secret is
     /// wrong, `invalid_grant` that it is right and only the made-up token is refused.
-    pub async fn proves_possession(
+    async fn proves_possession(
         &self,
         remote: &RemoteClient,
         secret: &SecretString,
@@ -569,6 +515,7 @@ impl ClerkClient {
             message,
         };
         let response = self
+            .endpoint
             .http
             .post(url)
             .basic_auth(&remote.client_id, Some(secret.expose_secret()))
@@ -577,7 +524,7 @@ impl ClerkClient {
             .await
             .map_err(|e| unavailable(e.without_url().to_string()))?;
         let status = response.status();
-        self.count(OPERATION, status.as_str());
+        self.endpoint.count(OPERATION, status.as_str());
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         match (status, body.get("error").and_then(|e| e.as_str())) {
             (_, Some("invalid_client")) => Ok(false),
@@ -595,7 +542,7 @@ impl ClerkClient {
         }
     }
 
-    pub async fn check_reachable(&self) -> Result<(), ProviderError> {
+    async fn check_reachable(&self) -> Result<(), ProviderError> {
         let _: ClerkAppList = self
             .send(
                 "list",
@@ -729,7 +676,7 @@ mod tests {
             err.to_string().contains("s3cr3t-value"),
             "serde itself would quote it"
         );
-        assert!(!body_error(&err).contains("s3cr3t-value"));
+        assert!(!super::super::http::body_error(&err).contains("s3cr3t-value"));
     }
 
     #[test]

@@ -1,0 +1,213 @@
+//! The HTTP plumbing every backend shares, written once: the request budget, a tracing span,
+//! the duration and count metrics, and the mapping of answers to [`ProviderError`] (404 only
+//! when the server itself says so, 408, 429 with `Retry-After` pausing the whole budget,
+//! 401/403, other 4xx, 5xx and transport errors with `outcome_unknown`). The request timeout
+//! is the reqwest client's. A backend adds only what is its own: how to build the request and
+//! how to read its error bodies ([`ErrorBodies`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use super::{ProviderError, RequestBudgetLimiter};
+use crate::telemetry::{Metrics, OperationLabels, RequestLabels};
+
+/// How a backend reads its own error bodies.
+pub trait ErrorBodies: Send + Sync {
+    /// Whether a 404 body is the server saying the object does not exist, not a proxy or a
+    /// wrong base URL answering 404: only the former may lead to "the client is gone".
+    fn is_not_found(&self, body: &[u8]) -> bool;
+    /// The error body as one line for conditions and events (never a request value).
+    fn message(&self, status: StatusCode, body: &[u8]) -> String;
+}
+
+/// One authorization server's HTTP side: the client (timeouts, TLS trust), the server's
+/// request budget and the metrics, labelled with the backend's name.
+pub struct HttpEndpoint {
+    pub http: reqwest::Client,
+    pub budget: Arc<RequestBudgetLimiter>,
+    pub metrics: Arc<Metrics>,
+    pub backend: &'static str,
+}
+
+/// A response body that does not parse, described by the error's class and position only:
+/// serde's own message can quote the value it choked on, and create/rotate bodies carry the
+/// client secret.
+pub fn body_error(e: &serde_json::Error) -> String {
+    format!(
+        "unexpected response body ({:?} error at line {} column {})",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by the servers we talk to).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+impl HttpEndpoint {
+    /// Sends `request` within the budget and parses a successful JSON answer into `T`.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+        errors: &dyn ErrorBodies,
+    ) -> Result<T, ProviderError> {
+        let bytes = self.send_raw(operation, request, errors).await?;
+        // Only the error's class and position: see `body_error`.
+        serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
+            operation,
+            outcome_unknown: true,
+            message: body_error(&e),
+        })
+    }
+
+    /// [`Self::send`] for answers whose body does not matter (DELETE).
+    pub async fn send_raw(
+        &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+        errors: &dyn ErrorBodies,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let request = request.build().map_err(|e| {
+            ProviderError::Unsupported(format!("building the {operation} request: {e}"))
+        })?;
+        let span = tracing::debug_span!(
+            "provider_request",
+            backend = self.backend,
+            operation,
+            method = %request.method(),
+            path = %request.url().path()
+        );
+        async {
+            self.budget.acquire().await;
+            let start = Instant::now();
+            let result = self.http.execute(request).await;
+            let elapsed = start.elapsed();
+            self.metrics
+                .provider_request_duration
+                .get_or_create(&OperationLabels {
+                    backend: self.backend,
+                    operation,
+                })
+                .observe(elapsed.as_secs_f64());
+            let response = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.count(operation, if e.is_timeout() { "timeout" } else { "error" });
+                    return Err(ProviderError::Unavailable {
+                        operation,
+                        // A connection that was never made carried no request; anything
+                        // else (a timeout above all) may have been processed.
+                        outcome_unknown: !e.is_connect(),
+                        message: e.without_url().to_string(),
+                    });
+                }
+            };
+            let status = response.status();
+            self.count(operation, status.as_str());
+            let headers = response.headers().clone();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| ProviderError::Unavailable {
+                    operation,
+                    outcome_unknown: true,
+                    message: format!("reading response: {}", e.without_url()),
+                })?;
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "provider response"
+            );
+            if status.is_success() {
+                return Ok(bytes.to_vec());
+            }
+            Err(self.error(operation, status, &headers, &bytes, errors))
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn error(
+        &self,
+        operation: &'static str,
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        errors: &dyn ErrorBodies,
+    ) -> ProviderError {
+        match status {
+            StatusCode::NOT_FOUND if errors.is_not_found(body) => {
+                ProviderError::NotFound { operation }
+            }
+            StatusCode::REQUEST_TIMEOUT => ProviderError::Unavailable {
+                operation,
+                outcome_unknown: false,
+                message: "HTTP 408 request timeout".into(),
+            },
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry_after = retry_after(headers);
+                // Every application of this server waits, not just this one.
+                self.budget
+                    .pause(retry_after.unwrap_or(Duration::from_secs(1)));
+                ProviderError::RateLimited {
+                    operation,
+                    retry_after,
+                }
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized {
+                operation,
+                status: status.as_u16(),
+                message: errors.message(status, body),
+            },
+            s if s.is_client_error() => ProviderError::Rejected {
+                operation,
+                status: s.as_u16(),
+                message: errors.message(s, body),
+            },
+            s => ProviderError::Unavailable {
+                operation,
+                // A 5xx may come after the change was made (a gateway timing out on a slow
+                // origin, a 500 after the write); 501 and 503 say it was not carried out
+                // (RFC 9110), and are taken at their word.
+                outcome_unknown: !matches!(
+                    s,
+                    StatusCode::NOT_IMPLEMENTED | StatusCode::SERVICE_UNAVAILABLE
+                ),
+                message: format!("HTTP {}: {}", s.as_u16(), errors.message(s, body)),
+            },
+        }
+    }
+
+    /// Counts one request by operation and answer.
+    pub fn count(&self, operation: &'static str, status: &str) {
+        self.metrics
+            .provider_requests
+            .get_or_create(&RequestLabels {
+                backend: self.backend,
+                operation,
+                status: status.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+    }
+}
