@@ -6,7 +6,16 @@ use std::time::Duration;
 use clerk_emulator::{Emulator, EmulatorConfig, NewOAuthApplication, routes};
 use oauth_operator::api::RequestBudget;
 use oauth_operator::providers::clerk::ClerkClient;
-use oauth_operator::providers::{Backend, DesiredClient, ProviderError, RequestBudgetLimiter};
+use oauth_operator::providers::{
+    Backend, DesiredClient, ProviderError, Registration, RequestBudgetLimiter,
+};
+
+/// Clerk chooses ids and secrets: a registration carries only the owner.
+const REGISTRATION: Registration<'static> = Registration {
+    owner_uid: "uid",
+    client_id: None,
+    client_secret: None,
+};
 use oauth_operator::telemetry::Metrics;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -52,7 +61,10 @@ fn desired(name: &str) -> DesiredClient {
 async fn lifecycle_create_get_update_rotate_delete() {
     let emu = Emulator::start(EmulatorConfig::default()).unwrap();
     let clerk = client(&emu.base_url(), emu.secret_key());
-    let issued = clerk.create(&desired("team/app")).await.unwrap();
+    let issued = clerk
+        .create(&desired("team/app"), &REGISTRATION)
+        .await
+        .unwrap();
     let secret = issued
         .client_secret
         .expect("confidential clients get a secret");
@@ -74,7 +86,7 @@ async fn lifecycle_create_get_update_rotate_delete() {
     changed
         .redirect_uris
         .push("http://127.0.0.1:8080/cb".into());
-    let updated = clerk.update(&id, &changed).await.unwrap();
+    let updated = clerk.update(&id, &changed, "uid").await.unwrap();
     assert_eq!(updated.name, "team/app renamed");
     assert_eq!(updated.redirect_uris.len(), 2);
     assert_eq!(emu.app(&id).unwrap().redirect_uris.len(), 2);
@@ -106,7 +118,7 @@ async fn public_clients_have_no_secret() {
     let clerk = client(&emu.base_url(), emu.secret_key());
     let mut d = desired("spa");
     d.public = true;
-    let issued = clerk.create(&d).await.unwrap();
+    let issued = clerk.create(&d, &REGISTRATION).await.unwrap();
     assert!(issued.client.public);
     assert!(issued.client_secret.is_none());
 }
@@ -155,7 +167,10 @@ async fn list_paginates_and_finds_by_exact_name() {
 async fn errors_map_to_their_classes_without_secrets() {
     let emu = Emulator::start(EmulatorConfig::default()).unwrap();
     let wrong = client(&emu.base_url(), "sk_test_wrong");
-    let err = wrong.create(&desired("x")).await.unwrap_err();
+    let err = wrong
+        .create(&desired("x"), &REGISTRATION)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, ProviderError::Unauthorized { status: 401, .. }),
         "{err}"
@@ -165,25 +180,31 @@ async fn errors_map_to_their_classes_without_secrets() {
     let clerk = client(&emu.base_url(), emu.secret_key());
     emu.fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 503);
     assert!(matches!(
-        clerk.create(&desired("x")).await,
+        clerk.create(&desired("x"), &REGISTRATION).await,
         Err(ProviderError::Unavailable { .. })
     ));
     emu.fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 429);
-    match clerk.create(&desired("x")).await {
+    match clerk.create(&desired("x"), &REGISTRATION).await {
         Err(ProviderError::RateLimited { retry_after, .. }) => {
             assert_eq!(retry_after, Some(Duration::from_secs(1)))
         }
         other => panic!("expected RateLimited, got {other:?}"),
     }
     emu.fail_next(1, "POST", routes::OAUTH_APPLICATIONS, 422);
-    let err = clerk.create(&desired("x")).await.unwrap_err();
+    let err = clerk
+        .create(&desired("x"), &REGISTRATION)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, ProviderError::Rejected { status: 422, .. }),
         "{err}"
     );
 
     // A name over Clerk's 256 characters: Clerk's own 422 with its error body as the message.
-    let err = clerk.create(&desired(&"n".repeat(300))).await.unwrap_err();
+    let err = clerk
+        .create(&desired(&"n".repeat(300)), &REGISTRATION)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("HTTP 422"), "{err}");
     assert!(emu.apps().is_empty(), "nothing was created by failed calls");
 

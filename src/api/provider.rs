@@ -27,7 +27,7 @@ pub const CLERK_DEFAULT_SECRET_KEY_KEY: &str = "secretKey";
     printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("has(self.clerk)").message("exactly one backend block must be set (supported: clerk)"))]
+#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra)"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthProviderSpec {
     #[serde(flatten)]
@@ -48,7 +48,7 @@ pub struct OAuthProviderSpec {
     printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("has(self.clerk)").message("exactly one backend block must be set (supported: clerk)"))]
+#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterOAuthProviderSpec {
     #[serde(flatten)]
@@ -66,6 +66,9 @@ pub struct ProviderSettings {
     /// Clerk Backend API (`/v1/oauth_applications`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clerk: Option<ClerkProvider>,
+    /// Ory Hydra admin API (`/admin/clients`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydra: Option<HydraProvider>,
     /// TLS trust for the provider's endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProviderTls>,
@@ -88,6 +91,23 @@ pub struct ClerkProvider {
     /// `OAuthProvider` it is read from the provider's namespace, for a `ClusterOAuthProvider`
     /// from the operator's namespace.
     pub secret_key_ref: SecretKeySelector,
+}
+
+/// The Ory Hydra backend. The operator chooses each client's id (`oauth-operator-<uid>`) and
+/// generates its secret; the client's `metadata` names the application that owns it. Hydra's
+/// admin API has no authentication of its own: keep it reachable only from the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HydraProvider {
+    /// Admin API base URL (e.g. `http://hydra-admin.hydra:4445`).
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))").message("must be an http(s) URL"))]
+    pub admin_url: String,
+    /// The public issuer URL (Hydra's `urls.self.issuer`): the endpoints written to each
+    /// Secret are derived from it.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]'))").message("must be an https URL (http only on a loopback host)"))]
+    pub issuer_url: String,
 }
 
 /// A key of a Secret (the Secret's namespace is implied by the provider kind).
@@ -187,9 +207,10 @@ impl ProviderSettings {
 
 impl ProviderSettings {
     pub fn backend_name(&self) -> &'static str {
-        match &self.clerk {
-            Some(_) => "clerk",
-            None => "none",
+        match (&self.clerk, &self.hydra) {
+            (Some(_), _) => "clerk",
+            (None, Some(_)) => "hydra",
+            (None, None) => "none",
         }
     }
 }

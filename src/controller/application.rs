@@ -39,12 +39,34 @@ use crate::api::{
     RecordedSecretKeys,
 };
 use crate::providers::{
-    DesiredClient, DriftSource, IssuedClient, OwnerMarker, ProviderError, RemoteClient,
+    DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker, ProviderError, Registration,
+    RemoteClient, Rotation, generate_secret,
 };
 use crate::telemetry::{ErrorLabels, ReconcileLabels};
 
 pub const FINALIZER: &str = "oauth-operator.dev/cleanup";
 const KIND: &str = "OAuthApplication";
+
+/// The application's uid: the owner marker a backend carries.
+fn owner_uid(app: &OAuthApplication) -> &str {
+    app.metadata.uid.as_deref().unwrap_or_default()
+}
+
+/// A client whose owner marker names another application is never ours to change.
+fn check_owner(app: &OAuthApplication, remote: &RemoteClient) -> Result<()> {
+    if remote.owner_uid.as_deref() == Some(owner_uid(app)) {
+        return Ok(());
+    }
+    Err(Error::Provider(ProviderError::Rejected {
+        operation: "get",
+        status: 409,
+        message: format!(
+            "client {} exists at the provider and belongs to someone else (its owner marker names another application); \
+             it is left alone",
+            remote.client_id
+        ),
+    }))
+}
 
 /// Now, to the second: what `Time` serializes, so comparing status never sees sub-second noise.
 fn now() -> Timestamp {
@@ -439,6 +461,14 @@ async fn apply(
         && let Some(s) = staged.take()
     {
         if s.provider_object_id == remote.id {
+            if provider.client.capabilities().rotation == Rotation::OperatorSets {
+                // The pass that staged it may have died before the server had it: set it
+                // (again; setting the same secret twice changes nothing).
+                provider
+                    .client
+                    .set_secret(&remote.id, &desired, owner_uid(app), &s.client_secret)
+                    .await?;
+            }
             in_hand = Some(InHand {
                 client_secret: Some(s.client_secret),
                 staged: true,
@@ -548,7 +578,7 @@ async fn apply(
     // durable (a crash before this is finished by a later pass, by id).
     let uid = app.metadata.uid.as_deref().unwrap_or_default();
     let remote = if remote.name == registration_name(&desired.name, uid) {
-        let named = provider.client.update(&remote.id, &desired).await?;
+        let named = provider.client.update(&remote.id, &desired, uid).await?;
         ctx.inventory.upsert(&provider.key, &named).await;
         named
     } else {
@@ -655,10 +685,20 @@ async fn sync_remote(
         desired,
         ..
     } = pass;
+    // An id chosen before its create may be held by someone else: whoever holds it must be
+    // this application, checked before anything is written to it.
+    let owner_marked = provider.client.capabilities().owner_marker == OwnerMarker::Metadata;
     let spec_changed = status.observed_generation != app.metadata.generation;
+    if spec_changed && owner_marked {
+        match provider.client.get(id).await {
+            Ok(remote) => check_owner(app, &remote)?,
+            Err(ProviderError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
     if spec_changed {
-        // One PATCH with every managed field; no read needed.
-        return match provider.client.update(id, desired).await {
+        // One write with every managed field; no (further) read needed.
+        return match provider.client.update(id, desired, owner_uid(app)).await {
             Ok(remote) => {
                 ctx.inventory.upsert(&provider.key, &remote).await;
                 status.last_sync_time = Some(Time(now()));
@@ -697,10 +737,13 @@ async fn sync_remote(
         },
     };
     status.last_sync_time = Some(Time(synced_at));
+    if owner_marked {
+        check_owner(app, &remote)?;
+    }
     let uid = app.metadata.uid.as_deref().unwrap_or_default();
     if remote.name == registration_name(&desired.name, uid) {
         // A registration that stopped before the rename: finish it whatever the drift policy.
-        let named = provider.client.update(id, desired).await?;
+        let named = provider.client.update(id, desired, uid).await?;
         ctx.inventory.upsert(&provider.key, &named).await;
         return Ok(Some(named));
     }
@@ -713,7 +756,7 @@ async fn sync_remote(
     let fields = drifted.join(", ");
     match app.spec.drift_policy {
         DriftPolicy::Correct => {
-            let corrected = match provider.client.update(id, desired).await {
+            let corrected = match provider.client.update(id, desired, uid).await {
                 Ok(c) => c,
                 Err(ProviderError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
@@ -781,6 +824,9 @@ async fn register(
     status: &mut OAuthApplicationStatus,
     existing: Option<&Secret>,
 ) -> Result<(RemoteClient, InHand)> {
+    if pass.provider.client.capabilities().identity == Identity::OperatorChosen {
+        return register_chosen(pass, writer, status, existing).await;
+    }
     let Pass {
         app,
         ctx,
@@ -797,6 +843,7 @@ async fn register(
     // The owner marker the backend offers carries the uid while the id is unknown.
     let name = match provider.client.capabilities().owner_marker {
         OwnerMarker::TaggedName => registration_name(&desired.name, &uid),
+        OwnerMarker::Metadata => desired.name.clone(),
     };
     status.pending_registration = Some(PendingRegistration {
         name: name.clone(),
@@ -821,7 +868,12 @@ async fn register(
         name,
         ..desired.clone()
     };
-    let issued = match provider.client.create(&tagged).await {
+    let registration = Registration {
+        owner_uid: &uid,
+        client_id: None,
+        client_secret: None,
+    };
+    let issued = match provider.client.create(&tagged, &registration).await {
         Ok(issued) => issued,
         Err(e) => {
             if matches!(
@@ -865,6 +917,137 @@ async fn register(
     Ok((issued.client, hand))
 }
 
+/// Registers a client whose id and secret the operator chooses (Hydra), crash-safe by order:
+/// the id (derived from the uid) and a pending registration are recorded first, then the
+/// Secret is written with the new secret, and only then the client is created. A repeat (after
+/// a crash, or a lost answer) reuses the Secret's secret, and a create that finds the id taken
+/// goes on only if the client there carries this application's uid.
+async fn register_chosen(
+    pass: Pass<'_>,
+    writer: &mut StatusWriter<'_>,
+    status: &mut OAuthApplicationStatus,
+    existing: Option<&Secret>,
+) -> Result<(RemoteClient, InHand)> {
+    let Pass {
+        app,
+        ctx,
+        provider,
+        desired,
+        secrets,
+        ..
+    } = pass;
+    let uid = owner_uid(app);
+    let id = provider
+        .client
+        .chosen_client_id(uid)
+        .ok_or_else(invariant)?;
+    let keys = KeyNames::for_app(app);
+    let value = |s: &Secret, key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    // The secret an unfinished registration already wrote, else a new one.
+    let held = existing
+        .filter(|s| value(s, &keys.client_id).as_deref() == Some(id.as_str()))
+        .and_then(|s| value(s, &keys.client_secret))
+        .map(SecretString::from);
+    let client_secret = if desired.public {
+        None
+    } else {
+        Some(held.clone().unwrap_or_else(generate_secret))
+    };
+    dry_run_write(secrets, app, existing).await?;
+    status.pending_registration = Some(PendingRegistration {
+        name: id.clone(),
+        started_at: Time(now()),
+        unanswered_at: None,
+    });
+    set_condition(
+        &mut status.conditions,
+        new_condition(
+            READY,
+            false,
+            "Registering",
+            format!("registering the client at {}", provider.key),
+            app.metadata.generation,
+        ),
+    );
+    let planned = RemoteClient {
+        id: id.clone(),
+        client_id: id.clone(),
+        name: desired.name.clone(),
+        redirect_uris: desired.redirect_uris.clone(),
+        post_logout_redirect_uris: desired.post_logout_redirect_uris.clone(),
+        scopes: desired.scopes.clone(),
+        grant_types: desired.grant_types.clone(),
+        public: desired.public,
+        pkce_required: false,
+        consent_screen: false,
+        endpoints: provider.client.endpoints().unwrap_or_default(),
+        created_at: None,
+        owner_uid: Some(uid.to_string()),
+    };
+    // The id first: from here on status names the client, registered or not; the pending
+    // record says it may not exist yet.
+    status.provider_object_id = Some(id.clone());
+    status.client_id = Some(id.clone());
+    status.secret_name = Some(app.secret_name());
+    status.secret_keys = Some(RecordedSecretKeys {
+        client_id: keys.client_id.clone(),
+        client_secret: keys.client_secret.clone(),
+    });
+    writer.write(status).await?;
+    // Then the Secret: the secret exists in the cluster before the server knows it.
+    let secret_holds_it = existing.is_some() && (held.is_some() || desired.public);
+    if !secret_holds_it {
+        store_credentials(
+            app,
+            secrets,
+            existing,
+            &planned,
+            client_secret.as_ref(),
+            None,
+            pass.rotate_token,
+        )
+        .await?;
+    }
+    pass.crash_point("after-secret");
+    let registration = Registration {
+        owner_uid: uid,
+        client_id: Some(&id),
+        client_secret: client_secret.as_ref(),
+    };
+    let issued = provider.client.create(desired, &registration).await?;
+    pass.crash_point("after-create");
+    status.pending_registration = None;
+    ctx.metrics.lifecycle_event("client_registered");
+    ctx.event(
+        app,
+        EventType::Normal,
+        "Registered",
+        "Register",
+        format!(
+            "registered client {} at {}; its credentials are in Secret {}",
+            issued.client.client_id,
+            provider.key,
+            app.secret_name()
+        ),
+    )
+    .await;
+    Ok((
+        issued.client,
+        InHand {
+            client_secret,
+            staged: false,
+            rotation_token: pass.rotate_token.map(str::to_string),
+            rotated: false,
+        },
+    ))
+}
+
 /// A registration whose result was never recorded (a crash, a lost answer): the clients that
 /// carry this object's registration name are ours, however old (the create may have been
 /// retried many times before the crash). The oldest is adopted with a new secret (the first
@@ -883,6 +1066,10 @@ async fn resolve_pending(
         secrets,
         ..
     } = pass;
+    if provider.client.capabilities().identity == Identity::OperatorChosen {
+        // The id is known and the secret is in the Secret: registering again is idempotent.
+        return register_chosen(pass, writer, status, existing).await;
+    }
     let pending = status.pending_registration.clone().ok_or_else(invariant)?;
     dry_run_write(secrets, app, existing).await?;
     let mut candidates = provider.client.find_by_owner_marker(&pending.name).await?;
@@ -959,6 +1146,17 @@ async fn look_up_from_secret(
     let Pass {
         app, ctx, provider, ..
     } = pass;
+    if let Some(id) = provider.client.chosen_client_id(owner_uid(app)) {
+        // The id is derived from the uid and the client carries the uid: that is the proof.
+        let remote = match provider.client.get(&id).await {
+            Ok(remote) if remote.owner_uid.as_deref() == Some(owner_uid(app)) => remote,
+            Ok(_) | Err(ProviderError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        record_id(app, writer, status, &remote, false).await?;
+        ctx.metrics.lifecycle_event("client_relinked");
+        return Ok(Some(remote));
+    }
     let note = secret.annotations();
     let (Some(object_id), Some(client_id)) = (
         note.get(PROVIDER_OBJECT_ID_ANNOTATION),
@@ -1097,6 +1295,33 @@ async fn issue(
     }
     dry_run_write(pass.secrets, pass.app, existing).await?;
     pass.staging.discard().await?;
+    if pass.provider.client.capabilities().rotation == Rotation::OperatorSets {
+        // The operator makes the secret: staged (and recorded as in flight) before the server
+        // hears of it, so no moment exists where only the server knows it.
+        let value = generate_secret();
+        let staged = Staged {
+            client_id: remote.client_id.clone(),
+            provider_object_id: remote.id.clone(),
+            rotation_token: pass.rotate_token.map(str::to_string),
+            rotated: true,
+            client_secret: value.clone(),
+        };
+        pass.staging.store(&staged).await?;
+        status.credentials_in_flight_since = Some(Time(now()));
+        writer.write(status).await?;
+        pass.crash_point("after-stage");
+        pass.provider
+            .client
+            .set_secret(&remote.id, pass.desired, owner_uid(pass.app), &value)
+            .await?;
+        pass.crash_point("after-rotate");
+        return Ok(InHand {
+            client_secret: Some(value),
+            staged: true,
+            rotation_token: staged.rotation_token,
+            rotated: true,
+        });
+    }
     // Durable before the call: if the pass dies after the provider rotated (the Secret's
     // secret is then dead) and before the new one is staged, the next pass knows to check.
     status.credentials_in_flight_since = Some(Time(now()));
@@ -1322,9 +1547,25 @@ async fn delete_remote(
         return Ok(()); // nothing was ever registered
     }
     let provider = resolve_provider(app, ctx).await?;
+    let caps = provider.client.capabilities();
     if let Some(id) = &status.provider_object_id {
-        provider.client.delete(id).await?;
+        let ours = match caps.owner_marker {
+            // An id the operator chose may have been taken by someone else before we could
+            // create it: delete only a client that carries this application's uid.
+            OwnerMarker::Metadata => match provider.client.get(id).await {
+                Ok(remote) => remote.owner_uid.as_deref() == Some(owner_uid(app)),
+                Err(ProviderError::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            },
+            OwnerMarker::TaggedName => true,
+        };
+        if ours {
+            provider.client.delete(id).await?;
+        }
         ctx.inventory.remove(&provider.key, id).await;
+    }
+    if caps.identity == Identity::OperatorChosen {
+        return Ok(());
     }
     // An interrupted registration: delete what it may have created (the name carries our uid),
     // once a create whose answer was lost can no longer commit late.

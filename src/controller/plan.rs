@@ -96,6 +96,8 @@ pub fn identity_step(f: &IdentityFacts) -> IdentityStep {
         return match f.remote {
             Lookup::NotYet => IdentityStep::Sync,
             Lookup::Present => IdentityStep::Known,
+            // An id the operator chose is recorded before its create: not there yet.
+            Lookup::Absent if f.pending_registration => IdentityStep::ResolvePending,
             Lookup::Absent if f.rotation_requested => IdentityStep::Recreate,
             Lookup::Absent => IdentityStep::Refuse(Refusal::ClientGone),
         };
@@ -255,6 +257,17 @@ mod tests {
                 Refuse(Refusal::ClientGone),
             ),
             (
+                "an operator-chosen id recorded before its create: resume the registration",
+                IdentityFacts {
+                    recorded_id: true,
+                    pending_registration: true,
+                    remote: Lookup::Absent,
+                    secret: secret.clone(),
+                    ..facts()
+                },
+                ResolvePending,
+            ),
+            (
                 "recorded, gone, rotation asked: recreate",
                 IdentityFacts {
                     recorded_id: true,
@@ -343,6 +356,7 @@ mod tests {
                     walk(f, answers, depth + 1)
                 }
                 IdentityStep::Register => assert!(!f.pending_registration),
+                IdentityStep::ResolvePending => assert!(f.pending_registration),
                 _ => {}
             }
         }

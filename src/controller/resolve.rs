@@ -15,9 +15,10 @@ use super::context::Context;
 use super::error::{Error, Result};
 use crate::api::{
     AllowedNamespaces, CLERK_DEFAULT_BASE_URL, CLERK_DEFAULT_SECRET_KEY_KEY, ClusterOAuthProvider,
-    OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings,
+    HydraProvider, OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings,
 };
 use crate::providers::clerk::ClerkClient;
+use crate::providers::hydra::HydraClient;
 use crate::providers::{ProviderError, SharedBackend};
 
 /// The key of a provider in the client cache, the inventory, the request budget and the
@@ -134,9 +135,12 @@ pub async fn provider_client(
     credential_namespace: &str,
     seed: (Option<String>, Option<i64>),
 ) -> Result<SharedBackend> {
+    if let Some(hydra) = &settings.hydra {
+        return hydra_backend(ctx, key, settings, hydra, seed);
+    }
     let Some(clerk) = &settings.clerk else {
         return Err(Error::InvalidSpec(format!(
-            "{key} has no backend block (supported: clerk)"
+            "{key} has no backend block (supported: clerk, hydra)"
         )));
     };
     let secret_name = &clerk.secret_key_ref.name;
@@ -202,6 +206,45 @@ pub async fn provider_client(
     Ok(client)
 }
 
+/// The Hydra backend: no credential Secret (Hydra's admin API has no authentication of its
+/// own), rebuilt when the provider changes.
+fn hydra_backend(
+    ctx: &Context,
+    key: &str,
+    settings: &ProviderSettings,
+    hydra: &HydraProvider,
+    seed: (Option<String>, Option<i64>),
+) -> Result<SharedBackend> {
+    let mut hasher = DefaultHasher::new();
+    (seed, settings.request_budget.clone(), hydra).hash(&mut hasher);
+    settings
+        .tls
+        .as_ref()
+        .and_then(|t| t.ca_bundle.clone())
+        .hash(&mut hasher);
+    let fingerprint = hasher.finish();
+    let mut providers = ctx.providers.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((fp, client)) = providers.get(key)
+        && *fp == fingerprint
+    {
+        return Ok(client.clone());
+    }
+    let http = http_client(settings, ctx.config.provider_timeout)
+        .map_err(|e| Error::InvalidSpec(format!("{key}: {e}")))?;
+    let budget = ctx.budget_for(key, &settings.request_budget);
+    let client = HydraClient::new(
+        http,
+        &hydra.admin_url,
+        &hydra.issuer_url,
+        budget,
+        ctx.metrics.clone(),
+    )
+    .map_err(|e: ProviderError| Error::InvalidSpec(format!("{key}: {e}")))?;
+    let client: SharedBackend = Arc::new(client);
+    providers.insert(key.to_string(), (fingerprint, client.clone()));
+    Ok(client)
+}
+
 /// An HTTP client with timeouts and the provider's CA bundle added to the system roots.
 fn http_client(
     settings: &ProviderSettings,
@@ -238,6 +281,7 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let settings = |bundle: &str| ProviderSettings {
             clerk: None,
+            hydra: None,
             tls: Some(crate::api::ProviderTls {
                 ca_bundle: Some(bundle.to_string()),
             }),

@@ -9,10 +9,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::http::{ErrorBodies, HttpEndpoint};
+use super::http::{ErrorBodies, HttpEndpoint, client_authenticates};
 use super::{
     Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
-    ProviderError, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
+    ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
@@ -249,6 +249,9 @@ impl ClerkApp {
             client_id: self.client_id,
             name: self.name,
             redirect_uris: self.redirect_uris,
+            post_logout_redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
+            owner_uid: None,
             public: self.public,
             pkce_required: self.pkce_required,
             consent_screen: self.consent_screen_enabled,
@@ -411,7 +414,11 @@ impl Backend for ClerkClient {
         diff(desired, remote)
     }
 
-    async fn create(&self, desired: &DesiredClient) -> Result<IssuedClient, ProviderError> {
+    async fn create(
+        &self,
+        desired: &DesiredClient,
+        _registration: &Registration<'_>,
+    ) -> Result<IssuedClient, ProviderError> {
         let app: ClerkApp = self
             .send(
                 "create",
@@ -435,6 +442,7 @@ impl Backend for ClerkClient {
         &self,
         id: &str,
         desired: &DesiredClient,
+        _owner_uid: &str,
     ) -> Result<RemoteClient, ProviderError> {
         let app: ClerkApp = self
             .send(
@@ -491,54 +499,18 @@ impl Backend for ClerkClient {
             .collect())
     }
 
-    /// Client authentication at Clerk's token endpoint (the `token_fetch_url` Clerk reports for
-    /// the client): a refresh-token grant with a token that cannot exist. Client
-    /// authentication comes first (RFC 6749 section 5.2): `invalid_client` says the secret is
-    /// wrong, `invalid_grant` that it is right and only the made-up token is refused.
+    /// Client authentication at Clerk's token endpoint (the `token_fetch_url` Clerk reports
+    /// for the client; see [`client_authenticates`]).
     async fn proves_possession(
         &self,
         remote: &RemoteClient,
         secret: &SecretString,
     ) -> Result<bool, ProviderError> {
-        use rand::distr::{Alphanumeric, SampleString};
-        const OPERATION: &str = "verify_secret";
-        let Some(token_url) = remote.endpoints.token.as_deref() else {
-            return Ok(false);
-        };
-        let url = url::Url::parse(token_url).map_err(|e| {
-            ProviderError::Unsupported(format!("Clerk reported an invalid token URL: {e}"))
-        })?;
-        let probe = Alphanumeric.sample_string(&mut rand::rng(), 40);
-        let unavailable = |message: String| ProviderError::Unavailable {
-            operation: OPERATION,
-            outcome_unknown: false,
-            message,
-        };
-        let response = self
-            .endpoint
-            .http
-            .post(url)
-            .basic_auth(&remote.client_id, Some(secret.expose_secret()))
-            .form(&[("grant_type", "refresh_token"), ("refresh_token", &probe)])
-            .send()
-            .await
-            .map_err(|e| unavailable(e.without_url().to_string()))?;
-        let status = response.status();
-        self.endpoint.count(OPERATION, status.as_str());
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        match (status, body.get("error").and_then(|e| e.as_str())) {
-            (_, Some("invalid_client")) => Ok(false),
-            // The client authenticated; only the made-up grant (or its type) was refused.
-            (s, Some("invalid_grant" | "unauthorized_client" | "unsupported_grant_type"))
-                if s.is_client_error() && s != StatusCode::UNAUTHORIZED =>
-            {
-                Ok(true)
+        match remote.endpoints.token.as_deref() {
+            Some(token_url) => {
+                client_authenticates(&self.endpoint, token_url, &remote.client_id, secret).await
             }
-            (s, error) => Err(unavailable(format!(
-                "the token endpoint answered a credential check with HTTP {} ({})",
-                s.as_u16(),
-                error.unwrap_or("no OAuth error code")
-            ))),
+            None => Ok(false),
         }
     }
 
@@ -579,7 +551,10 @@ mod tests {
             client_id: "c1".into(),
             name: "team/app".into(),
             redirect_uris: vec!["https://app.example.com/cb".into()],
+            post_logout_redirect_uris: vec![],
             scopes: vec!["email".into(), "profile".into()],
+            grant_types: vec![],
+            owner_uid: None,
             public: false,
             pkce_required: true,
             consent_screen: false,

@@ -45,6 +45,75 @@ pub fn body_error(e: &serde_json::Error) -> String {
     )
 }
 
+/// The `page_token` of the `rel="next"` link in a `Link` header (RFC 8288), as Ory's APIs
+/// paginate.
+pub fn next_page_token(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|link| link.contains("rel=\"next\""))
+        .and_then(|link| {
+            let target = link.trim().strip_prefix('<')?.split('>').next()?;
+            let url = url::Url::parse("http://relative.invalid")
+                .ok()?
+                .join(target)
+                .ok()?;
+            url.query_pairs()
+                .find(|(k, _)| k == "page_token")
+                .map(|(_, v)| v.into_owned())
+        })
+}
+
+/// Whether `client_id` / `secret` authenticate at an OAuth token endpoint: a refresh-token
+/// grant with a token that cannot exist. Client authentication comes first (RFC 6749 section
+/// 5.2): `invalid_client` says the secret is wrong; `invalid_grant`, `unauthorized_client` or
+/// `unsupported_grant_type` that the client authenticated and only the made-up grant was
+/// refused. Anything else is no answer (an error).
+pub async fn client_authenticates(
+    endpoint: &HttpEndpoint,
+    token_url: &str,
+    client_id: &str,
+    secret: &secrecy::SecretString,
+) -> Result<bool, ProviderError> {
+    use rand::distr::{Alphanumeric, SampleString};
+    use secrecy::ExposeSecret;
+    const OPERATION: &str = "verify_secret";
+    let url = url::Url::parse(token_url)
+        .map_err(|e| ProviderError::Unsupported(format!("invalid token URL: {e}")))?;
+    let probe = Alphanumeric.sample_string(&mut rand::rng(), 40);
+    let unavailable = |message: String| ProviderError::Unavailable {
+        operation: OPERATION,
+        outcome_unknown: false,
+        message,
+    };
+    let response = endpoint
+        .http
+        .post(url)
+        .basic_auth(client_id, Some(secret.expose_secret()))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", &probe)])
+        .send()
+        .await
+        .map_err(|e| unavailable(e.without_url().to_string()))?;
+    let status = response.status();
+    endpoint.count(OPERATION, status.as_str());
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    match (status, body.get("error").and_then(|e| e.as_str())) {
+        (_, Some("invalid_client")) => Ok(false),
+        (s, Some("invalid_grant" | "unauthorized_client" | "unsupported_grant_type"))
+            if s.is_client_error() && s != StatusCode::UNAUTHORIZED =>
+        {
+            Ok(true)
+        }
+        (s, error) => Err(unavailable(format!(
+            "the token endpoint answered a credential check with HTTP {} ({})",
+            s.as_u16(),
+            error.unwrap_or("no OAuth error code")
+        ))),
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is not used by the servers we talk to).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
@@ -59,13 +128,24 @@ impl HttpEndpoint {
         request: reqwest::RequestBuilder,
         errors: &dyn ErrorBodies,
     ) -> Result<T, ProviderError> {
-        let bytes = self.send_raw(operation, request, errors).await?;
+        Ok(self.send_with_headers(operation, request, errors).await?.0)
+    }
+
+    /// [`Self::send`], with the answer's headers (pagination links).
+    pub async fn send_with_headers<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+        errors: &dyn ErrorBodies,
+    ) -> Result<(T, reqwest::header::HeaderMap), ProviderError> {
+        let (bytes, headers) = self.exchange(operation, request, errors).await?;
         // Only the error's class and position: see `body_error`.
-        serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
+        let value = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
             operation,
             outcome_unknown: true,
             message: body_error(&e),
-        })
+        })?;
+        Ok((value, headers))
     }
 
     /// [`Self::send`] for answers whose body does not matter (DELETE).
@@ -74,7 +154,16 @@ impl HttpEndpoint {
         operation: &'static str,
         request: reqwest::RequestBuilder,
         errors: &dyn ErrorBodies,
-    ) -> Result<Vec<u8>, ProviderError> {
+    ) -> Result<(), ProviderError> {
+        self.exchange(operation, request, errors).await.map(drop)
+    }
+
+    async fn exchange(
+        &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+        errors: &dyn ErrorBodies,
+    ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), ProviderError> {
         let request = request.build().map_err(|e| {
             ProviderError::Unsupported(format!("building the {operation} request: {e}"))
         })?;
@@ -127,7 +216,7 @@ impl HttpEndpoint {
                 "provider response"
             );
             if status.is_success() {
-                return Ok(bytes.to_vec());
+                return Ok((bytes.to_vec(), headers));
             }
             Err(self.error(operation, status, &headers, &bytes, errors))
         }
@@ -202,6 +291,23 @@ impl HttpEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_page_from_link_header() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::LINK,
+            r#"</admin/clients?page_size=1&page_token=abc>; rel="first",</admin/clients?page_size=1&page_token=eyJvIjoiMSJ9>; rel="next""#
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(next_page_token(&h).as_deref(), Some("eyJvIjoiMSJ9"));
+        h.insert(
+            reqwest::header::LINK,
+            r#"</admin/clients?page_token=abc>; rel="first""#.parse().unwrap(),
+        );
+        assert_eq!(next_page_token(&h), None);
+    }
 
     #[test]
     fn retry_after_seconds() {

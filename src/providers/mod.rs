@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod clerk;
 pub mod http;
+pub mod hydra;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +32,17 @@ pub struct DesiredClient {
 /// A client as the provider reports it (never with its secret).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteClient {
-    /// The provider's own object id (Clerk: `oa_...`).
+    /// The provider's own object id (Clerk: `oa_...`; Hydra: the client id).
     pub id: String,
     pub client_id: String,
     pub name: String,
     pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
     pub scopes: Vec<String>,
+    pub grant_types: Vec<String>,
+    /// The application uid the client carries as its owner marker, where the backend has a
+    /// field for one ([`OwnerMarker::Metadata`]).
+    pub owner_uid: Option<String>,
     pub public: bool,
     pub pkce_required: bool,
     pub consent_screen: bool,
@@ -151,6 +157,16 @@ pub enum OwnerMarker {
     /// The uid is in the client's name until the id is recorded, then the name is set to the
     /// display name (Clerk has no other field for it).
     TaggedName,
+    /// The uid is kept in a field of the client for its whole life (Hydra `metadata`).
+    Metadata,
+}
+
+/// Who registers a client, and with what the operator chose (operator-chosen backends).
+pub struct Registration<'a> {
+    /// The application's uid, carried by the owner marker.
+    pub owner_uid: &'a str,
+    pub client_id: Option<&'a str>,
+    pub client_secret: Option<&'a SecretString>,
 }
 
 /// What a backend can do; the controller reads these instead of assuming one server's shape.
@@ -183,15 +199,40 @@ pub trait Backend: Send + Sync {
     /// Fields of the remote client that differ from the desired one (only managed fields).
     fn diff(&self, desired: &DesiredClient, remote: &RemoteClient) -> Vec<&'static str>;
 
-    async fn create(&self, desired: &DesiredClient) -> Result<IssuedClient, ProviderError>;
+    /// Registers a client. Where the operator chooses the id and secret, a create that finds
+    /// the id taken succeeds only if the existing client carries `registration.owner_uid`.
+    async fn create(
+        &self,
+        desired: &DesiredClient,
+        registration: &Registration<'_>,
+    ) -> Result<IssuedClient, ProviderError>;
 
     async fn get(&self, id: &str) -> Result<RemoteClient, ProviderError>;
 
+    /// Brings the client's managed fields to `desired` (the secret is left as it is).
     async fn update(
         &self,
         id: &str,
         desired: &DesiredClient,
+        owner_uid: &str,
     ) -> Result<RemoteClient, ProviderError>;
+
+    /// The client id the operator gives the application with `uid`
+    /// ([`Identity::OperatorChosen`]).
+    fn chosen_client_id(&self, _uid: &str) -> Option<String> {
+        None
+    }
+
+    /// Sets the client's secret to `secret` ([`Rotation::OperatorSets`]); repeatable.
+    async fn set_secret(
+        &self,
+        _id: &str,
+        _desired: &DesiredClient,
+        _owner_uid: &str,
+        _secret: &SecretString,
+    ) -> Result<RemoteClient, ProviderError> {
+        Err(unsupported(self.name(), "set a client secret"))
+    }
 
     /// Deletes the client; a client that is already gone counts as deleted.
     async fn delete(&self, id: &str) -> Result<(), ProviderError>;
@@ -225,8 +266,25 @@ pub trait Backend: Send + Sync {
         Err(unsupported(self.name(), "check a client secret"))
     }
 
+    /// Endpoints that are the same for every client (the issuer's), where the backend knows
+    /// them before a client exists; `None` where each client reports its own (Clerk).
+    fn endpoints(&self) -> Option<crate::api::Endpoints> {
+        None
+    }
+
     /// A cheap authenticated request proving the endpoint and credential work.
     async fn check_reachable(&self) -> Result<(), ProviderError>;
+}
+
+/// A new client secret for backends where the operator chooses it: 32 bytes from a CSPRNG
+/// (the thread-local ChaCha12 generator, seeded and reseeded from the operating system),
+/// base64url without padding.
+pub fn generate_secret() -> SecretString {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 pub type SharedBackend = Arc<dyn Backend>;

@@ -1,0 +1,480 @@
+//! Ory Hydra admin API (`/admin/clients`, Hydra v2): the operator chooses the client id
+//! (derived from the application's uid) and generates the secret; the client's `metadata`
+//! carries the application's uid as the owner marker, so a create that meets an existing id
+//! (a 409) is settled by ownership, never by blind adoption.
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::http::{ErrorBodies, HttpEndpoint, client_authenticates, next_page_token};
+use super::{
+    Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
+    ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
+};
+use crate::api::Endpoints;
+use crate::telemetry::Metrics;
+
+const BACKEND: &str = "hydra";
+const CLIENTS: [&str; 2] = ["admin", "clients"];
+/// Where the owner's uid is kept in the client's `metadata`.
+pub const OWNER_UID_KEY: &str = "oauth-operator.dev/owner-uid";
+const OWNER: &str = "oauth-operator";
+const PAGE_SIZE: usize = 500;
+
+/// The client id the operator gives the application with this uid.
+pub fn client_id_for(uid: &str) -> String {
+    format!("oauth-operator-{uid}")
+}
+
+/// Client ids the operator chose: anything else (e.g. from a tampered status) is refused
+/// before it reaches a URL.
+fn checked_id(id: &str) -> Result<&str, ProviderError> {
+    let valid = id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !id.is_empty()
+        && !id.starts_with('.');
+    if valid {
+        Ok(id)
+    } else {
+        Err(ProviderError::Unsupported(format!(
+            "{id:?} is not a client id this operator chose"
+        )))
+    }
+}
+
+pub struct HydraClient {
+    endpoint: HttpEndpoint,
+    admin_url: url::Url,
+    issuer: String,
+}
+
+/// `OAuth2Client` as Hydra returns it (unknown fields ignored).
+#[derive(Deserialize)]
+struct HydraApp {
+    client_id: String,
+    #[serde(default)]
+    client_name: String,
+    #[serde(default)]
+    redirect_uris: Option<Vec<String>>,
+    #[serde(default)]
+    post_logout_redirect_uris: Option<Vec<String>>,
+    #[serde(default)]
+    scope: String,
+    #[serde(default)]
+    grant_types: Option<Vec<String>>,
+    #[serde(default)]
+    token_endpoint_auth_method: String,
+    #[serde(default)]
+    skip_consent: bool,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+/// The body of create and PUT. PUT replaces the client: every managed field is sent; the
+/// secret only when it is to be set.
+#[derive(Serialize)]
+struct HydraAppBody<'a> {
+    client_id: &'a str,
+    client_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret: Option<&'a str>,
+    redirect_uris: &'a [String],
+    post_logout_redirect_uris: &'a [String],
+    grant_types: Vec<String>,
+    response_types: Vec<&'static str>,
+    scope: String,
+    token_endpoint_auth_method: &'static str,
+    skip_consent: bool,
+    owner: &'static str,
+    metadata: serde_json::Value,
+}
+
+fn grant_types(desired: &DesiredClient) -> Vec<String> {
+    if desired.grant_types.is_empty() {
+        vec!["authorization_code".into(), "refresh_token".into()]
+    } else {
+        desired.grant_types.clone()
+    }
+}
+
+fn body<'a>(
+    desired: &'a DesiredClient,
+    client_id: &'a str,
+    owner_uid: &str,
+    secret: Option<&'a SecretString>,
+) -> HydraAppBody<'a> {
+    let grants = grant_types(desired);
+    let response_types = if grants.iter().any(|g| g == "authorization_code") {
+        vec!["code"]
+    } else {
+        vec![]
+    };
+    HydraAppBody {
+        client_id,
+        client_name: &desired.name,
+        client_secret: secret.map(|s| s.expose_secret()),
+        redirect_uris: &desired.redirect_uris,
+        post_logout_redirect_uris: &desired.post_logout_redirect_uris,
+        grant_types: grants,
+        response_types,
+        scope: desired.scopes.join(" "),
+        token_endpoint_auth_method: if desired.public {
+            "none"
+        } else {
+            "client_secret_basic"
+        },
+        skip_consent: desired.consent_screen == Some(false),
+        owner: OWNER,
+        metadata: serde_json::json!({ OWNER_UID_KEY: owner_uid }),
+    }
+}
+
+/// Hydra's error bodies: `{"error": ..., "error_description": ...}`.
+struct HydraErrorBodies;
+
+#[derive(Deserialize, Default)]
+struct HydraError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+impl ErrorBodies for HydraErrorBodies {
+    fn is_not_found(&self, body: &[u8]) -> bool {
+        // Hydra's own 404 body; a proxy's HTML 404 is not "the client is gone".
+        serde_json::from_slice::<HydraError>(body).is_ok_and(|e| !e.error.is_empty())
+    }
+
+    fn message(&self, status: StatusCode, body: &[u8]) -> String {
+        let e: HydraError = serde_json::from_slice(body).unwrap_or_default();
+        match (e.error.is_empty(), e.error_description.is_empty()) {
+            (true, _) => status.canonical_reason().unwrap_or("error").to_string(),
+            (false, true) => e.error,
+            (false, false) => format!("{}: {}", e.error, e.error_description),
+        }
+    }
+}
+
+impl HydraClient {
+    /// `admin_url`: the admin API root (e.g. `http://hydra-admin:4445`); `issuer`: the
+    /// public issuer URL (`URLS_SELF_ISSUER`), which gives the endpoints in the Secret.
+    pub fn new(
+        http: reqwest::Client,
+        admin_url: &str,
+        issuer: &str,
+        budget: Arc<RequestBudgetLimiter>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProviderError> {
+        let admin_url = url::Url::parse(admin_url)
+            .map_err(|e| ProviderError::Unsupported(format!("invalid Hydra adminUrl: {e}")))?;
+        if admin_url.cannot_be_a_base() {
+            return Err(ProviderError::Unsupported(
+                "Hydra adminUrl cannot be a base".into(),
+            ));
+        }
+        Ok(Self {
+            endpoint: HttpEndpoint {
+                http,
+                budget,
+                metrics,
+                backend: BACKEND,
+            },
+            admin_url,
+            issuer: issuer.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn url(&self, id: Option<&str>) -> Result<url::Url, ProviderError> {
+        let mut url = self.admin_url.clone();
+        {
+            let mut segments = url.path_segments_mut().map_err(|_| {
+                ProviderError::Unsupported("Hydra adminUrl cannot be a base".into())
+            })?;
+            segments.pop_if_empty().extend(CLIENTS);
+            if let Some(id) = id {
+                segments.push(checked_id(id)?);
+            }
+        }
+        Ok(url)
+    }
+
+    fn issuer_endpoints(&self) -> Endpoints {
+        let i = &self.issuer;
+        Endpoints {
+            issuer: Some(i.clone()),
+            discovery: Some(format!("{i}/.well-known/openid-configuration")),
+            authorize: Some(format!("{i}/oauth2/auth")),
+            token: Some(format!("{i}/oauth2/token")),
+            userinfo: Some(format!("{i}/userinfo")),
+        }
+    }
+
+    fn remote(&self, app: HydraApp) -> RemoteClient {
+        let owner_uid = app
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(OWNER_UID_KEY))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        RemoteClient {
+            id: app.client_id.clone(),
+            client_id: app.client_id,
+            name: app.client_name,
+            redirect_uris: app.redirect_uris.unwrap_or_default(),
+            post_logout_redirect_uris: app.post_logout_redirect_uris.unwrap_or_default(),
+            scopes: app.scope.split_whitespace().map(str::to_string).collect(),
+            grant_types: app.grant_types.unwrap_or_default(),
+            public: app.token_endpoint_auth_method == "none",
+            pkce_required: false,
+            consent_screen: !app.skip_consent,
+            endpoints: self.issuer_endpoints(),
+            created_at: app.created_at.and_then(|t| t.parse().ok()),
+            owner_uid,
+        }
+    }
+
+    async fn put(
+        &self,
+        id: &str,
+        desired: &DesiredClient,
+        owner_uid: &str,
+        secret: Option<&SecretString>,
+    ) -> Result<RemoteClient, ProviderError> {
+        let request = self
+            .endpoint
+            .http
+            .request(Method::PUT, self.url(Some(id))?)
+            .json(&body(desired, id, owner_uid, secret));
+        let app: HydraApp = self
+            .endpoint
+            .send("update", request, &HydraErrorBodies)
+            .await?;
+        Ok(self.remote(app))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for HydraClient {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn chosen_client_id(&self, uid: &str) -> Option<String> {
+        Some(client_id_for(uid))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            identity: Identity::OperatorChosen,
+            secret_source: SecretSource::OperatorGenerated,
+            rotation: Rotation::OperatorSets,
+            drift: DriftSource::ListAll,
+            owner_marker: OwnerMarker::Metadata,
+        }
+    }
+
+    fn check_supported(&self, desired: &DesiredClient) -> Result<(), ProviderError> {
+        if desired.pkce_required == Some(true) {
+            return Err(ProviderError::Unsupported(
+                "Hydra enforces PKCE server-wide (oauth2.pkce.enforced), not per client: leave pkceRequired unset".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn diff(&self, desired: &DesiredClient, remote: &RemoteClient) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        if desired.name != remote.name {
+            fields.push("name");
+        }
+        if desired.redirect_uris != remote.redirect_uris {
+            fields.push("redirectUris");
+        }
+        if desired.post_logout_redirect_uris != remote.post_logout_redirect_uris {
+            fields.push("postLogoutRedirectUris");
+        }
+        let set = |v: &[String]| {
+            let mut v: Vec<String> = v.to_vec();
+            v.sort();
+            v.dedup();
+            v
+        };
+        if set(&desired.scopes) != set(&remote.scopes) {
+            fields.push("scopes");
+        }
+        if set(&grant_types(desired)) != set(&remote.grant_types) {
+            fields.push("grantTypes");
+        }
+        if desired.public != remote.public {
+            fields.push("clientType");
+        }
+        if desired
+            .consent_screen
+            .is_some_and(|c| c != remote.consent_screen)
+        {
+            fields.push("consentScreen");
+        }
+        fields
+    }
+
+    async fn create(
+        &self,
+        desired: &DesiredClient,
+        registration: &Registration<'_>,
+    ) -> Result<IssuedClient, ProviderError> {
+        let id = registration
+            .client_id
+            .ok_or_else(|| ProviderError::Unsupported("Hydra clients need a chosen id".into()))?;
+        let request = self
+            .endpoint
+            .http
+            .request(Method::POST, self.url(None)?)
+            .json(&body(
+                desired,
+                checked_id(id)?,
+                registration.owner_uid,
+                registration.client_secret,
+            ));
+        match self
+            .endpoint
+            .send::<HydraApp>("create", request, &HydraErrorBodies)
+            .await
+        {
+            Ok(app) => Ok(IssuedClient {
+                client: self.remote(app),
+                client_secret: registration.client_secret.cloned(),
+            }),
+            Err(ProviderError::Rejected { status: 409, .. }) => {
+                // The id exists: ours (an earlier create whose answer was lost) or not.
+                let existing = self.get(id).await?;
+                if existing.owner_uid.as_deref() != Some(registration.owner_uid) {
+                    return Err(ProviderError::Rejected {
+                        operation: "create",
+                        status: 409,
+                        message: format!(
+                            "client id {id} exists at Hydra and belongs to someone else (its metadata names another owner)"
+                        ),
+                    });
+                }
+                let client = self
+                    .put(
+                        id,
+                        desired,
+                        registration.owner_uid,
+                        registration.client_secret,
+                    )
+                    .await?;
+                Ok(IssuedClient {
+                    client,
+                    client_secret: registration.client_secret.cloned(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<RemoteClient, ProviderError> {
+        let request = self.endpoint.http.request(Method::GET, self.url(Some(id))?);
+        let app: HydraApp = self
+            .endpoint
+            .send("get", request, &HydraErrorBodies)
+            .await?;
+        Ok(self.remote(app))
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        desired: &DesiredClient,
+        owner_uid: &str,
+    ) -> Result<RemoteClient, ProviderError> {
+        // No secret in the body: Hydra keeps the one it has.
+        self.put(id, desired, owner_uid, None).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), ProviderError> {
+        let request = self
+            .endpoint
+            .http
+            .request(Method::DELETE, self.url(Some(id))?);
+        match self
+            .endpoint
+            .send_raw("delete", request, &HydraErrorBodies)
+            .await
+        {
+            Ok(()) | Err(ProviderError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set_secret(
+        &self,
+        id: &str,
+        desired: &DesiredClient,
+        owner_uid: &str,
+        secret: &SecretString,
+    ) -> Result<RemoteClient, ProviderError> {
+        self.put(id, desired, owner_uid, Some(secret)).await
+    }
+
+    async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
+        let mut all = Vec::new();
+        let mut page_token: Option<String> = None;
+        loop {
+            let mut query = vec![("page_size", PAGE_SIZE.to_string())];
+            if let Some(t) = &page_token {
+                query.push(("page_token", t.clone()));
+            }
+            let request = self
+                .endpoint
+                .http
+                .request(Method::GET, self.url(None)?)
+                .query(&query);
+            let (page, headers): (Vec<HydraApp>, _) = self
+                .endpoint
+                .send_with_headers("list", request, &HydraErrorBodies)
+                .await?;
+            let got = page.len();
+            all.extend(page.into_iter().map(|a| self.remote(a)));
+            // Hydra names the next page in the Link header; none (or a short page) ends it.
+            page_token = next_page_token(&headers);
+            if got < PAGE_SIZE || page_token.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn proves_possession(
+        &self,
+        remote: &RemoteClient,
+        secret: &SecretString,
+    ) -> Result<bool, ProviderError> {
+        let token_url = format!("{}/oauth2/token", self.issuer);
+        client_authenticates(&self.endpoint, &token_url, &remote.client_id, secret).await
+    }
+
+    fn endpoints(&self) -> Option<Endpoints> {
+        Some(self.issuer_endpoints())
+    }
+
+    async fn check_reachable(&self) -> Result<(), ProviderError> {
+        let request = self
+            .endpoint
+            .http
+            .request(Method::GET, self.url(None)?)
+            .query(&[("page_size", "1")]);
+        let _: Vec<serde_json::Value> = self
+            .endpoint
+            .send("list", request, &HydraErrorBodies)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,244 @@
+//! End-to-end on a real Ory Hydra (v2, in memory, loopback): the operator chooses each
+//! client's id and generates its secret, writes the Secret before the create, and settles a
+//! create that meets an existing id by the owner marker in the client's metadata. Every
+//! credential is proven with a client_credentials token at Hydra's token endpoint.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use oauth_operator::api::OAuthProvider;
+use support::{Env, SecretHistory, data, ready};
+use testenv::hydra::Hydra;
+
+fn app_yaml(name: &str, redirect: &str) -> String {
+    format!(
+        r#"
+apiVersion: oauth-operator.dev/v1alpha1
+kind: OAuthApplication
+metadata: {{name: {name}}}
+spec:
+  providerRef: {{name: hydra}}
+  redirectUris: ["{redirect}"]
+  grantTypes: [client_credentials]
+"#
+    )
+}
+
+async fn hydra_env(prefix: &str) -> Result<(Env, &'static Hydra)> {
+    let env = Env::new(prefix).await?;
+    let hydra = Hydra::shared()?;
+    let provider: OAuthProvider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+        "metadata": {"name": "hydra"},
+        "spec": {"hydra": {"adminUrl": hydra.admin_url(), "issuerUrl": hydra.issuer()}},
+    }))?;
+    Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &provider)
+        .await?;
+    Ok((env, hydra))
+}
+
+/// A client_credentials token with the Secret's credentials, or the token endpoint's status.
+async fn token(secret: &Secret) -> Result<Result<String, u16>> {
+    let d = data(secret);
+    let response = reqwest::Client::new()
+        .post(&d["TOKEN_URL"])
+        .basic_auth(&d["CLIENT_ID"], d.get("CLIENT_SECRET"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        return Ok(Err(response.status().as_u16()));
+    }
+    let body: serde_json::Value = response.json().await?;
+    Ok(Ok(body["access_token"]
+        .as_str()
+        .context("access_token")?
+        .to_string()))
+}
+
+async fn hydra_client(hydra: &Hydra, id: &str) -> Result<Option<serde_json::Value>> {
+    let response = reqwest::get(format!("{}/admin/clients/{id}", hydra.admin_url())).await?;
+    if response.status() == 404 {
+        return Ok(None);
+    }
+    Ok(Some(response.error_for_status()?.json().await?))
+}
+
+#[tokio::test]
+async fn hydra_lifecycle_with_operator_chosen_credentials() -> Result<()> {
+    let (env, hydra) = hydra_env("hydra").await?;
+    let history = SecretHistory::start(&env).await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "https://web.example.com/callback"))
+        .await?;
+    let app = env.wait_ready("web").await?;
+    let uid = app.metadata.uid.clone().context("uid")?;
+    let status = app.status.context("status")?;
+    let id = status.client_id.clone().context("client id")?;
+    assert_eq!(
+        id,
+        format!("oauth-operator-{uid}"),
+        "the id is derived from the uid"
+    );
+    let client = hydra_client(hydra, &id)
+        .await?
+        .context("the client exists")?;
+    assert_eq!(
+        client["metadata"]["oauth-operator.dev/owner-uid"],
+        uid.as_str()
+    );
+    let secret = env.secrets().get("web-oauth").await?;
+    assert!(
+        data(&secret)["CLIENT_SECRET"].len() >= 43,
+        "32 random bytes"
+    );
+    token(&secret)
+        .await?
+        .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+
+    // A redirect URI change: one PUT; the Secret is not rewritten.
+    let patch = serde_json::json!({"spec": {"redirectUris": ["https://web.example.com/new"]}});
+    env.apps()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    env.wait_ready("web").await?;
+    let client = hydra_client(hydra, &id).await?.context("client")?;
+    assert_eq!(client["redirect_uris"][0], "https://web.example.com/new");
+    let after = env.secrets().get("web-oauth").await?;
+    assert_eq!(
+        after.metadata.resource_version,
+        secret.metadata.resource_version
+    );
+    token(&after)
+        .await?
+        .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+
+    // Rotation: the operator sets a new secret; the old one is refused.
+    env.rotate("web", "r1").await?;
+    let rotated = env
+        .wait_secret("web-oauth", |s| {
+            data(s)["CLIENT_SECRET"] != data(&secret)["CLIENT_SECRET"]
+        })
+        .await?;
+    env.wait_app("web", "rotation answered", |a| {
+        a.status
+            .as_ref()
+            .and_then(|s| s.last_rotation_token.as_deref())
+            == Some("r1")
+    })
+    .await?;
+    token(&rotated)
+        .await?
+        .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+    assert_eq!(
+        token(&secret).await?,
+        Err(401),
+        "the rotated-out secret is refused"
+    );
+
+    // The Secret deleted: recovered with a new secret that works.
+    env.secrets()
+        .delete("web-oauth", &DeleteParams::default())
+        .await?;
+    let recovered = env
+        .wait_secret("web-oauth", |s| data(s).contains_key("CLIENT_SECRET"))
+        .await?;
+    env.wait_ready("web").await?;
+    token(&recovered)
+        .await?
+        .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+
+    assert_eq!(
+        history.values("web-oauth").len(),
+        3,
+        "written, rotated once, recovered once"
+    );
+    // Deleted with the application.
+    env.apps().delete("web", &DeleteParams::default()).await?;
+    env.wait_gone("web").await?;
+    assert!(
+        hydra_client(hydra, &id).await?.is_none(),
+        "deleted at Hydra"
+    );
+    Ok(())
+}
+
+/// A crash after the Secret is written and before the create: the restart registers the same
+/// client with the Secret's secret (no second secret, no second client).
+#[tokio::test]
+async fn hydra_crash_between_secret_and_create() -> Result<()> {
+    let (env, hydra) = hydra_env("hydra-crash").await?;
+    let history = SecretHistory::start(&env).await?;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-secret")])?;
+    env.apply_app(&app_yaml("web", "https://web.example.com/callback"))
+        .await?;
+    op.wait_abort("after-secret", Duration::from_secs(60))
+        .await?;
+    let app = env.apps().get("web").await?;
+    let id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.client_id.clone())
+        .context("the id was recorded first")?;
+    assert!(hydra_client(hydra, &id).await?.is_none(), "not created yet");
+    let written = env.secrets().get("web-oauth").await?;
+
+    let _op = env.start_operator(&[])?;
+    env.wait_ready("web").await?;
+    assert!(hydra_client(hydra, &id).await?.is_some());
+    let secret = env.secrets().get("web-oauth").await?;
+    assert_eq!(
+        data(&secret)["CLIENT_SECRET"],
+        data(&written)["CLIENT_SECRET"]
+    );
+    token(&secret)
+        .await?
+        .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+    assert_eq!(history.values("web-oauth").len(), 1, "written once");
+    Ok(())
+}
+
+/// The chosen id is taken by a client that does not carry this application's uid: refused
+/// with a condition, and that client is never touched, not even by the deletion.
+#[tokio::test]
+async fn hydra_id_taken_by_another_owner_is_refused() -> Result<()> {
+    let (env, hydra) = hydra_env("hydra-taken").await?;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-secret")])?;
+    env.apply_app(&app_yaml("web", "https://web.example.com/callback"))
+        .await?;
+    op.wait_abort("after-secret", Duration::from_secs(60))
+        .await?;
+    let id = env
+        .apps()
+        .get("web")
+        .await?
+        .status
+        .and_then(|s| s.client_id)
+        .context("id")?;
+    // Someone else registers that id meanwhile.
+    reqwest::Client::new()
+        .post(format!("{}/admin/clients", hydra.admin_url()))
+        .json(&serde_json::json!({
+            "client_id": id, "client_secret": "someone-elses-secret-0123456789",
+            "grant_types": ["client_credentials"], "metadata": {"oauth-operator.dev/owner-uid": "another"},
+        }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let _op = env.start_operator(&[])?;
+    let app = env.wait_reason("web", "ProviderRejected").await?;
+    assert!(ready(&app).is_some_and(|(s, _)| s == "False"));
+    env.apps().delete("web", &DeleteParams::default()).await?;
+    env.wait_gone("web").await?;
+    let foreign = hydra_client(hydra, &id).await?.context("left alone")?;
+    assert_eq!(
+        foreign["metadata"]["oauth-operator.dev/owner-uid"],
+        "another"
+    );
+    Ok(())
+}
