@@ -125,3 +125,56 @@ async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
     );
     Ok(())
 }
+
+/// A provider has exactly one backend block; a Hydra block needs both URLs, the issuer https
+/// (http only on loopback).
+#[tokio::test]
+async fn providers_have_exactly_one_valid_backend_block() -> Result<()> {
+    let env = Env::new("crd-provider").await?;
+    let providers: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &ApiResource::erase::<oauth_operator::api::OAuthProvider>(&()),
+    );
+    let provider = |name: &str, spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("test fixture")
+    };
+    let hydra = serde_json::json!({"adminUrl": "http://hydra-admin:4445", "issuerUrl": "https://auth.example.com"});
+    let clerk = serde_json::json!({"secretKeyRef": {"name": "clerk-admin"}});
+    for (name, spec, message) in [
+        ("none", serde_json::json!({}), "exactly one backend block"),
+        (
+            "both",
+            serde_json::json!({"clerk": clerk, "hydra": hydra}),
+            "exactly one backend block",
+        ),
+        (
+            "plain-issuer",
+            serde_json::json!({"hydra": {"adminUrl": "http://hydra-admin:4445", "issuerUrl": "http://auth.example.com"}}),
+            "https URL",
+        ),
+    ] {
+        match providers
+            .create(&PostParams::default(), &provider(name, spec))
+            .await
+        {
+            Ok(_) => panic!("{name}: the apiserver accepted an invalid OAuthProvider"),
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{name}: {s:?}");
+                assert!(s.message.contains(message), "{name}: {}", s.message);
+            }
+            Err(e) => panic!("{name}: unexpected error {e}"),
+        }
+    }
+    providers
+        .create(
+            &PostParams::default(),
+            &provider("hydra", serde_json::json!({"hydra": hydra})),
+        )
+        .await?;
+    Ok(())
+}
