@@ -160,9 +160,21 @@ impl Latency {
 enum Action {
     Apply(usize),
     Rotate(usize, String),
-    /// The `n`th kill (1-based); the next operator runs with this latency.
-    Kill(usize, Latency),
+    /// The `n`th kill (1-based); the next operator runs with this latency. With a target,
+    /// the kill waits (up to [`TARGET_WAIT_MS`]) for the emulator to answer the next such
+    /// call and lands right after it: inside the windows where crashes hurt (after a create,
+    /// a rename, a rotation answered and before the operator recorded it).
+    Kill(usize, Latency, Option<(&'static str, &'static str)>),
 }
+
+/// How long a targeted kill waits for its call.
+const TARGET_WAIT_MS: u64 = 1500;
+/// The calls a targeted kill lands after.
+const TARGETS: [(&str, &str); 3] = [
+    ("POST", routes::OAUTH_APPLICATIONS),
+    ("PATCH", routes::OAUTH_APPLICATION),
+    ("POST", routes::ROTATE_SECRET),
+];
 
 #[derive(Debug)]
 struct Step {
@@ -183,9 +195,13 @@ fn schedule(seed: u64, apps: usize, kills: usize) -> Schedule {
     let mut at = 0;
     for n in 1..=kills {
         at += rng.random_range(KILL_GAP_MS);
+        // Half the kills land right after a provider answer of a seeded kind.
+        let target = rng
+            .random_bool(0.5)
+            .then(|| TARGETS[rng.random_range(0..TARGETS.len())]);
         steps.push(Step {
             at_ms: at,
-            action: Action::Kill(n, Latency::random(&mut rng)),
+            action: Action::Kill(n, Latency::random(&mut rng), target),
         });
     }
     let kill_phase_ms = at;
@@ -330,6 +346,7 @@ async fn random_sigkills_never_duplicate_lose_or_replace_credentials() -> Result
     let mut unanswered: BTreeSet<u64> = BTreeSet::new();
     let mut interrupted: BTreeMap<String, usize> = BTreeMap::new();
     let mut inside_calls = 0;
+    let mut targeted_hits = 0;
 
     // Kill phase.
     plan.initial.install(&clerk);
@@ -353,7 +370,28 @@ async fn random_sigkills_never_duplicate_lose_or_replace_credentials() -> Result
                     .patch(&names[*i], &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
             }
-            Action::Kill(n, latency) => {
+            Action::Kill(n, latency, target) => {
+                if let Some((method, route)) = target {
+                    let answered = |clerk: &clerk_emulator::EmulatorHandle| {
+                        clerk
+                            .requests()
+                            .iter()
+                            .filter(|r| {
+                                r.method == *method
+                                    && r.route.as_deref() == Some(*route)
+                                    && r.status.is_some()
+                            })
+                            .count()
+                    };
+                    let before = answered(&clerk);
+                    let deadline = Instant::now() + Duration::from_millis(TARGET_WAIT_MS);
+                    while answered(&clerk) == before && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                    if answered(&clerk) > before {
+                        targeted_hits += 1;
+                    }
+                }
                 if let Err(e) = op.child.check_running() {
                     violations.push(format!(
                         "before kill {n}: the operator died by itself ({e}); log {}",
@@ -387,7 +425,8 @@ async fn random_sigkills_never_duplicate_lose_or_replace_credentials() -> Result
     logs.push(op.log.clone());
     eprintln!(
         "kill phase: {n_kills} SIGKILLs, {n_apps} applications, {} rotations in {kill_phase:?} (planned {} ms); \
-         {inside_calls} kills cut provider calls short {interrupted:?}; emulator so far: {} creates, {} rotations",
+         {inside_calls} kills cut provider calls short {interrupted:?}, {targeted_hits} landed right after a targeted answer; \
+         emulator so far: {} creates, {} rotations",
         rotations.len(),
         plan.kill_phase_ms,
         clerk.request_count("POST", routes::OAUTH_APPLICATIONS),

@@ -97,6 +97,15 @@ async fn hydra_lifecycle_with_operator_chosen_credentials() -> Result<()> {
         data(&secret)["CLIENT_SECRET"].len() >= 43,
         "32 random bytes"
     );
+    // In line with the spec as created: a few resyncs correct nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !env.event_reasons("web")
+            .await?
+            .iter()
+            .any(|(r, _)| r == "DriftCorrected"),
+        "no drift right after creation"
+    );
     token(&secret)
         .await?
         .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
@@ -114,6 +123,31 @@ async fn hydra_lifecycle_with_operator_chosen_credentials() -> Result<()> {
         after.metadata.resource_version,
         secret.metadata.resource_version
     );
+    token(&after)
+        .await?
+        .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+
+    // An edit made at Hydra (its admin API) is corrected back to the spec at the next resync,
+    // without touching the secret.
+    let mut edited = client.clone();
+    edited["redirect_uris"] = serde_json::json!(["https://evil.example.com/cb"]);
+    reqwest::Client::new()
+        .put(format!("{}/admin/clients/{id}", hydra.admin_url()))
+        .json(&edited)
+        .send()
+        .await?
+        .error_for_status()?;
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while hydra_client(hydra, &id).await?.context("client")?["redirect_uris"][0]
+        != "https://web.example.com/new"
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the edit at Hydra was not corrected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.wait_event("web", "DriftCorrected").await?;
     token(&after)
         .await?
         .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;

@@ -1345,7 +1345,6 @@ async fn issue(
     pass.crash_point("after-rotate");
     let hand = stage(pass, &issued.client, issued.client_secret, true).await;
     pass.crash_point("after-stage");
-    pass.crash_point("after-record");
     Ok(hand)
 }
 

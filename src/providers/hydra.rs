@@ -89,7 +89,8 @@ struct HydraAppBody<'a> {
     post_logout_redirect_uris: &'a [String],
     grant_types: Vec<String>,
     response_types: Vec<&'static str>,
-    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
     token_endpoint_auth_method: &'static str,
     skip_consent: bool,
     owner: &'static str,
@@ -124,7 +125,7 @@ fn body<'a>(
         post_logout_redirect_uris: &desired.post_logout_redirect_uris,
         grant_types: grants,
         response_types,
-        scope: desired.scopes.join(" "),
+        scope: (!desired.scopes.is_empty()).then(|| desired.scopes.join(" ")),
         token_endpoint_auth_method: if desired.public {
             "none"
         } else {
@@ -307,7 +308,8 @@ impl Backend for HydraClient {
             v.dedup();
             v
         };
-        if set(&desired.scopes) != set(&remote.scopes) {
+        // No scopes in the spec: Hydra's defaults stand, unmanaged.
+        if !desired.scopes.is_empty() && set(&desired.scopes) != set(&remote.scopes) {
             fields.push("scopes");
         }
         if set(&grant_types(desired)) != set(&remote.grant_types) {
