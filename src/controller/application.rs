@@ -510,41 +510,38 @@ async fn apply(
             let hand = in_hand.ok_or_else(invariant)?;
             deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
         }
-        CredentialsStep::Recover => {
+        CredentialsStep::Recover | CredentialsStep::Rotate => {
             let hand = issue(pass, writer, status, existing.as_ref(), &remote).await?;
             deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
-            ctx.metrics.lifecycle_event("secret_recovered");
-            ctx.event(
-                app,
-                EventType::Warning,
-                "SecretRecovered",
-                "Recover",
-                format!(
-                    "Secret {secret_name} was missing or held another client's credentials; {} and wrote it",
-                    if remote.public {
-                        "recreated it (public client, no secret)"
-                    } else {
-                        "rotated the client secret"
-                    }
-                ),
-            )
-            .await;
-        }
-        CredentialsStep::Rotate => {
-            let hand = issue(pass, writer, status, existing.as_ref(), &remote).await?;
-            deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
-            ctx.metrics.lifecycle_event("secret_rotated");
-            ctx.event(
-                app,
-                EventType::Normal,
-                "SecretRotated",
-                "Rotate",
-                format!(
-                    "rotated the client secret of {} on request; Secret {secret_name} updated",
-                    remote.client_id
-                ),
-            )
-            .await;
+            let (event, type_, reason, action, note) = if step == CredentialsStep::Rotate {
+                (
+                    "secret_rotated",
+                    EventType::Normal,
+                    "SecretRotated",
+                    "Rotate",
+                    format!(
+                        "rotated the client secret of {} on request; Secret {secret_name} updated",
+                        remote.client_id
+                    ),
+                )
+            } else {
+                (
+                    "secret_recovered",
+                    EventType::Warning,
+                    "SecretRecovered",
+                    "Recover",
+                    format!(
+                        "Secret {secret_name} was missing or held another client's credentials; {} and wrote it",
+                        if remote.public {
+                            "recreated it (public client, no secret)"
+                        } else {
+                            "issued a new client secret"
+                        }
+                    ),
+                )
+            };
+            ctx.metrics.lifecycle_event(event);
+            ctx.event(app, type_, reason, action, note).await;
         }
         CredentialsStep::Heal => {
             let current = existing.as_ref().ok_or_else(invariant)?;
