@@ -28,8 +28,8 @@ use super::plan::{
 use super::resolve::{ResolvedProvider, provider_key, resolve_provider};
 use super::secret::{
     CLIENT_ID_ANNOTATION, KeyNames, PROVIDER_OBJECT_ID_ANNOTATION, ROTATION_TOKEN_ANNOTATION,
-    build_secret, create_secret, dry_run_write, heal_secret, is_owned_by, put_client_secret,
-    reconcile_metadata, release_secret, write_rotated_secret,
+    build_secret, create_secret, data_value, dry_run_write, heal_secret, is_owned_by,
+    put_client_secret, reconcile_metadata, release_secret, write_rotated_secret,
 };
 use super::staging::{Staged, Staging};
 use super::status::StatusWriter;
@@ -212,17 +212,10 @@ fn secret_fact(secret: Option<&Secret>, keys: &KeyNames) -> SecretFact {
     let Some(secret) = secret else {
         return SecretFact::Missing;
     };
-    let value = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-    };
     SecretFact::Present {
         written_for: secret.annotations().get(CLIENT_ID_ANNOTATION).cloned(),
-        data_client_id: value(&keys.client_id),
-        has_secret: value(&keys.client_secret).is_some_and(|v| !v.is_empty()),
+        data_client_id: data_value(secret, &keys.client_id),
+        has_secret: data_value(secret, &keys.client_secret).is_some(),
     }
 }
 
@@ -652,13 +645,7 @@ async fn secret_still_works(
     keys: &KeyNames,
     remote: &RemoteClient,
 ) -> Result<bool> {
-    let Some(value) = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&keys.client_secret))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
-        .filter(|v| !v.is_empty())
-    else {
+    let Some(value) = data_value(secret, &keys.client_secret) else {
         return Ok(false);
     };
     Ok(pass
@@ -842,23 +829,9 @@ async fn register(
         OwnerMarker::TaggedName => registration_name(&desired.name, &uid),
         OwnerMarker::Metadata => desired.name.clone(),
     };
-    status.pending_registration = Some(PendingRegistration {
-        name: name.clone(),
-        started_at: Time(now()),
-        unanswered_at: None,
-    });
+    mark_registering(status, app, &provider.key, &name);
     status.provider_object_id = None;
     status.client_id = None;
-    set_condition(
-        &mut status.conditions,
-        new_condition(
-            READY,
-            false,
-            "Registering",
-            format!("registering the client at {}", provider.key),
-            app.metadata.generation,
-        ),
-    );
     // Must be stored before the call: it is what makes a crash after the call recoverable.
     writer.write(status).await?;
     let tagged = DesiredClient {
@@ -939,17 +912,10 @@ async fn register_chosen(
         .chosen_client_id(uid)
         .ok_or_else(invariant)?;
     let keys = KeyNames::for_app(app);
-    let value = |s: &Secret, key: &str| {
-        s.data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .filter(|v| !v.is_empty())
-    };
     // The secret an unfinished registration already wrote, else a new one.
     let held = existing
-        .filter(|s| value(s, &keys.client_id).as_deref() == Some(id.as_str()))
-        .and_then(|s| value(s, &keys.client_secret))
+        .filter(|s| data_value(s, &keys.client_id).as_deref() == Some(id.as_str()))
+        .and_then(|s| data_value(s, &keys.client_secret))
         .map(SecretString::from);
     let client_secret = if desired.public {
         None
@@ -957,21 +923,7 @@ async fn register_chosen(
         Some(held.clone().unwrap_or_else(generate_secret))
     };
     dry_run_write(secrets, app, existing).await?;
-    status.pending_registration = Some(PendingRegistration {
-        name: id.clone(),
-        started_at: Time(now()),
-        unanswered_at: None,
-    });
-    set_condition(
-        &mut status.conditions,
-        new_condition(
-            READY,
-            false,
-            "Registering",
-            format!("registering the client at {}", provider.key),
-            app.metadata.generation,
-        ),
-    );
+    mark_registering(status, app, &provider.key, &id);
     let planned = RemoteClient {
         id: id.clone(),
         client_id: id.clone(),
@@ -1045,6 +997,45 @@ async fn register_chosen(
     ))
 }
 
+/// Records that a create is about to be made (what makes a crash after it recoverable) and
+/// says so in `Ready`.
+fn mark_registering(
+    status: &mut OAuthApplicationStatus,
+    app: &OAuthApplication,
+    provider: &str,
+    name: &str,
+) {
+    status.pending_registration = Some(PendingRegistration {
+        name: name.to_string(),
+        started_at: Time(now()),
+        unanswered_at: None,
+    });
+    set_condition(
+        &mut status.conditions,
+        new_condition(
+            READY,
+            false,
+            "Registering",
+            format!("registering the client at {provider}"),
+            app.metadata.generation,
+        ),
+    );
+}
+
+/// The settle window (twice the provider timeout) while a create whose answer was lost may
+/// still commit at the provider: `Some(window)` until it has passed since the last unanswered
+/// call (or the start of the registration).
+fn may_still_commit(ctx: &Context, pending: &PendingRegistration) -> Option<std::time::Duration> {
+    let settle = ctx.config.provider_timeout * 2;
+    let since = pending
+        .unanswered_at
+        .as_ref()
+        .unwrap_or(&pending.started_at);
+    (now().duration_since(since.0)
+        < SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX))
+    .then_some(settle)
+}
+
 /// A registration whose result was never recorded (a crash, a lost answer): the clients that
 /// carry this object's registration name are ours, however old (the create may have been
 /// retried many times before the crash). The oldest is adopted with a new secret (the first
@@ -1112,13 +1103,7 @@ async fn resolve_pending(
         .await;
         return Ok((issued.client, hand));
     }
-    let settle = ctx.config.provider_timeout * 2;
-    let since = pending
-        .unanswered_at
-        .as_ref()
-        .unwrap_or(&pending.started_at);
-    let age = now().duration_since(since.0);
-    if age < SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX) {
+    if let Some(settle) = may_still_commit(ctx, &pending) {
         return Err(Error::RegistrationPending(format!(
             "a create call at {} may still complete; waiting until {}s after it before registering again",
             provider.key,
@@ -1161,18 +1146,11 @@ async fn look_up_from_secret(
     ) else {
         return Ok(None);
     };
-    let value = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .filter(|v| !v.is_empty())
-    };
-    if value(&keys.client_id).as_deref() != Some(client_id.as_str()) {
+    if data_value(secret, &keys.client_id).as_deref() != Some(client_id.as_str()) {
         return Ok(None);
     }
-    let Some(client_secret) = value(&keys.client_secret).map(SecretString::from) else {
+    let Some(client_secret) = data_value(secret, &keys.client_secret).map(SecretString::from)
+    else {
         return Ok(None);
     };
     let remote = match provider.client.get(object_id).await {
@@ -1566,14 +1544,7 @@ async fn delete_remote(
     // An interrupted registration: delete what it may have created (the name carries our uid),
     // once a create whose answer was lost can no longer commit late.
     if let Some(pending) = &status.pending_registration {
-        let settle = ctx.config.provider_timeout * 2;
-        let since = pending
-            .unanswered_at
-            .as_ref()
-            .unwrap_or(&pending.started_at);
-        if now().duration_since(since.0)
-            < SignedDuration::try_from(settle).unwrap_or(SignedDuration::MAX)
-        {
+        if let Some(settle) = may_still_commit(ctx, pending) {
             return Err(Error::RegistrationPending(format!(
                 "a create call at {} may still complete; deleting what it created once {}s have passed",
                 provider.key,

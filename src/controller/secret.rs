@@ -68,6 +68,16 @@ impl KeyNames {
     }
 }
 
+/// A non-empty UTF-8 value of `secret`'s data.
+pub fn data_value(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .filter(|v| !v.is_empty())
+}
+
 /// Whether `secret` was created by the operator for this application (by uid, never by name).
 pub fn is_owned_by(secret: &Secret, app: &OAuthApplication) -> bool {
     let uid = app.metadata.uid.as_deref();
