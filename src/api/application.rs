@@ -350,6 +350,12 @@ pub struct Endpoints {
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userinfo: Option<String>,
+    /// RP-initiated logout (`end_session_endpoint`), where the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session: Option<String>,
+    /// The server's signing keys (`jwks_uri`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
 }
 
 /// Default key names (suited to `envFrom`).

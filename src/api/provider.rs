@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub const CLERK_DEFAULT_BASE_URL: &str = "https://api.clerk.com/v1";
 /// Default key of the Clerk secret key in the credential Secret.
 pub const CLERK_DEFAULT_SECRET_KEY_KEY: &str = "secretKey";
+/// Default keys of the Keycloak service-account client's credentials.
+pub const KEYCLOAK_DEFAULT_CLIENT_ID_KEY: &str = "clientId";
+pub const KEYCLOAK_DEFAULT_CLIENT_SECRET_KEY: &str = "clientSecret";
 
 /// An authorization server usable by `OAuthApplication`s in the provider's own namespace.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -27,7 +30,7 @@ pub const CLERK_DEFAULT_SECRET_KEY_KEY: &str = "secretKey";
     printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra)"))]
+#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra), has(self.keycloak)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra, keycloak)"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthProviderSpec {
     #[serde(flatten)]
@@ -48,7 +51,7 @@ pub struct OAuthProviderSpec {
     printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra)"))]
+#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra), has(self.keycloak)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra, keycloak)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterOAuthProviderSpec {
     #[serde(flatten)]
@@ -69,6 +72,9 @@ pub struct ProviderSettings {
     /// Ory Hydra admin API (`/admin/clients`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hydra: Option<HydraProvider>,
+    /// Keycloak admin REST API (`/admin/realms/<realm>/clients`), one realm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak: Option<KeycloakProvider>,
     /// TLS trust for the provider's endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProviderTls>,
@@ -108,6 +114,44 @@ pub struct HydraProvider {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]'))").message("must be an https URL (http only on a loopback host)"))]
     pub issuer_url: String,
+}
+
+/// The Keycloak backend, one realm. The operator authenticates as a confidential client of
+/// that realm with a service account (client_credentials); the least privilege that works is
+/// the `manage-clients` role of the realm's `realm-management` client. Each client gets the
+/// clientId `oauth-operator-<uid>` and the internal id `<uid>` of its application, and its
+/// attributes name the application that owns it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeycloakProvider {
+    /// Keycloak's base URL (e.g. `https://keycloak.example.com`), without `/admin` or
+    /// `/realms`.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]'))").message("must be an https URL (http only on a loopback host)"))]
+    pub base_url: String,
+    /// The realm whose clients are managed; the issuer is `<baseUrl>/realms/<realm>`.
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    pub realm: String,
+    /// The Secret holding the operator's service-account client credentials (read from the
+    /// provider's namespace, or the operator's for a `ClusterOAuthProvider`).
+    pub credentials_ref: ClientCredentialsSelector,
+}
+
+/// A Secret holding a client id and secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCredentialsSelector {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the client id. Defaults to `clientId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_id_key: Option<String>,
+    /// Key of the client secret. Defaults to `clientSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_secret_key: Option<String>,
 }
 
 /// A key of a Secret (the Secret's namespace is implied by the provider kind).
@@ -188,7 +232,7 @@ pub struct ProviderStatus {
     /// `Ready`, `CredentialsFound`, `EndpointReachable`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// The backend block in use (`clerk`).
+    /// The backend block in use (`clerk`, `hydra`, `keycloak`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// The credential Secret the operator keeps from being deleted (a finalizer) while this
@@ -201,16 +245,21 @@ pub struct ProviderStatus {
 impl ProviderSettings {
     /// The name of the Secret holding the admin credential.
     pub fn credential_secret(&self) -> Option<&str> {
-        self.clerk.as_ref().map(|c| c.secret_key_ref.name.as_str())
+        match (&self.clerk, &self.keycloak) {
+            (Some(c), _) => Some(c.secret_key_ref.name.as_str()),
+            (None, Some(k)) => Some(k.credentials_ref.name.as_str()),
+            (None, None) => None,
+        }
     }
 }
 
 impl ProviderSettings {
     pub fn backend_name(&self) -> &'static str {
-        match (&self.clerk, &self.hydra) {
-            (Some(_), _) => "clerk",
-            (None, Some(_)) => "hydra",
-            (None, None) => "none",
+        match (&self.clerk, &self.hydra, &self.keycloak) {
+            (Some(_), _, _) => "clerk",
+            (None, Some(_), _) => "hydra",
+            (None, None, Some(_)) => "keycloak",
+            (None, None, None) => "none",
         }
     }
 }

@@ -40,7 +40,7 @@ use crate::api::{
 };
 use crate::providers::{
     DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker, ProviderError, Registration,
-    RemoteClient, Rotation, generate_secret,
+    RemoteClient, Rotation, SecretSource, generate_secret,
 };
 use crate::telemetry::{ErrorLabels, ReconcileLabels};
 
@@ -485,6 +485,8 @@ async fn apply(
         rotation_requested,
     };
     let mut step = credentials_step(&credential_facts);
+    // Set when an issue that did not finish is found to have happened at the server.
+    let mut issued_at_server = false;
     if step == CredentialsStep::Verify {
         // A new secret was asked for and nothing was staged: did the provider issue one (the
         // Secret's is then dead) or not?
@@ -495,6 +497,7 @@ async fn apply(
             step = credentials_step(&credential_facts);
         } else {
             step = CredentialsStep::Recover;
+            issued_at_server = true;
         }
     }
     match step {
@@ -504,7 +507,18 @@ async fn apply(
             deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
         }
         CredentialsStep::Recover | CredentialsStep::Rotate => {
-            let hand = issue(pass, writer, status, existing.as_ref(), &remote).await?;
+            // Where the server keeps the secret readable, a lost Secret gets the client's
+            // current secret back (other holders keep working); a rotation that was asked for
+            // and not yet made still makes a new one.
+            let read_back = step == CredentialsStep::Recover
+                && !remote.public
+                && provider.client.capabilities().secret_source == SecretSource::IssuedReadable
+                && (!rotation_requested || issued_at_server);
+            let hand = if read_back {
+                read_secret_back(pass, existing.as_ref(), &remote, issued_at_server).await?
+            } else {
+                issue(pass, writer, status, existing.as_ref(), &remote).await?
+            };
             deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
             let (event, type_, reason, action, note) = if step == CredentialsStep::Rotate {
                 (
@@ -527,6 +541,8 @@ async fn apply(
                         "Secret {secret_name} was missing or held another client's credentials; {} and wrote it",
                         if remote.public {
                             "recreated it (public client, no secret)"
+                        } else if read_back {
+                            "read the client's current secret back from the provider"
                         } else {
                             "issued a new client secret"
                         }
@@ -569,7 +585,7 @@ async fn apply(
     let uid = app.metadata.uid.as_deref().unwrap_or_default();
     let remote = if remote.name == registration_name(&desired.name, uid) {
         let named = provider.client.update(&remote.id, &desired, uid).await?;
-        ctx.inventory.upsert(&provider.key, &named).await;
+        ctx.inventory.upsert(&provider.server, &named).await;
         named
     } else {
         remote
@@ -684,7 +700,7 @@ async fn sync_remote(
         // One write with every managed field; no (further) read needed.
         return match provider.client.update(id, desired, owner_uid(app)).await {
             Ok(remote) => {
-                ctx.inventory.upsert(&provider.key, &remote).await;
+                ctx.inventory.upsert(&provider.server, &remote).await;
                 status.last_sync_time = Some(Time(now()));
                 status.drifted_fields.clear();
                 remove_condition(&mut status.conditions, DRIFTED);
@@ -699,7 +715,7 @@ async fn sync_remote(
         DriftSource::ListAll => {
             ctx.inventory
                 .lookup(
-                    &provider.key,
+                    &provider.server,
                     &provider.client,
                     id,
                     ctx.config.resync_interval,
@@ -713,7 +729,7 @@ async fn sync_remote(
         // Not in the snapshot (deleted, or created after it): confirm with one GET.
         None => match provider.client.get(id).await {
             Ok(remote) => {
-                ctx.inventory.upsert(&provider.key, &remote).await;
+                ctx.inventory.upsert(&provider.server, &remote).await;
                 (remote, now())
             }
             Err(ProviderError::NotFound { .. }) => return Ok(None),
@@ -728,7 +744,7 @@ async fn sync_remote(
     if remote.name == registration_name(&desired.name, uid) {
         // A registration that stopped before the rename: finish it whatever the drift policy.
         let named = provider.client.update(id, desired, uid).await?;
-        ctx.inventory.upsert(&provider.key, &named).await;
+        ctx.inventory.upsert(&provider.server, &named).await;
         return Ok(Some(named));
     }
     let drifted = provider.client.diff(desired, &remote);
@@ -745,7 +761,7 @@ async fn sync_remote(
                 Err(ProviderError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            ctx.inventory.upsert(&provider.key, &corrected).await;
+            ctx.inventory.upsert(&provider.server, &corrected).await;
             ctx.metrics.lifecycle_event("drift_corrected");
             ctx.event(
                 app,
@@ -827,7 +843,7 @@ async fn register(
     // The owner marker the backend offers carries the uid while the id is unknown.
     let name = match provider.client.capabilities().owner_marker {
         OwnerMarker::TaggedName => registration_name(&desired.name, &uid),
-        OwnerMarker::Metadata => desired.name.clone(),
+        OwnerMarker::Metadata | OwnerMarker::Unmarked => desired.name.clone(),
     };
     mark_registering(status, app, &provider.key, &name);
     status.provider_object_id = None;
@@ -911,13 +927,20 @@ async fn register_chosen(
         .client
         .chosen_client_id(uid)
         .ok_or_else(invariant)?;
+    let object_id = provider
+        .client
+        .chosen_object_id(uid)
+        .ok_or_else(invariant)?;
+    // Hydra: the operator makes the secret, and the Secret holds it before the server does.
+    // Keycloak: the server makes it and keeps it readable, so it is read after the create.
+    let generates = provider.client.capabilities().secret_source == SecretSource::OperatorGenerated;
     let keys = KeyNames::for_app(app);
     // The secret an unfinished registration already wrote, else a new one.
     let held = existing
         .filter(|s| data_value(s, &keys.client_id).as_deref() == Some(id.as_str()))
         .and_then(|s| data_value(s, &keys.client_secret))
         .map(SecretString::from);
-    let client_secret = if desired.public {
+    let client_secret = if desired.public || !generates {
         None
     } else {
         Some(held.clone().unwrap_or_else(generate_secret))
@@ -925,7 +948,7 @@ async fn register_chosen(
     dry_run_write(secrets, app, existing).await?;
     mark_registering(status, app, &provider.key, &id);
     let planned = RemoteClient {
-        id: id.clone(),
+        id: object_id.clone(),
         client_id: id.clone(),
         name: desired.name.clone(),
         redirect_uris: desired.redirect_uris.clone(),
@@ -941,7 +964,7 @@ async fn register_chosen(
     };
     // The id first: from here on status names the client, registered or not; the pending
     // record says it may not exist yet.
-    status.provider_object_id = Some(id.clone());
+    status.provider_object_id = Some(object_id.clone());
     status.client_id = Some(id.clone());
     status.secret_name = Some(app.secret_name());
     status.secret_keys = Some(RecordedSecretKeys {
@@ -951,7 +974,7 @@ async fn register_chosen(
     writer.write(status).await?;
     // Then the Secret: the secret exists in the cluster before the server knows it.
     let secret_holds_it = existing.is_some() && (held.is_some() || desired.public);
-    if !secret_holds_it {
+    if generates && !secret_holds_it {
         store_credentials(
             app,
             secrets,
@@ -986,6 +1009,11 @@ async fn register_chosen(
         ),
     )
     .await;
+    let client_secret = if generates {
+        client_secret
+    } else {
+        issued.client_secret
+    };
     Ok((
         issued.client,
         InHand {
@@ -1065,7 +1093,7 @@ async fn resolve_pending(
     if let Some((orphan, duplicates)) = candidates.split_first() {
         for duplicate in duplicates {
             provider.client.delete(&duplicate.id).await?;
-            ctx.inventory.remove(&provider.key, &duplicate.id).await;
+            ctx.inventory.remove(&provider.server, &duplicate.id).await;
             ctx.metrics.lifecycle_event("duplicate_deleted");
             warn!(id = %duplicate.id, "deleted a duplicate client left by an interrupted registration");
         }
@@ -1128,7 +1156,7 @@ async fn look_up_from_secret(
     let Pass {
         app, ctx, provider, ..
     } = pass;
-    if let Some(id) = provider.client.chosen_client_id(owner_uid(app)) {
+    if let Some(id) = provider.client.chosen_object_id(owner_uid(app)) {
         // The id is derived from the uid and the client carries the uid: that is the proof.
         let remote = match provider.client.get(&id).await {
             Ok(remote) if remote.owner_uid.as_deref() == Some(owner_uid(app)) => remote,
@@ -1248,6 +1276,34 @@ async fn record_id(
         status.credentials_in_flight_since = Some(Time(now()));
     }
     writer.write(status).await
+}
+
+/// The client's current secret, read back from a server that keeps it readable (Keycloak):
+/// nothing is issued, so nothing needs staging.
+async fn read_secret_back(
+    pass: Pass<'_>,
+    existing: Option<&Secret>,
+    remote: &RemoteClient,
+    rotated: bool,
+) -> Result<InHand> {
+    dry_run_write(pass.secrets, pass.app, existing).await?;
+    let value = pass.provider.client.read_secret(&remote.id).await?;
+    if value.is_none() {
+        return Err(Error::Provider(ProviderError::Unavailable {
+            operation: "read_secret",
+            outcome_unknown: false,
+            message: format!(
+                "the provider has no secret for confidential client {}",
+                remote.client_id
+            ),
+        }));
+    }
+    Ok(InHand {
+        client_secret: value,
+        staged: false,
+        rotation_token: pass.rotate_token.map(str::to_string),
+        rotated,
+    })
 }
 
 /// A new secret for a known client (rotation on request, or recovery of a lost Secret): the
@@ -1531,12 +1587,12 @@ async fn delete_remote(
                 Err(ProviderError::NotFound { .. }) => false,
                 Err(e) => return Err(e.into()),
             },
-            OwnerMarker::TaggedName => true,
+            OwnerMarker::TaggedName | OwnerMarker::Unmarked => true,
         };
         if ours {
             provider.client.delete(id).await?;
         }
-        ctx.inventory.remove(&provider.key, id).await;
+        ctx.inventory.remove(&provider.server, id).await;
     }
     if caps.identity == Identity::OperatorChosen {
         return Ok(());

@@ -56,10 +56,29 @@ pub struct Context {
     /// Per-provider list of remote clients, refreshed at most once per resync interval.
     pub inventory: Inventory,
     backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
-    /// One request budget per provider key, kept while the budget settings are unchanged.
-    budgets: Mutex<HashMap<String, (RequestBudget, Arc<RequestBudgetLimiter>)>>,
+    /// One request budget per server, kept while its effective settings are unchanged.
+    budgets: Mutex<HashMap<String, ServerBudget>>,
     /// Last seen generation per provider key: only a spec change lifts its apps' backoff.
     provider_generations: Mutex<HashMap<String, Option<i64>>>,
+}
+
+/// The budget of one server: what each provider pointing at it asks for, and the limiter
+/// built from the strictest of those.
+struct ServerBudget {
+    by_provider: HashMap<String, RequestBudget>,
+    effective: RequestBudget,
+    limiter: Arc<RequestBudgetLimiter>,
+}
+
+/// Orders budgets by rate (requests per second), the lower first; at equal rates the smaller
+/// burst first.
+fn stricter_first(a: &RequestBudget, b: &RequestBudget) -> std::cmp::Ordering {
+    let rate = |x: &RequestBudget, y: &RequestBudget| {
+        u64::from(x.requests) * u64::from(y.period_seconds.max(1))
+    };
+    rate(a, b)
+        .cmp(&rate(b, a))
+        .then(a.requests.cmp(&b.requests))
 }
 
 /// Per-object retry state after a failure.
@@ -197,21 +216,46 @@ impl Context {
             .is_some_and(|old| old != generation)
     }
 
-    /// The request budget of a provider: the same limiter for as long as its settings stay.
-    pub fn budget_for(&self, key: &str, budget: &RequestBudget) -> Arc<RequestBudgetLimiter> {
+    /// The request budget of a server (backend, base URL, credential), shared by every
+    /// provider that points at it: the strictest of their budgets, the same limiter for as
+    /// long as that stays. `label` names the server in metrics (never the credential).
+    pub fn budget_for(
+        &self,
+        server: &str,
+        label: &str,
+        provider: &str,
+        budget: &RequestBudget,
+    ) -> Arc<RequestBudgetLimiter> {
         let mut map = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(key) {
-            Some((settings, limiter)) if settings == budget => limiter.clone(),
-            _ => {
-                let limiter = Arc::new(RequestBudgetLimiter::new(
+        let entry = map
+            .entry(server.to_string())
+            .or_insert_with(|| ServerBudget {
+                by_provider: HashMap::new(),
+                effective: budget.clone(),
+                limiter: Arc::new(RequestBudgetLimiter::new(
                     budget,
-                    key.to_string(),
+                    label.to_string(),
                     self.metrics.clone(),
-                ));
-                map.insert(key.to_string(), (budget.clone(), limiter.clone()));
-                limiter
-            }
+                )),
+            });
+        entry
+            .by_provider
+            .insert(provider.to_string(), budget.clone());
+        let strictest = entry
+            .by_provider
+            .values()
+            .min_by(|a, b| stricter_first(a, b))
+            .cloned()
+            .unwrap_or_else(|| budget.clone());
+        if strictest != entry.effective {
+            entry.limiter = Arc::new(RequestBudgetLimiter::new(
+                &strictest,
+                label.to_string(),
+                self.metrics.clone(),
+            ));
+            entry.effective = strictest;
         }
+        entry.limiter.clone()
     }
 
     pub fn reset_backoff(&self, obj: &ObjectRef<OAuthApplication>) {
@@ -326,5 +370,18 @@ mod tests {
         assert_eq!(backoff_delay(40), Duration::from_secs(300));
         let j = jitter(Duration::from_secs(10));
         assert!(j >= Duration::from_secs(10) && j < Duration::from_secs(12));
+    }
+
+    #[test]
+    fn the_strictest_budget_comes_first() {
+        let b = |requests, period_seconds| RequestBudget {
+            requests,
+            period_seconds,
+        };
+        use std::cmp::Ordering::*;
+        assert_eq!(stricter_first(&b(10, 10), &b(80, 10)), Less);
+        assert_eq!(stricter_first(&b(80, 10), &b(10, 1)), Less);
+        assert_eq!(stricter_first(&b(1, 1), &b(10, 10)), Less); // same rate, smaller burst
+        assert_eq!(stricter_first(&b(5, 5), &b(5, 5)), Equal);
     }
 }

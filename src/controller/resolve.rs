@@ -9,16 +9,18 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::context::Context;
 use super::error::{Error, Result};
 use crate::api::{
     AllowedNamespaces, CLERK_DEFAULT_BASE_URL, CLERK_DEFAULT_SECRET_KEY_KEY, ClusterOAuthProvider,
-    HydraProvider, OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings,
+    HydraProvider, KEYCLOAK_DEFAULT_CLIENT_ID_KEY, KEYCLOAK_DEFAULT_CLIENT_SECRET_KEY,
+    KeycloakProvider, OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings,
 };
 use crate::providers::clerk::ClerkClient;
 use crate::providers::hydra::HydraClient;
+use crate::providers::keycloak::{KeycloakClient, KeycloakSettings};
 use crate::providers::{ProviderError, SharedBackend};
 
 /// The key of a provider in the client cache, the inventory, the request budget and the
@@ -32,8 +34,10 @@ pub fn provider_key(kind: ProviderKind, namespace: &str, name: &str) -> String {
 
 pub struct ResolvedProvider {
     /// `OAuthProvider/<ns>/<name>` or `ClusterOAuthProvider/<name>`: the key of the client
-    /// cache, the inventory and the request budget.
+    /// cache and the name conditions and events use.
     pub key: String,
+    /// The server (backend, base URL, credential): the key of the inventory.
+    pub server: String,
     pub client: SharedBackend,
     /// The provider is being deleted (kept by its in-use finalizer for its applications'
     /// cleanup only).
@@ -112,7 +116,7 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
             )
         }
     };
-    let client = provider_client(
+    let (client, server) = provider_backend(
         ctx,
         &key,
         &settings,
@@ -122,6 +126,7 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
     .await?;
     Ok(ResolvedProvider {
         key,
+        server,
         client,
         deleting,
     })
@@ -135,39 +140,149 @@ pub async fn provider_client(
     credential_namespace: &str,
     seed: (Option<String>, Option<i64>),
 ) -> Result<SharedBackend> {
-    if let Some(hydra) = &settings.hydra {
-        return hydra_backend(ctx, key, settings, hydra, seed);
-    }
-    let Some(clerk) = &settings.clerk else {
-        return Err(Error::InvalidSpec(format!(
-            "{key} has no backend block (supported: clerk, hydra)"
-        )));
-    };
-    let secret_name = &clerk.secret_key_ref.name;
-    let secret_key_key = clerk
-        .secret_key_ref
-        .key
-        .as_deref()
-        .unwrap_or(CLERK_DEFAULT_SECRET_KEY_KEY);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), credential_namespace);
-    let credential = secrets.get_opt(secret_name).await?.ok_or_else(|| {
+    Ok(
+        provider_backend(ctx, key, settings, credential_namespace, seed)
+            .await?
+            .0,
+    )
+}
+
+/// The values read from a provider's credential Secret, and its resourceVersion.
+async fn read_credential(
+    ctx: &Context,
+    key: &str,
+    namespace: &str,
+    name: &str,
+    keys: &[&str],
+) -> Result<(Option<String>, Vec<SecretString>)> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let credential = secrets.get_opt(name).await?.ok_or_else(|| {
         Error::CredentialsMissing(format!(
-            "{key}: credential Secret {credential_namespace}/{secret_name} not found"
+            "{key}: credential Secret {namespace}/{name} not found"
         ))
     })?;
+    let values = keys
+        .iter()
+        .map(|k| {
+            credential
+                .data
+                .as_ref()
+                .and_then(|d| d.get(*k))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .map(SecretString::from)
+                .ok_or_else(|| {
+                    Error::CredentialsMissing(format!(
+                        "{key}: credential Secret {namespace}/{name} has no non-empty key {k:?}"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((credential.resource_version(), values))
+}
+
+/// Tells two credentials apart in a map key without keeping the value: a hash keyed with
+/// random keys drawn once per process (stable for the process, useless outside it). Never
+/// logged nor used as a metric label.
+fn digest(value: &SecretString) -> String {
+    use std::hash::BuildHasher as _;
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(std::hash::RandomState::new);
+    format!("{:016x}", keys.hash_one(value.expose_secret()))
+}
+
+/// The backend and the key of the server it talks to (backend, base URL, credential): the
+/// request budget and the inventory belong to the server, so that fifty providers holding one
+/// key share one budget and one list.
+pub async fn provider_backend(
+    ctx: &Context,
+    key: &str,
+    settings: &ProviderSettings,
+    credential_namespace: &str,
+    seed: (Option<String>, Option<i64>),
+) -> Result<(SharedBackend, String)> {
+    let invalid = |e: String| Error::InvalidSpec(format!("{key}: {e}"));
+    // What the backend is built from, read before the cache is consulted.
+    enum Plan<'a> {
+        Clerk(&'a crate::api::ClerkProvider, SecretString),
+        Hydra(&'a HydraProvider),
+        Keycloak(&'a KeycloakProvider, SecretString, SecretString),
+    }
     let mut hasher = DefaultHasher::new();
-    (
-        seed,
-        credential.resource_version(),
-        settings.request_budget.clone(),
-    )
-        .hash(&mut hasher);
+    (seed, settings.request_budget.clone()).hash(&mut hasher);
     settings
         .tls
         .as_ref()
         .and_then(|t| t.ca_bundle.clone())
         .hash(&mut hasher);
-    clerk.base_url.hash(&mut hasher);
+    let (plan, server, label) = if let Some(hydra) = &settings.hydra {
+        hydra.hash(&mut hasher);
+        let server = format!("hydra|{}", hydra.admin_url.trim_end_matches('/'));
+        (
+            Plan::Hydra(hydra),
+            server,
+            format!("hydra {}", hydra.admin_url),
+        )
+    } else if let Some(kc) = &settings.keycloak {
+        let r = &kc.credentials_ref;
+        let id_key = r
+            .client_id_key
+            .as_deref()
+            .unwrap_or(KEYCLOAK_DEFAULT_CLIENT_ID_KEY);
+        let secret_key = r
+            .client_secret_key
+            .as_deref()
+            .unwrap_or(KEYCLOAK_DEFAULT_CLIENT_SECRET_KEY);
+        let (version, mut values) = read_credential(
+            ctx,
+            key,
+            credential_namespace,
+            &r.name,
+            &[id_key, secret_key],
+        )
+        .await?;
+        (kc, version).hash(&mut hasher);
+        let (secret, id) = (
+            values.pop().ok_or_else(invariant)?,
+            values.pop().ok_or_else(invariant)?,
+        );
+        let base = kc.base_url.trim_end_matches('/');
+        let server = format!("keycloak|{base}|{}|{}", kc.realm, digest(&id));
+        (
+            Plan::Keycloak(kc, id, secret),
+            server,
+            format!("keycloak {base}/realms/{}", kc.realm),
+        )
+    } else if let Some(clerk) = &settings.clerk {
+        let secret_key_key = clerk
+            .secret_key_ref
+            .key
+            .as_deref()
+            .unwrap_or(CLERK_DEFAULT_SECRET_KEY_KEY);
+        let (version, mut values) = read_credential(
+            ctx,
+            key,
+            credential_namespace,
+            &clerk.secret_key_ref.name,
+            &[secret_key_key],
+        )
+        .await?;
+        (version, &clerk.base_url).hash(&mut hasher);
+        let secret = values.pop().ok_or_else(invariant)?;
+        let base = clerk
+            .base_url
+            .as_deref()
+            .unwrap_or(CLERK_DEFAULT_BASE_URL)
+            .trim_end_matches('/')
+            .to_string();
+        let server = format!("clerk|{base}|{}", digest(&secret));
+        (Plan::Clerk(clerk, secret), server, format!("clerk {base}"))
+    } else {
+        return Err(Error::InvalidSpec(format!(
+            "{key} has no backend block (supported: clerk, hydra, keycloak)"
+        )));
+    };
     let fingerprint = hasher.finish();
     // Checked and built under one lock: concurrent reconciles of one provider must share one
     // client and, above all, one request budget.
@@ -175,74 +290,46 @@ pub async fn provider_client(
     if let Some((fp, client)) = providers.get(key)
         && *fp == fingerprint
     {
-        return Ok(client.clone());
+        return Ok((client.clone(), server));
     }
-    let secret_key = credential
-        .data
-        .as_ref()
-        .and_then(|d| d.get(secret_key_key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            Error::CredentialsMissing(format!(
-                "{key}: credential Secret {credential_namespace}/{secret_name} has no non-empty key {secret_key_key:?}"
-            ))
-        })?;
-    let http = http_client(settings, ctx.config.provider_timeout)
-        .map_err(|e| Error::InvalidSpec(format!("{key}: {e}")))?;
-    // The budget outlives client rebuilds (a new credential must not bring a fresh burst).
-    let budget = ctx.budget_for(key, &settings.request_budget);
-    let client = ClerkClient::new(
-        http,
-        clerk.base_url.as_deref().unwrap_or(CLERK_DEFAULT_BASE_URL),
-        SecretString::from(secret_key),
-        budget,
-        ctx.metrics.clone(),
-    )
-    .map_err(|e: ProviderError| Error::InvalidSpec(format!("{key}: {e}")))?;
-    let client: SharedBackend = Arc::new(client);
+    let http = http_client(settings, ctx.config.provider_timeout).map_err(invalid)?;
+    // The budget belongs to the server and outlives client rebuilds (a new credential must
+    // not bring a fresh burst).
+    let budget = ctx.budget_for(&server, &label, key, &settings.request_budget);
+    let metrics = ctx.metrics.clone();
+    let built: std::result::Result<SharedBackend, ProviderError> = match plan {
+        Plan::Hydra(hydra) => {
+            HydraClient::new(http, &hydra.admin_url, &hydra.issuer_url, budget, metrics)
+                .map(|c| Arc::new(c) as SharedBackend)
+        }
+        Plan::Keycloak(kc, client_id, client_secret) => KeycloakClient::new(
+            http,
+            KeycloakSettings {
+                base_url: kc.base_url.clone(),
+                realm: kc.realm.clone(),
+                client_id: client_id.expose_secret().to_string(),
+                client_secret,
+            },
+            budget,
+            metrics,
+        )
+        .map(|c| Arc::new(c) as SharedBackend),
+        Plan::Clerk(clerk, secret_key) => ClerkClient::new(
+            http,
+            clerk.base_url.as_deref().unwrap_or(CLERK_DEFAULT_BASE_URL),
+            secret_key,
+            budget,
+            metrics,
+        )
+        .map(|c| Arc::new(c) as SharedBackend),
+    };
+    let client = built.map_err(|e| invalid(e.to_string()))?;
     providers.insert(key.to_string(), (fingerprint, client.clone()));
-    Ok(client)
+    Ok((client, server))
 }
 
-/// The Hydra backend: no credential Secret (Hydra's admin API has no authentication of its
-/// own), rebuilt when the provider changes.
-fn hydra_backend(
-    ctx: &Context,
-    key: &str,
-    settings: &ProviderSettings,
-    hydra: &HydraProvider,
-    seed: (Option<String>, Option<i64>),
-) -> Result<SharedBackend> {
-    let mut hasher = DefaultHasher::new();
-    (seed, settings.request_budget.clone(), hydra).hash(&mut hasher);
-    settings
-        .tls
-        .as_ref()
-        .and_then(|t| t.ca_bundle.clone())
-        .hash(&mut hasher);
-    let fingerprint = hasher.finish();
-    let mut providers = ctx.providers.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((fp, client)) = providers.get(key)
-        && *fp == fingerprint
-    {
-        return Ok(client.clone());
-    }
-    let http = http_client(settings, ctx.config.provider_timeout)
-        .map_err(|e| Error::InvalidSpec(format!("{key}: {e}")))?;
-    let budget = ctx.budget_for(key, &settings.request_budget);
-    let client = HydraClient::new(
-        http,
-        &hydra.admin_url,
-        &hydra.issuer_url,
-        budget,
-        ctx.metrics.clone(),
-    )
-    .map_err(|e: ProviderError| Error::InvalidSpec(format!("{key}: {e}")))?;
-    let client: SharedBackend = Arc::new(client);
-    providers.insert(key.to_string(), (fingerprint, client.clone()));
-    Ok(client)
+fn invariant() -> Error {
+    Error::Internal("credential values missing after they were read".into())
 }
 
 /// An HTTP client with timeouts and the provider's CA bundle added to the system roots.
@@ -282,6 +369,7 @@ mod tests {
         let settings = |bundle: &str| ProviderSettings {
             clerk: None,
             hydra: None,
+            keycloak: None,
             tls: Some(crate::api::ProviderTls {
                 ca_bundle: Some(bundle.to_string()),
             }),

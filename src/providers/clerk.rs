@@ -243,6 +243,7 @@ impl ClerkApp {
                 authorize: self.authorize_url,
                 token: self.token_fetch_url,
                 userinfo: self.user_info_url,
+                ..Default::default()
             },
             created_at: self.created_at.and_then(timestamp_from_unix),
             id: self.id,

@@ -101,6 +101,9 @@ pub async fn client_authenticates(
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     match (status, body.get("error").and_then(|e| e.as_str())) {
         (_, Some("invalid_client")) => Ok(false),
+        // RFC 6749 5.2: a 401 is a failed client authentication, whatever the code says
+        // (Keycloak answers a wrong secret with `unauthorized_client`).
+        (StatusCode::UNAUTHORIZED, Some(_)) => Ok(false),
         (s, Some("invalid_grant" | "unauthorized_client" | "unsupported_grant_type"))
             if s.is_client_error() && s != StatusCode::UNAUTHORIZED =>
         {

@@ -215,6 +215,8 @@ impl HydraClient {
             authorize: Some(format!("{i}/oauth2/auth")),
             token: Some(format!("{i}/oauth2/token")),
             userinfo: Some(format!("{i}/userinfo")),
+            end_session: Some(format!("{i}/oauth2/sessions/logout")),
+            jwks: Some(format!("{i}/.well-known/jwks.json")),
         }
     }
 

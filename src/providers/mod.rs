@@ -2,8 +2,10 @@
 
 pub mod budget;
 pub mod clerk;
+pub mod discovery;
 pub mod http;
 pub mod hydra;
+pub mod keycloak;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,8 +159,12 @@ pub enum OwnerMarker {
     /// The uid is in the client's name until the id is recorded, then the name is set to the
     /// display name (Clerk has no other field for it).
     TaggedName,
-    /// The uid is kept in a field of the client for its whole life (Hydra `metadata`).
+    /// The uid is kept in a field of the client for its whole life (Hydra `metadata`,
+    /// Keycloak attributes).
     Metadata,
+    /// The server has no field for it and no search (RFC 7591): a registration whose answer
+    /// was lost cannot be found again. It is counted, reported in an event, and left.
+    Unmarked,
 }
 
 /// Who registers a client, and with what the operator chose (operator-chosen backends).
@@ -223,6 +229,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The provider's object id of that client, where it differs from the client id
+    /// (Keycloak's internal id).
+    fn chosen_object_id(&self, uid: &str) -> Option<String> {
+        self.chosen_client_id(uid)
+    }
+
     /// Sets the client's secret to `secret` ([`Rotation::OperatorSets`]); repeatable.
     async fn set_secret(
         &self,
@@ -272,8 +284,45 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The client's current secret ([`SecretSource::IssuedReadable`]): recovery without a
+    /// new secret.
+    async fn read_secret(&self, _id: &str) -> Result<Option<SecretString>, ProviderError> {
+        Err(unsupported(self.name(), "read a client secret back"))
+    }
+
     /// A cheap authenticated request proving the endpoint and credential work.
     async fn check_reachable(&self) -> Result<(), ProviderError>;
+}
+
+/// The management credentials RFC 7592 hands out per client: whoever holds them can change
+/// the client (its redirect URIs above all), so they are kept like a secret, in an
+/// operator-owned Secret, never in status or logs.
+#[derive(Clone)]
+pub struct RegistrationAccess {
+    /// `registration_client_uri`.
+    pub client_uri: String,
+    /// `registration_access_token`.
+    pub token: SecretString,
+}
+
+impl std::fmt::Debug for RegistrationAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrationAccess")
+            .field("client_uri", &self.client_uri)
+            .field("token", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// Where a backend keeps per-client [`RegistrationAccess`] (implemented by the controller over
+/// Secrets in the operator's namespace; in memory in tests). Keyed by client id.
+#[async_trait::async_trait]
+pub trait AccessStore: Send + Sync {
+    async fn load(&self, client_id: &str) -> Result<Option<RegistrationAccess>, ProviderError>;
+    /// Durable when it returns: a backend saves every access it is handed before it uses it.
+    async fn save(&self, client_id: &str, access: &RegistrationAccess)
+    -> Result<(), ProviderError>;
+    async fn forget(&self, client_id: &str) -> Result<(), ProviderError>;
 }
 
 /// A new client secret for backends where the operator chooses it: 32 bytes from a CSPRNG

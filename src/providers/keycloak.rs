@@ -1,0 +1,907 @@
+//! Keycloak admin REST API (`/admin/realms/<realm>/clients`), one realm per provider. The
+//! operator authenticates as a service-account client of that realm (client_credentials, the
+//! token cached until shortly before it expires) and chooses both the client's `clientId`
+//! (`oauth-operator-<uid>`) and its internal id (the application's uid); the client's
+//! attributes carry the application's uid as the owner marker. Keycloak issues the secret and
+//! keeps it readable (`GET .../client-secret`); rotation is `POST .../client-secret`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::discovery::{ServerMetadata, discover};
+use super::http::{ErrorBodies, HttpEndpoint, client_authenticates};
+use super::{
+    Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
+    ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
+};
+use crate::api::Endpoints;
+use crate::telemetry::Metrics;
+
+const BACKEND: &str = "keycloak";
+/// Where the owner's uid is kept in the client's attributes.
+pub const OWNER_UID_ATTRIBUTE: &str = "oauth-operator.dev/owner-uid";
+const POST_LOGOUT_ATTRIBUTE: &str = "post.logout.redirect.uris";
+const PKCE_ATTRIBUTE: &str = "pkce.code.challenge.method";
+const REFRESH_ATTRIBUTE: &str = "use.refresh.tokens";
+const PAGE_SIZE: usize = 200;
+/// Renew the admin token this long before Keycloak says it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(15);
+/// `openid` is implied by the OIDC protocol in Keycloak, not a client scope.
+const IMPLIED_SCOPE: &str = "openid";
+/// The scope Keycloak gives every client with a service account.
+const SERVICE_ACCOUNT_SCOPE: &str = "service_account";
+/// Grant types Keycloak expresses as a client setting.
+const GRANTS: [&str; 5] = [
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    "password",
+    "implicit",
+];
+
+/// The clientId the operator gives the application with this uid.
+pub fn client_id_for(uid: &str) -> String {
+    format!("oauth-operator-{uid}")
+}
+
+/// Ids the operator chose (uids, `oauth-operator-<uid>`): anything else (a tampered status) is
+/// refused before it reaches a URL.
+fn checked_id(id: &str) -> Result<&str, ProviderError> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(id)
+    } else {
+        Err(ProviderError::Unsupported(format!(
+            "{id:?} is not a client id this operator chose"
+        )))
+    }
+}
+
+/// Where the operator finds Keycloak, and who it is there.
+pub struct KeycloakSettings {
+    /// Keycloak's base URL (e.g. `https://keycloak.example.com`), without `/admin`.
+    pub base_url: String,
+    pub realm: String,
+    /// The service-account client the operator authenticates as.
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+pub struct KeycloakClient {
+    endpoint: HttpEndpoint,
+    /// `<base>/admin/realms/<realm>`.
+    admin: url::Url,
+    issuer: String,
+    token_url: String,
+    client_id: String,
+    client_secret: SecretString,
+    token: tokio::sync::Mutex<Option<(SecretString, Instant)>>,
+    metadata: tokio::sync::OnceCell<ServerMetadata>,
+    /// The realm's default client scopes (`openid-connect`), read once: Keycloak gives them to
+    /// every new client, and they stay whatever the spec says.
+    realm_defaults: tokio::sync::OnceCell<Vec<String>>,
+}
+
+/// `ClientRepresentation`, the fields the operator reads (unknown fields ignored).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeycloakApp {
+    id: String,
+    client_id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    public_client: bool,
+    #[serde(default)]
+    consent_required: bool,
+    #[serde(default)]
+    standard_flow_enabled: bool,
+    #[serde(default)]
+    implicit_flow_enabled: bool,
+    #[serde(default)]
+    direct_access_grants_enabled: bool,
+    #[serde(default)]
+    service_accounts_enabled: bool,
+    #[serde(default)]
+    default_client_scopes: Vec<String>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, Value>,
+}
+
+/// `CredentialRepresentation` of `.../client-secret`.
+#[derive(Deserialize)]
+struct Credential {
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// `ClientScopeRepresentation` (realm list, client default scopes).
+#[derive(Deserialize)]
+struct ClientScope {
+    id: String,
+    name: String,
+}
+
+/// A client scope with its protocol (realm defaults list SAML scopes too).
+#[derive(Deserialize)]
+struct ProtocolScope {
+    name: String,
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+/// Keycloak's error bodies: the admin API answers `{"errorMessage": ...}` or
+/// `{"error": ..., "error_description": ...}`.
+struct KeycloakErrorBodies;
+
+#[derive(Deserialize, Default)]
+struct KeycloakError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default, rename = "errorMessage")]
+    error_message: String,
+}
+
+impl ErrorBodies for KeycloakErrorBodies {
+    fn is_not_found(&self, body: &[u8]) -> bool {
+        // Keycloak's own JSON 404; a proxy's HTML 404 (a wrong base URL) is not "gone".
+        serde_json::from_slice::<KeycloakError>(body)
+            .is_ok_and(|e| !e.error.is_empty() || !e.error_message.is_empty())
+    }
+
+    fn message(&self, status: StatusCode, body: &[u8]) -> String {
+        let e: KeycloakError = serde_json::from_slice(body).unwrap_or_default();
+        let parts: Vec<&str> = [&e.error_message, &e.error, &e.error_description]
+            .into_iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if parts.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            parts.join(": ")
+        }
+    }
+}
+
+fn grant_types(desired: &DesiredClient) -> Vec<String> {
+    if desired.grant_types.is_empty() {
+        vec!["authorization_code".into(), "refresh_token".into()]
+    } else {
+        desired.grant_types.clone()
+    }
+}
+
+/// The scopes Keycloak manages as client scopes (`openid` is implied).
+fn managed_scopes(scopes: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = scopes
+        .iter()
+        .filter(|s| *s != IMPLIED_SCOPE)
+        .cloned()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The `ClientRepresentation` for create and update. An update replaces the fields it names
+/// and keeps the others (the secret, protocol mappers, roles).
+fn representation(desired: &DesiredClient, id: &str, client_id: &str, owner_uid: &str) -> Value {
+    let grants = grant_types(desired);
+    let has = |g: &str| grants.iter().any(|x| x == g);
+    let mut attributes = serde_json::Map::new();
+    attributes.insert(OWNER_UID_ATTRIBUTE.into(), json!(owner_uid));
+    attributes.insert(
+        POST_LOGOUT_ATTRIBUTE.into(),
+        json!(desired.post_logout_redirect_uris.join("##")),
+    );
+    attributes.insert(
+        REFRESH_ATTRIBUTE.into(),
+        json!(if has("refresh_token") {
+            "true"
+        } else {
+            "false"
+        }),
+    );
+    if let Some(pkce) = desired.pkce_required {
+        attributes.insert(PKCE_ATTRIBUTE.into(), json!(if pkce { "S256" } else { "" }));
+    }
+    let mut rep = json!({
+        "id": id,
+        "clientId": client_id,
+        "name": desired.name,
+        "enabled": true,
+        "protocol": "openid-connect",
+        "publicClient": desired.public,
+        "clientAuthenticatorType": "client-secret",
+        "redirectUris": desired.redirect_uris,
+        "standardFlowEnabled": has("authorization_code"),
+        "implicitFlowEnabled": has("implicit"),
+        "directAccessGrantsEnabled": has("password"),
+        "serviceAccountsEnabled": has("client_credentials") && !desired.public,
+        "attributes": attributes,
+    });
+    if let Some(consent) = desired.consent_screen {
+        rep["consentRequired"] = json!(consent);
+    }
+    // Client scopes are assigned through their own sub-resource (see `sync_scopes`): Keycloak
+    // applies `defaultClientScopes` on create only, and then instead of the realm's defaults.
+    rep
+}
+
+impl KeycloakClient {
+    pub fn new(
+        http: reqwest::Client,
+        settings: KeycloakSettings,
+        budget: Arc<RequestBudgetLimiter>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProviderError> {
+        let invalid = |what: String| ProviderError::Unsupported(format!("Keycloak {what}"));
+        let base = url::Url::parse(settings.base_url.trim_end_matches('/'))
+            .map_err(|e| invalid(format!("baseUrl is not a URL: {e}")))?;
+        if base.cannot_be_a_base() || base.query().is_some() {
+            return Err(invalid(
+                "baseUrl must be an http(s) URL without query".into(),
+            ));
+        }
+        let realm = settings.realm;
+        let mut admin = base.clone();
+        admin
+            .path_segments_mut()
+            .map_err(|_| invalid("baseUrl cannot be a base".into()))?
+            .pop_if_empty()
+            .extend(["admin", "realms", &realm]);
+        let mut issuer = base;
+        issuer
+            .path_segments_mut()
+            .map_err(|_| invalid("baseUrl cannot be a base".into()))?
+            .pop_if_empty()
+            .extend(["realms", &realm]);
+        let issuer = issuer.to_string();
+        Ok(Self {
+            endpoint: HttpEndpoint {
+                http,
+                budget,
+                metrics,
+                backend: BACKEND,
+            },
+            admin,
+            token_url: format!("{issuer}/protocol/openid-connect/token"),
+            issuer,
+            client_id: settings.client_id,
+            client_secret: settings.client_secret,
+            token: tokio::sync::Mutex::new(None),
+            metadata: tokio::sync::OnceCell::new(),
+            realm_defaults: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// `<admin>/<segments...>`.
+    fn url(&self, segments: &[&str]) -> url::Url {
+        let mut url = self.admin.clone();
+        if let Ok(mut s) = url.path_segments_mut() {
+            s.extend(segments);
+        }
+        url
+    }
+
+    /// The realm's discovery document, read once.
+    async fn metadata(&self) -> Result<&ServerMetadata, ProviderError> {
+        self.metadata
+            .get_or_try_init(|| discover(&self.endpoint, &self.issuer))
+            .await
+    }
+
+    fn known_endpoints(&self) -> Endpoints {
+        self.metadata
+            .get()
+            .map(ServerMetadata::endpoints)
+            .unwrap_or_else(|| Endpoints {
+                issuer: Some(self.issuer.clone()),
+                token: Some(self.token_url.clone()),
+                ..Default::default()
+            })
+    }
+
+    /// A valid admin access token (client_credentials), cached until shortly before expiry.
+    async fn token(&self) -> Result<SecretString, ProviderError> {
+        let mut cached = self.token.lock().await;
+        if let Some((token, until)) = cached.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        let asked = Instant::now();
+        let request = self
+            .endpoint
+            .http
+            .request(Method::POST, &self.token_url)
+            .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
+            .form(&[("grant_type", "client_credentials")]);
+        let answer: TokenAnswer = self
+            .endpoint
+            .send("token", request, &KeycloakErrorBodies)
+            .await
+            .map_err(|e| match e {
+                // The token endpoint says 400/401 `invalid_client` or `unauthorized_client`
+                // when the operator's own credential is wrong.
+                ProviderError::Rejected {
+                    operation,
+                    status,
+                    message,
+                } => ProviderError::Unauthorized {
+                    operation,
+                    status,
+                    message: format!(
+                        "the operator's service-account client was refused: {message}"
+                    ),
+                },
+                e => e,
+            })?;
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60));
+        let token = SecretString::from(answer.access_token);
+        *cached = Some((token.clone(), asked + lifetime.saturating_sub(TOKEN_MARGIN)));
+        Ok(token)
+    }
+
+    /// An authenticated admin request; a 401 drops the cached token so the next call fetches
+    /// a new one.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: url::Url,
+        body: Option<&Value>,
+    ) -> Result<(T, reqwest::header::HeaderMap), ProviderError> {
+        let token = self.token().await?;
+        let mut request = self
+            .endpoint
+            .http
+            .request(method, url)
+            .bearer_auth(token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let result = self
+            .endpoint
+            .send_with_headers::<T>(operation, request, &KeycloakErrorBodies)
+            .await;
+        if let Err(ProviderError::Unauthorized { status: 401, .. }) = &result {
+            *self.token.lock().await = None;
+        }
+        result
+    }
+
+    /// [`Self::call`] for answers without a body (201, 204).
+    async fn call_empty(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: url::Url,
+        body: Option<&Value>,
+    ) -> Result<(), ProviderError> {
+        let token = self.token().await?;
+        let mut request = self
+            .endpoint
+            .http
+            .request(method, url)
+            .bearer_auth(token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let result = self
+            .endpoint
+            .send_raw(operation, request, &KeycloakErrorBodies)
+            .await;
+        if let Err(ProviderError::Unauthorized { status: 401, .. }) = &result {
+            *self.token.lock().await = None;
+        }
+        result
+    }
+
+    fn remote(&self, app: KeycloakApp) -> RemoteClient {
+        let attribute = |k: &str| {
+            app.attributes
+                .get(k)
+                .and_then(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    // Some versions answer multi-valued attributes as lists.
+                    Value::Array(a) => a.first().and_then(|x| x.as_str()).map(str::to_string),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        let mut grant_types = Vec::new();
+        if app.standard_flow_enabled {
+            grant_types.push("authorization_code".to_string());
+        }
+        if attribute(REFRESH_ATTRIBUTE) != "false" {
+            grant_types.push("refresh_token".to_string());
+        }
+        if app.service_accounts_enabled {
+            grant_types.push("client_credentials".to_string());
+        }
+        if app.direct_access_grants_enabled {
+            grant_types.push("password".to_string());
+        }
+        if app.implicit_flow_enabled {
+            grant_types.push("implicit".to_string());
+        }
+        let owner = attribute(OWNER_UID_ATTRIBUTE);
+        RemoteClient {
+            id: app.id,
+            client_id: app.client_id,
+            name: app.name.unwrap_or_default(),
+            redirect_uris: app.redirect_uris,
+            post_logout_redirect_uris: attribute(POST_LOGOUT_ATTRIBUTE)
+                .split("##")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            scopes: app.default_client_scopes,
+            grant_types,
+            owner_uid: (!owner.is_empty()).then_some(owner),
+            public: app.public_client,
+            pkce_required: attribute(PKCE_ATTRIBUTE) == "S256",
+            consent_screen: app.consent_required,
+            endpoints: self.known_endpoints(),
+            created_at: None,
+        }
+    }
+
+    /// The realm's default client scopes, read once.
+    async fn realm_defaults(&self) -> Result<&[String], ProviderError> {
+        self.realm_defaults
+            .get_or_try_init(|| async {
+                let (scopes, _): (Vec<ProtocolScope>, _) = self
+                    .call(
+                        "list_scopes",
+                        Method::GET,
+                        self.url(&["default-default-client-scopes"]),
+                        None,
+                    )
+                    .await?;
+                Ok(scopes
+                    .into_iter()
+                    .filter(|s| s.protocol.as_deref().is_none_or(|p| p == "openid-connect"))
+                    .map(|s| s.name)
+                    .collect())
+            })
+            .await
+            .map(Vec::as_slice)
+    }
+
+    /// Whether a scope the client has may stay although the spec does not name it: the realm's
+    /// defaults, and `service_account`, which Keycloak adds to service-account clients.
+    fn kept(&self, scope: &str) -> bool {
+        scope == SERVICE_ACCOUNT_SCOPE
+            || self
+                .realm_defaults
+                .get()
+                .is_some_and(|d| d.iter().any(|x| x == scope))
+    }
+
+    /// Brings the client's default client scopes to the spec's: each scope it names assigned,
+    /// any other removed unless [`Self::kept`]. Nothing when the spec names none.
+    async fn sync_scopes(&self, id: &str, desired: &DesiredClient) -> Result<(), ProviderError> {
+        if desired.scopes.is_empty() {
+            return Ok(());
+        }
+        self.realm_defaults().await?;
+        let want = managed_scopes(&desired.scopes);
+        let (have, _): (Vec<ClientScope>, _) = self
+            .call(
+                "get_scopes",
+                Method::GET,
+                self.url(&["clients", id, "default-client-scopes"]),
+                None,
+            )
+            .await?;
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|w| !have.iter().any(|h| &h.name == *w))
+            .collect();
+        if !missing.is_empty() {
+            let (realm_scopes, _): (Vec<ClientScope>, _) = self
+                .call(
+                    "list_scopes",
+                    Method::GET,
+                    self.url(&["client-scopes"]),
+                    None,
+                )
+                .await?;
+            for name in missing {
+                let scope = realm_scopes.iter().find(|s| &s.name == name).ok_or_else(|| {
+                    ProviderError::Rejected {
+                        operation: "update",
+                        status: 400,
+                        message: format!(
+                            "scope {name:?} is not a client scope of realm {} (create it in Keycloak, or remove it from the spec)",
+                            self.realm()
+                        ),
+                    }
+                })?;
+                // A scope the client has as optional (the realm gives `offline_access` that
+                // way) is not made default while it stays optional.
+                match self
+                    .call_empty(
+                        "remove_scope",
+                        Method::DELETE,
+                        self.url(&["clients", id, "optional-client-scopes", &scope.id]),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(()) | Err(ProviderError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                self.call_empty(
+                    "add_scope",
+                    Method::PUT,
+                    self.url(&["clients", id, "default-client-scopes", &scope.id]),
+                    None,
+                )
+                .await?;
+            }
+        }
+        for extra in have
+            .iter()
+            .filter(|h| !want.contains(&h.name) && !self.kept(&h.name))
+        {
+            self.call_empty(
+                "remove_scope",
+                Method::DELETE,
+                self.url(&["clients", id, "default-client-scopes", &extra.id]),
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn realm(&self) -> &str {
+        self.admin
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for KeycloakClient {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            identity: Identity::OperatorChosen,
+            secret_source: SecretSource::IssuedReadable,
+            rotation: Rotation::ServerEndpoint,
+            drift: DriftSource::ListAll,
+            owner_marker: OwnerMarker::Metadata,
+        }
+    }
+
+    fn chosen_client_id(&self, uid: &str) -> Option<String> {
+        Some(client_id_for(uid))
+    }
+
+    fn chosen_object_id(&self, uid: &str) -> Option<String> {
+        Some(uid.to_string())
+    }
+
+    fn check_supported(&self, desired: &DesiredClient) -> Result<(), ProviderError> {
+        if let Some(g) = desired
+            .grant_types
+            .iter()
+            .find(|g| !GRANTS.contains(&g.as_str()))
+        {
+            return Err(ProviderError::Unsupported(format!(
+                "grant type {g:?} is not one the Keycloak backend manages (supported: {})",
+                GRANTS.join(", ")
+            )));
+        }
+        if desired.public
+            && desired
+                .grant_types
+                .iter()
+                .any(|g| g == "client_credentials")
+        {
+            return Err(ProviderError::Unsupported(
+                "a public client cannot use client_credentials at Keycloak (it has no service account)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn diff(&self, desired: &DesiredClient, remote: &RemoteClient) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        let set = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v.dedup();
+            v
+        };
+        if desired.name != remote.name {
+            fields.push("name");
+        }
+        if set(&desired.redirect_uris) != set(&remote.redirect_uris) {
+            fields.push("redirectUris");
+        }
+        if set(&desired.post_logout_redirect_uris) != set(&remote.post_logout_redirect_uris) {
+            fields.push("postLogoutRedirectUris");
+        }
+        if !desired.scopes.is_empty() {
+            let want = managed_scopes(&desired.scopes);
+            let missing = want.iter().any(|w| !remote.scopes.contains(w));
+            let extra = remote
+                .scopes
+                .iter()
+                .any(|h| !want.contains(h) && !self.kept(h));
+            if missing || extra {
+                fields.push("scopes");
+            }
+        }
+        let mut grants = grant_types(desired);
+        if desired.public {
+            grants.retain(|g| g != "client_credentials");
+        }
+        if set(&grants) != set(&remote.grant_types) {
+            fields.push("grantTypes");
+        }
+        if desired.public != remote.public {
+            fields.push("clientType");
+        }
+        if desired
+            .pkce_required
+            .is_some_and(|p| p != remote.pkce_required)
+        {
+            fields.push("pkceRequired");
+        }
+        if desired
+            .consent_screen
+            .is_some_and(|c| c != remote.consent_screen)
+        {
+            fields.push("consentScreen");
+        }
+        fields
+    }
+
+    async fn create(
+        &self,
+        desired: &DesiredClient,
+        registration: &Registration<'_>,
+    ) -> Result<IssuedClient, ProviderError> {
+        let client_id = registration.client_id.ok_or_else(|| {
+            ProviderError::Unsupported("Keycloak clients need a chosen id".into())
+        })?;
+        let id = checked_id(registration.owner_uid)?;
+        let rep = representation(desired, id, checked_id(client_id)?, registration.owner_uid);
+        self.metadata().await?;
+        match self
+            .call_empty("create", Method::POST, self.url(&["clients"]), Some(&rep))
+            .await
+        {
+            Ok(()) => {}
+            Err(ProviderError::Rejected { status: 409, .. }) => {
+                // The id or clientId exists: ours (an earlier create whose answer was lost),
+                // or someone else's.
+                let existing = match self.get(id).await {
+                    Ok(c) => Some(c),
+                    Err(ProviderError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                if existing.and_then(|c| c.owner_uid).as_deref() != Some(registration.owner_uid) {
+                    return Err(ProviderError::Rejected {
+                        operation: "create",
+                        status: 409,
+                        message: format!(
+                            "client {client_id} exists in realm {} and belongs to someone else (its attributes name another owner)",
+                            self.realm()
+                        ),
+                    });
+                }
+                self.call_empty(
+                    "update",
+                    Method::PUT,
+                    self.url(&["clients", id]),
+                    Some(&rep),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.sync_scopes(id, desired).await?;
+        let client = self.get(id).await?;
+        let client_secret = if client.public {
+            None
+        } else {
+            Some(
+                self.read_secret(id)
+                    .await?
+                    .ok_or_else(|| ProviderError::Unavailable {
+                        operation: "read_secret",
+                        outcome_unknown: false,
+                        message: format!(
+                            "Keycloak has no secret for confidential client {client_id}"
+                        ),
+                    })?,
+            )
+        };
+        Ok(IssuedClient {
+            client,
+            client_secret,
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<RemoteClient, ProviderError> {
+        // What `diff` needs to know which scopes are Keycloak's own.
+        self.realm_defaults().await?;
+        let url = self.url(&["clients", checked_id(id)?]);
+        let (app, _): (KeycloakApp, _) = self.call("get", Method::GET, url, None).await?;
+        Ok(self.remote(app))
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        desired: &DesiredClient,
+        owner_uid: &str,
+    ) -> Result<RemoteClient, ProviderError> {
+        let current = self.get(id).await?;
+        let rep = representation(desired, id, &current.client_id, owner_uid);
+        self.call_empty(
+            "update",
+            Method::PUT,
+            self.url(&["clients", checked_id(id)?]),
+            Some(&rep),
+        )
+        .await?;
+        self.sync_scopes(id, desired).await?;
+        self.get(id).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), ProviderError> {
+        let url = self.url(&["clients", checked_id(id)?]);
+        match self.call_empty("delete", Method::DELETE, url, None).await {
+            Ok(()) | Err(ProviderError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn rotate_secret(&self, id: &str) -> Result<IssuedClient, ProviderError> {
+        // Read first: a failed read costs nothing, a read failing after the rotation would.
+        let client = self.get(id).await?;
+        let url = self.url(&["clients", checked_id(id)?, "client-secret"]);
+        let (credential, _): (Credential, _) =
+            self.call("rotate_secret", Method::POST, url, None).await?;
+        let value = credential.value.filter(|v| !v.is_empty()).ok_or_else(|| {
+            ProviderError::Unavailable {
+                operation: "rotate_secret",
+                outcome_unknown: true,
+                message: "Keycloak answered a rotation without a secret".into(),
+            }
+        })?;
+        Ok(IssuedClient {
+            client,
+            client_secret: Some(SecretString::from(value)),
+        })
+    }
+
+    async fn read_secret(&self, id: &str) -> Result<Option<SecretString>, ProviderError> {
+        let url = self.url(&["clients", checked_id(id)?, "client-secret"]);
+        let (credential, _): (Credential, _) =
+            self.call("read_secret", Method::GET, url, None).await?;
+        Ok(credential
+            .value
+            .filter(|v| !v.is_empty())
+            .map(SecretString::from))
+    }
+
+    async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
+        self.metadata().await?;
+        self.realm_defaults().await?;
+        let mut all = Vec::new();
+        loop {
+            let mut url = self.url(&["clients"]);
+            url.query_pairs_mut()
+                .append_pair("first", &all.len().to_string())
+                .append_pair("max", &PAGE_SIZE.to_string());
+            let (page, _): (Vec<KeycloakApp>, _) =
+                self.call("list", Method::GET, url, None).await?;
+            let got = page.len();
+            all.extend(page.into_iter().map(|a| self.remote(a)));
+            if got < PAGE_SIZE {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn proves_possession(
+        &self,
+        remote: &RemoteClient,
+        secret: &SecretString,
+    ) -> Result<bool, ProviderError> {
+        let token_url = self.metadata().await?.token_endpoint.clone();
+        client_authenticates(&self.endpoint, &token_url, &remote.client_id, secret).await
+    }
+
+    fn endpoints(&self) -> Option<Endpoints> {
+        Some(self.known_endpoints())
+    }
+
+    async fn check_reachable(&self) -> Result<(), ProviderError> {
+        self.metadata().await?;
+        let mut url = self.url(&["clients"]);
+        url.query_pairs_mut()
+            .append_pair("first", "0")
+            .append_pair("max", "1");
+        let _: (Vec<Value>, _) = self.call("list", Method::GET, url, None).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired() -> DesiredClient {
+        DesiredClient {
+            name: "web".into(),
+            redirect_uris: vec!["https://app.example.com/cb".into()],
+            post_logout_redirect_uris: vec!["https://app.example.com/".into()],
+            scopes: vec!["openid".into(), "profile".into()],
+            public: false,
+            grant_types: vec![],
+            pkce_required: Some(true),
+            consent_screen: None,
+        }
+    }
+
+    #[test]
+    fn representation_maps_the_spec() {
+        let rep = representation(&desired(), "uid-1", "oauth-operator-uid-1", "uid-1");
+        assert_eq!(rep["id"], "uid-1");
+        assert_eq!(rep["clientId"], "oauth-operator-uid-1");
+        assert_eq!(rep["standardFlowEnabled"], true);
+        assert_eq!(rep["serviceAccountsEnabled"], false);
+        assert_eq!(rep["attributes"][OWNER_UID_ATTRIBUTE], "uid-1");
+        assert_eq!(rep["attributes"][PKCE_ATTRIBUTE], "S256");
+        assert_eq!(rep["attributes"][REFRESH_ATTRIBUTE], "true");
+        assert_eq!(
+            rep["attributes"][POST_LOGOUT_ATTRIBUTE],
+            "https://app.example.com/"
+        );
+        assert!(rep.get("defaultClientScopes").is_none());
+        assert!(rep.get("consentRequired").is_none());
+        assert!(rep.get("secret").is_none());
+    }
+
+    #[test]
+    fn ids_outside_the_operators_shape_are_refused() {
+        assert!(checked_id("0b6c1c2e-6f2a-4c1e-9a3e-2f7a1d9b8c01").is_ok());
+        assert!(checked_id("oauth-operator-0b6c1c2e").is_ok());
+        assert!(checked_id("../users").is_err());
+        assert!(checked_id("a/b").is_err());
+        assert!(checked_id("").is_err());
+    }
+}

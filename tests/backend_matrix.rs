@@ -1,0 +1,669 @@
+//! The backend behaviour matrix: one set of rows, run against every backend on its real
+//! server (Clerk through its emulator, Ory Hydra, Keycloak). Each row is one test per backend
+//! (`<backend>_<row>`), on the control plane, Hydra and Keycloak shared by this binary. Every
+//! credential a row sees is used: a client_credentials token at Hydra and Keycloak, the
+//! authorization-code flow at Clerk (the only grant it has).
+//!
+//! Later features add their rows here; a cell a backend cannot support asserts the condition
+//! it documents.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use oauth_operator::api::{OAuthApplication, OAuthProvider};
+use serde_json::{Value, json};
+use support::{Env, data, ready};
+use testenv::hydra::Hydra;
+use testenv::keycloak::{Keycloak, KeycloakAdmin};
+
+const APP: &str = "mx";
+const FIRST_URI: &str = "https://mx.example.com/callback";
+const SECOND_URI: &str = "https://mx.example.com/v2/callback";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Clerk,
+    Hydra,
+    Keycloak,
+}
+
+/// One backend's server as a test sees it: setup, and the server's own view of its clients.
+struct Server {
+    kind: Kind,
+    env: Env,
+    /// Keycloak: the realm of this test and an admin session.
+    keycloak: Option<(String, KeycloakAdmin)>,
+}
+
+impl Server {
+    async fn new(kind: Kind, prefix: &str) -> Result<Server> {
+        let env = Env::new(prefix).await?;
+        let mut keycloak = None;
+        let spec = match kind {
+            // `Env::new` already made an OAuthProvider `clerk`; this one is the matrix's.
+            Kind::Clerk => json!({"clerk": {
+                "baseUrl": env.clerk.base_url(), "secretKeyRef": {"name": "clerk-admin"}}}),
+            Kind::Hydra => {
+                let hydra = Hydra::shared()?;
+                json!({"hydra": {"adminUrl": hydra.admin_url(), "issuerUrl": hydra.issuer()}})
+            }
+            Kind::Keycloak => {
+                let kc = Keycloak::shared()?;
+                let admin = kc.admin().await?;
+                let realm = format!("mx-{}", env.ns);
+                admin.create_realm(&realm).await?;
+                let (client_id, secret) = service_account(&admin, &realm).await?;
+                let credential: Secret = serde_json::from_value(json!({
+                    "metadata": {"name": "keycloak-admin"},
+                    "stringData": {"clientId": client_id, "clientSecret": secret},
+                }))?;
+                env.secrets()
+                    .create(&PostParams::default(), &credential)
+                    .await?;
+                keycloak = Some((realm.clone(), admin));
+                json!({"keycloak": {"baseUrl": kc.base_url(), "realm": realm,
+                    "credentialsRef": {"name": "keycloak-admin"}}})
+            }
+        };
+        let provider: OAuthProvider = serde_json::from_value(json!({
+            "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+            "metadata": {"name": "idp"}, "spec": spec,
+        }))?;
+        Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+            .create(&PostParams::default(), &provider)
+            .await?;
+        Ok(Server {
+            kind,
+            env,
+            keycloak,
+        })
+    }
+
+    fn realm(&self) -> Result<(&str, &KeycloakAdmin)> {
+        let (realm, admin) = self.keycloak.as_ref().context("a Keycloak server")?;
+        Ok((realm, admin))
+    }
+
+    /// The application, the same for every backend but for the grants Clerk lacks.
+    fn app_yaml(&self, name: &str, extra: &str) -> String {
+        let grants = match self.kind {
+            Kind::Clerk => "[authorization_code, refresh_token]",
+            _ => "[authorization_code, refresh_token, client_credentials]",
+        };
+        format!(
+            r#"
+apiVersion: oauth-operator.dev/v1alpha1
+kind: OAuthApplication
+metadata: {{name: {name}}}
+spec:
+  providerRef: {{name: idp}}
+  displayName: {name}
+  redirectUris: ["{FIRST_URI}"]
+  scopes: [openid, profile, email]
+  grantTypes: {grants}
+{extra}
+"#
+        )
+    }
+
+    /// Proves the Secret's credentials at the server: `Ok(())` when a token is issued.
+    async fn token(&self, secret: &Secret) -> Result<std::result::Result<(), u16>> {
+        match self.kind {
+            Kind::Clerk => Ok(support::obtain_token(secret, FIRST_URI).await?.map(drop)),
+            _ => {
+                let d = data(secret);
+                let response = reqwest::Client::new()
+                    .post(&d["TOKEN_URL"])
+                    .basic_auth(&d["CLIENT_ID"], d.get("CLIENT_SECRET"))
+                    .form(&[("grant_type", "client_credentials")])
+                    .send()
+                    .await?;
+                if response.status().is_success() {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err(response.status().as_u16()))
+                }
+            }
+        }
+    }
+
+    async fn assert_token(&self, secret: &Secret) -> Result<()> {
+        self.token(secret)
+            .await?
+            .map_err(|s| anyhow::anyhow!("{:?}: token refused with HTTP {s}", self.kind))
+    }
+
+    /// Whether the server's own authorize endpoint accepts `redirect_uri` for the client.
+    async fn authorize_accepts(&self, secret: &Secret, redirect_uri: &str) -> Result<bool> {
+        let d = data(secret);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let response = http
+            .get(&d["AUTHORIZE_URL"])
+            .query(&[
+                ("response_type", "code"),
+                ("client_id", d["CLIENT_ID"].as_str()),
+                ("redirect_uri", redirect_uri),
+                ("scope", "openid"),
+                ("state", "state-0123456789"),
+                (
+                    "code_challenge",
+                    "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                ),
+                ("code_challenge_method", "S256"),
+            ])
+            .send()
+            .await?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        Ok(match self.kind {
+            // Clerk (emulated) and Hydra answer an accepted request with a redirect onwards
+            // (a code, or Hydra's login page); a refused redirect URI gets an error.
+            Kind::Clerk => status.is_redirection() && location.starts_with(redirect_uri),
+            Kind::Hydra => status.is_redirection() && location.contains("login_challenge"),
+            // Keycloak shows its login page (200) or an error page (400).
+            Kind::Keycloak => status.is_success(),
+        })
+    }
+
+    /// The server's view of a client (by the ids in status), `None` when it is gone.
+    async fn remote(&self, app: &OAuthApplication) -> Result<Option<Value>> {
+        let status = app.status.as_ref().context("status")?;
+        let object_id = status.provider_object_id.clone().context("object id")?;
+        match self.kind {
+            Kind::Clerk => Ok(self
+                .env
+                .clerk
+                .app(&object_id)
+                .map(|a| serde_json::to_value(a).unwrap_or_default())),
+            Kind::Hydra => {
+                let hydra = Hydra::shared()?;
+                let r = reqwest::get(format!("{}/admin/clients/{object_id}", hydra.admin_url()))
+                    .await?;
+                if r.status() == 404 {
+                    return Ok(None);
+                }
+                Ok(Some(r.error_for_status()?.json().await?))
+            }
+            Kind::Keycloak => {
+                let (realm, admin) = self.realm()?;
+                let r = admin
+                    .request(
+                        reqwest::Method::GET,
+                        &format!("/{realm}/clients/{object_id}"),
+                    )
+                    .await?
+                    .send()
+                    .await?;
+                if r.status() == 404 {
+                    return Ok(None);
+                }
+                Ok(Some(r.error_for_status()?.json().await?))
+            }
+        }
+    }
+
+    /// The scopes the server holds for the client.
+    fn scopes(&self, remote: &Value) -> Vec<String> {
+        match self.kind {
+            Kind::Clerk => remote["scopes"].as_str(),
+            Kind::Hydra => remote["scope"].as_str(),
+            Kind::Keycloak => {
+                return serde_json::from_value(remote["defaultClientScopes"].clone())
+                    .unwrap_or_default();
+            }
+        }
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    }
+
+    fn redirect_uris(&self, remote: &Value) -> Vec<String> {
+        let field = match self.kind {
+            Kind::Keycloak => "redirectUris",
+            _ => "redirect_uris",
+        };
+        serde_json::from_value(remote[field].clone()).unwrap_or_default()
+    }
+
+    /// Changes a client's redirect URIs at the server, as an admin would in its console.
+    async fn edit_redirect_uris(&self, app: &OAuthApplication, uri: &str) -> Result<()> {
+        let status = app.status.as_ref().context("status")?;
+        let object_id = status.provider_object_id.clone().context("object id")?;
+        match self.kind {
+            Kind::Clerk => {
+                self.env
+                    .clerk
+                    .edit_app(&object_id, |a| a.redirect_uris = vec![uri.to_string()])
+                    .context("edit")?;
+            }
+            Kind::Hydra => {
+                let mut client = self.remote(app).await?.context("client")?;
+                client["redirect_uris"] = json!([uri]);
+                reqwest::Client::new()
+                    .put(format!(
+                        "{}/admin/clients/{object_id}",
+                        Hydra::shared()?.admin_url()
+                    ))
+                    .json(&client)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            Kind::Keycloak => {
+                let (realm, admin) = self.realm()?;
+                admin
+                    .request(
+                        reqwest::Method::PUT,
+                        &format!("/{realm}/clients/{object_id}"),
+                    )
+                    .await?
+                    .json(&json!({"redirectUris": [uri]}))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clients at the server that belong to the application with `uid` (by the owner marker
+    /// where the backend has one, by display name at Clerk, whose emulator is this test's own).
+    async fn clients_of(&self, uid: &str, display: &str) -> Result<usize> {
+        match self.kind {
+            Kind::Clerk => Ok(self
+                .env
+                .clerk
+                .apps()
+                .iter()
+                .filter(|a| a.name == display || a.name.contains(uid))
+                .count()),
+            Kind::Hydra => {
+                let all: Vec<Value> = reqwest::get(format!(
+                    "{}/admin/clients?page_size=500",
+                    Hydra::shared()?.admin_url()
+                ))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+                Ok(all
+                    .iter()
+                    .filter(|c| c["metadata"]["oauth-operator.dev/owner-uid"] == uid)
+                    .count())
+            }
+            Kind::Keycloak => {
+                let (realm, admin) = self.realm()?;
+                let all: Vec<Value> = admin
+                    .request(reqwest::Method::GET, &format!("/{realm}/clients"))
+                    .await?
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                Ok(all
+                    .iter()
+                    .filter(|c| {
+                        let a = &c["attributes"]["oauth-operator.dev/owner-uid"];
+                        a == uid || a[0] == uid
+                    })
+                    .count())
+            }
+        }
+    }
+}
+
+/// A confidential client of `realm` with a service account holding only `manage-clients` of
+/// `realm-management`: the least privilege the Keycloak backend needs.
+async fn service_account(admin: &KeycloakAdmin, realm: &str) -> Result<(String, String)> {
+    let client_id = "oauth-operator";
+    let (id, secret) = admin
+        .create_service_account_client(realm, client_id)
+        .await?;
+    let get = |path: String| async move {
+        let v: Value = admin
+            .request(reqwest::Method::GET, &path)
+            .await?
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        anyhow::Ok(v)
+    };
+    let user = get(format!("/{realm}/clients/{id}/service-account-user")).await?;
+    let management = admin
+        .find_client(realm, "realm-management")
+        .await?
+        .context("realm-management")?;
+    let management_id = management["id"].as_str().context("id")?.to_string();
+    let role = get(format!(
+        "/{realm}/clients/{management_id}/roles/manage-clients"
+    ))
+    .await?;
+    admin
+        .request(
+            reqwest::Method::POST,
+            &format!(
+                "/{realm}/users/{}/role-mappings/clients/{management_id}",
+                user["id"].as_str().context("user id")?
+            ),
+        )
+        .await?
+        .json(&json!([role]))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok((client_id.to_string(), secret))
+}
+
+fn uid(app: &OAuthApplication) -> Result<String> {
+    app.metadata.uid.clone().context("uid")
+}
+
+/// Polls until `check` holds for the server's view of the client.
+async fn wait_remote(
+    server: &Server,
+    app: &OAuthApplication,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        if let Some(remote) = server.remote(app).await?
+            && check(&remote)
+        {
+            return Ok(remote);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "{:?}: timed out waiting for the client to be {what}",
+                server.kind
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Row: create; a token with the Secret's credentials; an update of redirect URIs and scopes
+/// leaves the Secret as it is, and the server's authorize endpoint follows the change.
+async fn create_and_update(kind: Kind) -> Result<()> {
+    let server = Server::new(kind, "mx-create").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&server.app_yaml(APP, "")).await?;
+    let app = env.wait_ready(APP).await?;
+    let secret = env.secrets().get(&format!("{APP}-oauth")).await?;
+    server.assert_token(&secret).await?;
+    assert_eq!(server.clients_of(&uid(&app)?, APP).await?, 1);
+    assert!(server.authorize_accepts(&secret, FIRST_URI).await?);
+    assert!(!server.authorize_accepts(&secret, SECOND_URI).await?);
+
+    let patch = json!({"spec": {"redirectUris": [SECOND_URI], "scopes": ["openid", "profile", "email", "offline_access"]}});
+    env.apps()
+        .patch(APP, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let generation = env.apps().get(APP).await?.metadata.generation;
+    let app = env
+        .wait_app(APP, "the spec change applied", |a: &OAuthApplication| {
+            a.status.as_ref().and_then(|s| s.observed_generation) == generation
+                && ready(a).is_some_and(|(s, _)| s == "True")
+        })
+        .await?;
+    let remote = server.remote(&app).await?.context("client")?;
+    assert_eq!(server.redirect_uris(&remote), vec![SECOND_URI.to_string()]);
+    assert!(
+        server.scopes(&remote).iter().any(|s| s == "offline_access"),
+        "{kind:?}: the new scope is at the server: {:?}",
+        server.scopes(&remote)
+    );
+    let after = env.secrets().get(&format!("{APP}-oauth")).await?;
+    assert_eq!(
+        after.metadata.resource_version, secret.metadata.resource_version,
+        "{kind:?}: a spec change does not rewrite the Secret"
+    );
+    assert!(server.authorize_accepts(&after, SECOND_URI).await?);
+    assert!(!server.authorize_accepts(&after, FIRST_URI).await?);
+    if kind != Kind::Clerk {
+        // Clerk's authorization-code proof uses the first URI, now refused.
+        server.assert_token(&after).await?;
+    }
+    Ok(())
+}
+
+/// Row: an edit made at the server is corrected (`driftPolicy: Correct`), and reported and
+/// left alone under `driftPolicy: Report`.
+async fn drift(kind: Kind) -> Result<()> {
+    let server = Server::new(kind, "mx-drift").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&server.app_yaml(APP, "")).await?;
+    let app = env.wait_ready(APP).await?;
+    server
+        .edit_redirect_uris(&app, "https://evil.example.com/cb")
+        .await?;
+    wait_remote(&server, &app, "corrected", |r| {
+        server.redirect_uris(r) == [FIRST_URI]
+    })
+    .await?;
+    env.wait_event(APP, "DriftCorrected").await?;
+
+    let patch = json!({"spec": {"driftPolicy": "Report"}});
+    let generation = env
+        .apps()
+        .patch(APP, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?
+        .metadata
+        .generation;
+    // The spec change is applied (one write with every field) before the server is edited.
+    env.wait_app(APP, "the policy change applied", |a: &OAuthApplication| {
+        a.status.as_ref().and_then(|s| s.observed_generation) == generation
+    })
+    .await?;
+    server
+        .edit_redirect_uris(&app, "https://elsewhere.example.com/cb")
+        .await?;
+    let reported = env
+        .wait_app(APP, "drift reported", |a: &OAuthApplication| {
+            a.status
+                .as_ref()
+                .is_some_and(|s| s.drifted_fields.iter().any(|f| f == "redirectUris"))
+        })
+        .await?;
+    assert!(
+        reported.status.as_ref().is_some_and(|s| s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Drifted" && c.status == "True")),
+        "{kind:?}: a Drifted condition"
+    );
+    env.wait_event(APP, "Drifted").await?;
+    let remote = server.remote(&app).await?.context("client")?;
+    assert_eq!(
+        server.redirect_uris(&remote),
+        vec!["https://elsewhere.example.com/cb".to_string()],
+        "{kind:?}: Report leaves the server's value"
+    );
+    Ok(())
+}
+
+/// Row: a deleted Secret is written again with working credentials (Keycloak keeps the secret
+/// readable, so it is the same one; elsewhere a new secret is issued).
+async fn secret_recovery(kind: Kind) -> Result<()> {
+    let server = Server::new(kind, "mx-recover").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&server.app_yaml(APP, "")).await?;
+    let app = env.wait_ready(APP).await?;
+    let name = format!("{APP}-oauth");
+    let before = env.secrets().get(&name).await?;
+    env.secrets()
+        .delete(&name, &DeleteParams::default())
+        .await?;
+    let after = env
+        .wait_secret(&name, |s| s.metadata.uid != before.metadata.uid)
+        .await?;
+    server.assert_token(&after).await?;
+    let (old, new) = (data(&before), data(&after));
+    assert_eq!(old["CLIENT_ID"], new["CLIENT_ID"]);
+    if kind == Kind::Keycloak {
+        assert_eq!(old["CLIENT_SECRET"], new["CLIENT_SECRET"], "read back");
+    } else {
+        assert_ne!(old["CLIENT_SECRET"], new["CLIENT_SECRET"], "issued anew");
+        assert!(server.token(&before).await?.is_err(), "the old one is dead");
+    }
+    env.wait_event(APP, "SecretRecovered").await?;
+    assert_eq!(server.clients_of(&uid(&app)?, APP).await?, 1);
+    Ok(())
+}
+
+/// Row: rotation on request; the new secret works and the old one is refused.
+async fn rotation(kind: Kind) -> Result<()> {
+    let server = Server::new(kind, "mx-rotate").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&server.app_yaml(APP, "")).await?;
+    env.wait_ready(APP).await?;
+    let name = format!("{APP}-oauth");
+    let before = env.secrets().get(&name).await?;
+    env.rotate(APP, "r1").await?;
+    let after = env
+        .wait_secret(&name, |s| {
+            data(s)["CLIENT_SECRET"] != data(&before)["CLIENT_SECRET"]
+        })
+        .await?;
+    env.wait_app(APP, "rotation answered", |a: &OAuthApplication| {
+        a.status
+            .as_ref()
+            .is_some_and(|s| s.last_rotation_token.as_deref() == Some("r1"))
+    })
+    .await?;
+    server.assert_token(&after).await?;
+    assert!(
+        server.token(&before).await?.is_err(),
+        "{kind:?}: the old secret is refused"
+    );
+    env.wait_event(APP, "SecretRotated").await?;
+    Ok(())
+}
+
+/// Row: deletion with `deletionPolicy: Delete` removes the client; `Orphan` leaves it, and
+/// its Secret, working.
+async fn deletion(kind: Kind) -> Result<()> {
+    let server = Server::new(kind, "mx-delete").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&server.app_yaml("gone", "")).await?;
+    env.apply_app(&server.app_yaml("kept", "  deletionPolicy: Orphan"))
+        .await?;
+    let gone = env.wait_ready("gone").await?;
+    let kept = env.wait_ready("kept").await?;
+    for name in ["gone", "kept"] {
+        env.apps().delete(name, &DeleteParams::default()).await?;
+    }
+    env.wait_gone("gone").await?;
+    env.wait_gone("kept").await?;
+    assert!(
+        server.remote(&gone).await?.is_none(),
+        "{kind:?}: Delete removes the client"
+    );
+    assert!(server.remote(&kept).await?.is_some(), "Orphan keeps it");
+    let secret = env.secrets().get("kept-oauth").await?;
+    server.assert_token(&secret).await?;
+    assert!(
+        env.secrets().get_opt("gone-oauth").await?.is_none(),
+        "the deleted client's Secret goes with it"
+    );
+    Ok(())
+}
+
+/// Row: a crash between registration and the Secret write (after-create) and between the
+/// Secret write and the registration (after-secret): after a restart, one client and a working
+/// secret.
+async fn crash(kind: Kind, point: &str) -> Result<()> {
+    let server = Server::new(kind, &format!("mx-{point}")).await?;
+    let env = &server.env;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", point)])?;
+    env.apply_app(&server.app_yaml(APP, "")).await?;
+    op.wait_abort(point, Duration::from_secs(60)).await?;
+    drop(op);
+    let _op = env.start_operator(&[])?;
+    let app = env.wait_ready(APP).await?;
+    let secret = env.secrets().get(&format!("{APP}-oauth")).await?;
+    server.assert_token(&secret).await?;
+    assert_eq!(
+        server.clients_of(&uid(&app)?, APP).await?,
+        1,
+        "{kind:?}: exactly one client after a crash at {point}"
+    );
+    assert!(
+        env.staged_secrets().await?.is_empty(),
+        "nothing left staged"
+    );
+    Ok(())
+}
+
+async fn crash_after_create(kind: Kind) -> Result<()> {
+    crash(kind, "after-create").await
+}
+
+async fn crash_after_secret(kind: Kind) -> Result<()> {
+    crash(kind, "after-secret").await
+}
+
+/// One test per (backend, row).
+macro_rules! matrix {
+    ($($row:ident),* $(,)?) => {
+        mod clerk { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::Clerk).await } )* }
+        mod hydra { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::Hydra).await } )* }
+        mod keycloak { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::Keycloak).await } )* }
+        /// The rows, as the README's table names them.
+        const ROWS: &[&str] = &[$(stringify!($row)),*];
+    };
+}
+
+matrix!(
+    create_and_update,
+    drift,
+    secret_recovery,
+    rotation,
+    deletion,
+    crash_after_create,
+    crash_after_secret,
+);
+
+/// The README's backend x feature table names every row of this matrix.
+#[test]
+fn readme_table_names_every_row() -> Result<()> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))?;
+    let start = readme
+        .find("<!-- matrix:begin -->")
+        .context("README has the matrix table markers")?;
+    let end = readme.find("<!-- matrix:end -->").context("end marker")?;
+    let table = &readme[start..end];
+    for row in ROWS {
+        assert!(
+            table.contains(&format!("`{row}`")),
+            "README's backend table has no row for `{row}`"
+        );
+    }
+    for backend in ["clerk", "hydra", "keycloak"] {
+        assert!(
+            table.contains(backend),
+            "README's table has no {backend} column"
+        );
+    }
+    Ok(())
+}
