@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use support::{Env, data, ready};
 use testenv::hydra::Hydra;
 use testenv::keycloak::{Keycloak, KeycloakAdmin};
+use testenv::oidc_provider::OidcProvider;
 
 const APP: &str = "mx";
 const FIRST_URI: &str = "https://mx.example.com/callback";
@@ -29,6 +30,30 @@ enum Kind {
     Clerk,
     Hydra,
     Keycloak,
+    /// `dynamicRegistration` (RFC 7591/7592) at node oidc-provider.
+    DcrOidcProvider,
+    /// `dynamicRegistration` at Keycloak's RFC 7591 endpoint.
+    DcrKeycloak,
+    /// `dynamicRegistration` at Ory Hydra's RFC 7591 endpoint.
+    DcrHydra,
+}
+
+impl Kind {
+    fn dcr(self) -> bool {
+        matches!(
+            self,
+            Kind::DcrOidcProvider | Kind::DcrKeycloak | Kind::DcrHydra
+        )
+    }
+
+    /// The server software behind the backend.
+    fn server(self) -> Kind {
+        match self {
+            Kind::DcrKeycloak => Kind::Keycloak,
+            Kind::DcrHydra => Kind::Hydra,
+            k => k,
+        }
+    }
 }
 
 /// One backend's server as a test sees it: setup, and the server's own view of its clients.
@@ -50,6 +75,32 @@ impl Server {
             Kind::Hydra => {
                 let hydra = Hydra::shared()?;
                 json!({"hydra": {"adminUrl": hydra.admin_url(), "issuerUrl": hydra.issuer()}})
+            }
+            Kind::DcrOidcProvider => {
+                let oidc = OidcProvider::shared()?;
+                create_token_secret(&env, oidc.initial_access_token()).await?;
+                json!({"dynamicRegistration": {"issuerUrl": oidc.issuer(),
+                    "initialAccessTokenRef": {"name": "dcr-token"}, "rotationStrategy": "Recreate"}})
+            }
+            Kind::DcrHydra => {
+                let hydra = Hydra::shared()?;
+                // Hydra's discovery does not name its registration endpoint.
+                json!({"dynamicRegistration": {"issuerUrl": hydra.issuer(),
+                    "registrationEndpoint": hydra.registration_endpoint(), "rotationStrategy": "Recreate"}})
+            }
+            Kind::DcrKeycloak => {
+                let kc = Keycloak::shared()?;
+                let admin = kc.admin().await?;
+                let realm = format!("mx-{}", env.ns);
+                admin.create_realm(&realm).await?;
+                let token = admin
+                    .create_initial_access_token(&realm, 100, Duration::ZERO)
+                    .await?;
+                allow_any_client_scope(&admin, &realm).await?;
+                create_token_secret(&env, &token).await?;
+                keycloak = Some((realm.clone(), admin));
+                json!({"dynamicRegistration": {"issuerUrl": kc.issuer(&realm),
+                    "initialAccessTokenRef": {"name": "dcr-token"}, "rotationStrategy": "Recreate"}})
             }
             Kind::Keycloak => {
                 let kc = Keycloak::shared()?;
@@ -83,6 +134,11 @@ impl Server {
         })
     }
 
+    /// The display name `app_yaml` gives an application.
+    fn display(&self, name: &str) -> String {
+        format!("{name}-{}", self.env.ns)
+    }
+
     fn realm(&self) -> Result<(&str, &KeycloakAdmin)> {
         let (realm, admin) = self.keycloak.as_ref().context("a Keycloak server")?;
         Ok((realm, admin))
@@ -101,12 +157,13 @@ kind: OAuthApplication
 metadata: {{name: {name}}}
 spec:
   providerRef: {{name: idp}}
-  displayName: {name}
+  displayName: {name}-{ns}
   redirectUris: ["{FIRST_URI}"]
   scopes: [openid, profile, email]
   grantTypes: {grants}
 {extra}
-"#
+"#,
+            ns = self.env.ns
         )
     }
 
@@ -166,20 +223,76 @@ spec:
             .and_then(|l| l.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        Ok(match self.kind {
+        Ok(match self.kind.server() {
             // Clerk (emulated) and Hydra answer an accepted request with a redirect onwards
             // (a code, or Hydra's login page); a refused redirect URI gets an error.
             Kind::Clerk => status.is_redirection() && location.starts_with(redirect_uri),
             Kind::Hydra => status.is_redirection() && location.contains("login_challenge"),
             // Keycloak shows its login page (200) or an error page (400).
             Kind::Keycloak => status.is_success(),
+            // oidc-provider sends the browser on to its interaction (login) page.
+            Kind::DcrOidcProvider => status.is_redirection() && location.contains("/interaction/"),
+            Kind::DcrKeycloak | Kind::DcrHydra => unreachable!("server() maps these"),
         })
+    }
+
+    /// The operator's RFC 7592 access record of a client: (Secret, client URI, token).
+    async fn access(&self, client_id: &str) -> Result<Option<(Secret, String, String)>> {
+        let list = self
+            .env
+            .secrets()
+            .list(
+                &kube::api::ListParams::default()
+                    .labels("oauth-operator.dev/registration-access=true"),
+            )
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("oauth-operator.dev/client-id"))
+                    .map(String::as_str)
+                    == Some(client_id)
+            })
+            .map(|s| {
+                let d = data(&s);
+                let (uri, token) = (
+                    d["registrationClientUri"].clone(),
+                    d["registrationAccessToken"].clone(),
+                );
+                (s, uri, token)
+            }))
     }
 
     /// The server's view of a client (by the ids in status), `None` when it is gone.
     async fn remote(&self, app: &OAuthApplication) -> Result<Option<Value>> {
         let status = app.status.as_ref().context("status")?;
         let object_id = status.provider_object_id.clone().context("object id")?;
+        if self.kind.dcr() {
+            // RFC 7592 read with the operator's own access (a GET rotates no token at these
+            // servers). No record, or a 401 that persists: the client is gone. (A 401 can also
+            // be a token the operator's own update rotated between the read of the record and
+            // the GET: read it again.)
+            for _ in 0..5 {
+                let Some((_, uri, token)) = self.access(&object_id).await? else {
+                    return Ok(None);
+                };
+                let r = reqwest::Client::new()
+                    .get(uri)
+                    .bearer_auth(token)
+                    .send()
+                    .await?;
+                if r.status() == 401 || r.status() == 404 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                return Ok(Some(r.error_for_status()?.json().await?));
+            }
+            return Ok(None);
+        }
         match self.kind {
             Kind::Clerk => Ok(self
                 .env
@@ -210,6 +323,7 @@ spec:
                 }
                 Ok(Some(r.error_for_status()?.json().await?))
             }
+            _ => unreachable!("dynamic registration is read above"),
         }
     }
 
@@ -217,7 +331,9 @@ spec:
     fn scopes(&self, remote: &Value) -> Vec<String> {
         match self.kind {
             Kind::Clerk => remote["scopes"].as_str(),
-            Kind::Hydra => remote["scope"].as_str(),
+            Kind::Hydra | Kind::DcrOidcProvider | Kind::DcrKeycloak | Kind::DcrHydra => {
+                remote["scope"].as_str()
+            }
             Kind::Keycloak => {
                 return serde_json::from_value(remote["defaultClientScopes"].clone())
                     .unwrap_or_default();
@@ -242,6 +358,70 @@ spec:
         let status = app.status.as_ref().context("status")?;
         let object_id = status.provider_object_id.clone().context("object id")?;
         match self.kind {
+            Kind::DcrHydra => {
+                // A JSON patch: a PUT would also replace the client's registration access token.
+                reqwest::Client::new()
+                    .patch(format!(
+                        "{}/admin/clients/{object_id}",
+                        Hydra::shared()?.admin_url()
+                    ))
+                    .json(&json!([{"op": "replace", "path": "/redirect_uris", "value": [uri]}]))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            Kind::DcrKeycloak => {
+                let (realm, admin) = self.realm()?;
+                let client = admin
+                    .find_client(realm, &object_id)
+                    .await?
+                    .context("client")?;
+                let id = client["id"].as_str().context("id")?;
+                admin
+                    .request(reqwest::Method::PUT, &format!("/{realm}/clients/{id}"))
+                    .await?
+                    .json(&json!({"redirectUris": [uri]}))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            Kind::DcrOidcProvider => {
+                // oidc-provider has no admin API: an RFC 7592 update with the stored access,
+                // whose rotated token is written back to the operator's record.
+                let (record, client_uri, token) =
+                    self.access(&object_id).await?.context("access record")?;
+                let mut client = self.remote(app).await?.context("client")?;
+                let body = client.as_object_mut().context("object")?;
+                for k in [
+                    "registration_access_token",
+                    "registration_client_uri",
+                    "client_id_issued_at",
+                    "client_secret_expires_at",
+                ] {
+                    body.remove(k);
+                }
+                body.insert("redirect_uris".into(), json!([uri]));
+                let answer: Value = reqwest::Client::new()
+                    .put(&client_uri)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                if let Some(new) = answer["registration_access_token"].as_str() {
+                    let patch = json!({"stringData": {"registrationAccessToken": new}});
+                    self.env
+                        .secrets()
+                        .patch(
+                            &record.metadata.name.clone().context("name")?,
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await?;
+                }
+            }
             Kind::Clerk => {
                 self.env
                     .clerk
@@ -282,6 +462,53 @@ spec:
     /// where the backend has one, by display name at Clerk, whose emulator is this test's own).
     async fn clients_of(&self, uid: &str, display: &str) -> Result<usize> {
         match self.kind {
+            // No list in RFC 7591: the operator's records of the clients registered for this
+            // application that the server still answers for.
+            Kind::DcrOidcProvider => {
+                let list = self
+                    .env
+                    .secrets()
+                    .list(&kube::api::ListParams::default().labels(&format!(
+                        "oauth-operator.dev/registration-access=true,oauth-operator.dev/owner-uid={uid}"
+                    )))
+                    .await?;
+                let mut live = 0;
+                for s in list.items {
+                    let d = data(&s);
+                    let r = reqwest::Client::new()
+                        .get(&d["registrationClientUri"])
+                        .bearer_auth(&d["registrationAccessToken"])
+                        .send()
+                        .await?;
+                    if r.status().is_success() {
+                        live += 1;
+                    }
+                }
+                Ok(live)
+            }
+            Kind::DcrHydra => {
+                let all: Vec<Value> = reqwest::get(format!(
+                    "{}/admin/clients?page_size=500",
+                    Hydra::shared()?.admin_url()
+                ))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+                Ok(all.iter().filter(|c| c["client_name"] == display).count())
+            }
+            Kind::DcrKeycloak => {
+                let (realm, admin) = self.realm()?;
+                let all: Vec<Value> = admin
+                    .request(reqwest::Method::GET, &format!("/{realm}/clients"))
+                    .await?
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                Ok(all.iter().filter(|c| c["name"] == display).count())
+            }
             Kind::Clerk => Ok(self
                 .env
                 .clerk
@@ -323,6 +550,50 @@ spec:
             }
         }
     }
+}
+
+/// Keycloak's "Allowed Client Scopes" policy for authenticated registrations refuses any
+/// `scope` that is not a client scope of the realm, `openid` included: removed, as the README
+/// tells Keycloak users of `dynamicRegistration` to do.
+async fn allow_any_client_scope(admin: &KeycloakAdmin, realm: &str) -> Result<()> {
+    let components: Vec<Value> = admin
+        .request(reqwest::Method::GET, &format!("/{realm}/components"))
+        .await?
+        .query(&[(
+            "type",
+            "org.keycloak.services.clientregistration.policy.ClientRegistrationPolicy",
+        )])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    for c in components.iter().filter(|c| {
+        c["providerId"] == "allowed-client-templates" && c["subType"] == "authenticated"
+    }) {
+        let id = c["id"].as_str().context("component id")?;
+        admin
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/{realm}/components/{id}"),
+            )
+            .await?
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(())
+}
+
+/// The initial access token Secret of a `dynamicRegistration` provider.
+async fn create_token_secret(env: &Env, token: &str) -> Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "dcr-token"}, "stringData": {"token": token},
+    }))?;
+    env.secrets()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    Ok(())
 }
 
 /// A confidential client of `realm` with a service account holding only `manage-clients` of
@@ -407,7 +678,10 @@ async fn create_and_update(kind: Kind) -> Result<()> {
     let app = env.wait_ready(APP).await?;
     let secret = env.secrets().get(&format!("{APP}-oauth")).await?;
     server.assert_token(&secret).await?;
-    assert_eq!(server.clients_of(&uid(&app)?, APP).await?, 1);
+    assert_eq!(
+        server.clients_of(&uid(&app)?, &server.display(APP)).await?,
+        1
+    );
     assert!(server.authorize_accepts(&secret, FIRST_URI).await?);
     assert!(!server.authorize_accepts(&secret, SECOND_URI).await?);
 
@@ -517,7 +791,13 @@ async fn secret_recovery(kind: Kind) -> Result<()> {
         .await?;
     server.assert_token(&after).await?;
     let (old, new) = (data(&before), data(&after));
-    assert_eq!(old["CLIENT_ID"], new["CLIENT_ID"]);
+    if kind.dcr() {
+        // RFC 7591 issues a secret only with a new client (rotationStrategy: Recreate).
+        assert_ne!(old["CLIENT_ID"], new["CLIENT_ID"], "a new client");
+        env.wait_event(APP, "ClientReplaced").await?;
+    } else {
+        assert_eq!(old["CLIENT_ID"], new["CLIENT_ID"]);
+    }
     if kind == Kind::Keycloak {
         assert_eq!(old["CLIENT_SECRET"], new["CLIENT_SECRET"], "read back");
     } else {
@@ -525,7 +805,10 @@ async fn secret_recovery(kind: Kind) -> Result<()> {
         assert!(server.token(&before).await?.is_err(), "the old one is dead");
     }
     env.wait_event(APP, "SecretRecovered").await?;
-    assert_eq!(server.clients_of(&uid(&app)?, APP).await?, 1);
+    assert_eq!(
+        server.clients_of(&uid(&app)?, &server.display(APP)).await?,
+        1
+    );
     Ok(())
 }
 
@@ -604,7 +887,7 @@ async fn crash(kind: Kind, point: &str) -> Result<()> {
     let secret = env.secrets().get(&format!("{APP}-oauth")).await?;
     server.assert_token(&secret).await?;
     assert_eq!(
-        server.clients_of(&uid(&app)?, APP).await?,
+        server.clients_of(&uid(&app)?, &server.display(APP)).await?,
         1,
         "{kind:?}: exactly one client after a crash at {point}"
     );
@@ -629,6 +912,9 @@ macro_rules! matrix {
         mod clerk { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::Clerk).await } )* }
         mod hydra { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::Hydra).await } )* }
         mod keycloak { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::Keycloak).await } )* }
+        mod dcr_oidc_provider { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::DcrOidcProvider).await } )* }
+        mod dcr_keycloak { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::DcrKeycloak).await } )* }
+        mod dcr_hydra { $( #[tokio::test] async fn $row() -> anyhow::Result<()> { super::$row(super::Kind::DcrHydra).await } )* }
         /// The rows, as the README's table names them.
         const ROWS: &[&str] = &[$(stringify!($row)),*];
     };
@@ -659,11 +945,44 @@ fn readme_table_names_every_row() -> Result<()> {
             "README's backend table has no row for `{row}`"
         );
     }
-    for backend in ["clerk", "hydra", "keycloak"] {
+    for backend in ["clerk", "hydra", "keycloak", "dynamicRegistration"] {
         assert!(
             table.contains(backend),
             "README's table has no {backend} column"
         );
     }
+    Ok(())
+}
+
+/// A cell RFC 7591 cannot support: without `rotationStrategy: Recreate`, a rotation request is
+/// refused with a condition naming the fix, and the client and its Secret are left as they are.
+#[tokio::test]
+async fn dynamic_registration_without_recreate_refuses_rotation() -> Result<()> {
+    let server = Server::new(Kind::DcrOidcProvider, "mx-norotate").await?;
+    let env = &server.env;
+    let patch = json!({"spec": {"dynamicRegistration": {"rotationStrategy": "None"}}});
+    Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+        .patch("idp", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&server.app_yaml(APP, "")).await?;
+    env.wait_ready(APP).await?;
+    let name = format!("{APP}-oauth");
+    let before = env.secrets().get(&name).await?;
+    env.rotate(APP, "r1").await?;
+    let refused = env.wait_reason(APP, "InvalidSpec").await?;
+    let message = refused
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .context("Ready")?;
+    assert!(
+        message.contains("rotationStrategy: Recreate"),
+        "the condition names the fix: {message}"
+    );
+    let after = env.secrets().get(&name).await?;
+    assert_eq!(data(&before), data(&after), "the Secret is left as it is");
+    server.assert_token(&after).await?;
     Ok(())
 }

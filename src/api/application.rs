@@ -312,6 +312,11 @@ pub struct OAuthApplicationStatus {
     /// cleared once the Secret holds them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_in_flight_since: Option<Time>,
+    /// A client being replaced by a new registration (rotation where the server can only
+    /// recreate): recorded before the new one is registered, deleted once the Secret holds the
+    /// new one's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_client_id: Option<String>,
 }
 
 /// Key names of the credentials in the Secret, as written.

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 #[allow(unused_imports)] // used inside the x_kube validation attributes
 use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Clerk's documented Backend API base URL.
@@ -30,7 +31,7 @@ pub const KEYCLOAK_DEFAULT_CLIENT_SECRET_KEY: &str = "clientSecret";
     printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra), has(self.keycloak)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra, keycloak)"))]
+#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra), has(self.keycloak), has(self.dynamicRegistration)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra, keycloak, dynamicRegistration)"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthProviderSpec {
     #[serde(flatten)]
@@ -51,7 +52,7 @@ pub struct OAuthProviderSpec {
     printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra), has(self.keycloak)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra, keycloak)"))]
+#[x_kube(validation = Rule::new("[has(self.clerk), has(self.hydra), has(self.keycloak), has(self.dynamicRegistration)].filter(b, b).size() == 1").message("exactly one backend block must be set (supported: clerk, hydra, keycloak, dynamicRegistration)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterOAuthProviderSpec {
     #[serde(flatten)]
@@ -75,6 +76,10 @@ pub struct ProviderSettings {
     /// Keycloak admin REST API (`/admin/realms/<realm>/clients`), one realm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keycloak: Option<KeycloakProvider>,
+    /// Any OAuth 2.0 server with RFC 7591 dynamic client registration (and RFC 7592
+    /// management where it offers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_registration: Option<DynamicRegistrationProvider>,
     /// TLS trust for the provider's endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProviderTls>,
@@ -137,6 +142,53 @@ pub struct KeycloakProvider {
     pub credentials_ref: ClientCredentialsSelector,
 }
 
+/// Any RFC 7591 server. The server chooses each client's id and secret; the RFC 7592
+/// registration access token and client URI it hands out are kept in Secrets in the operator's
+/// namespace (never in status), so tenants cannot bypass the CRD's rules by editing the client
+/// directly.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamicRegistrationProvider {
+    /// The issuer; its discovery document (`/.well-known/openid-configuration`, then RFC 8414)
+    /// names the registration endpoint and the endpoints written to each Secret.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]'))").message("must be an https URL (http only on a loopback host)"))]
+    pub issuer_url: String,
+    /// The registration endpoint, where discovery names none (Ory Hydra) or the wrong one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]'))").message("must be an https URL (http only on a loopback host)"))]
+    pub registration_endpoint: Option<String>,
+    /// The Secret key holding an RFC 7591 initial access token, where the server requires one
+    /// (key default `token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_access_token_ref: Option<SecretKeySelector>,
+    /// RFC 7591 `software_id`, sent with every registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub software_id: Option<String>,
+    /// RFC 7591 `software_statement` (a signed JWT), sent with every registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub software_statement: Option<String>,
+    /// How a new secret is had (rotation on request, a deleted Secret): RFC 7591 cannot
+    /// rotate, so `Recreate` registers a new client, switches the Secret to it and deletes
+    /// the old one (the client id changes). `None` (the default): a condition instead.
+    #[serde(default)]
+    pub rotation_strategy: RotationStrategy,
+}
+
+/// See [`DynamicRegistrationProvider::rotation_strategy`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum RotationStrategy {
+    #[default]
+    None,
+    Recreate,
+}
+
+/// Default key of an initial access token.
+pub const INITIAL_ACCESS_TOKEN_DEFAULT_KEY: &str = "token";
+
 /// A Secret holding a client id and secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -155,7 +207,7 @@ pub struct ClientCredentialsSelector {
 }
 
 /// A key of a Secret (the Secret's namespace is implied by the provider kind).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeySelector {
     /// Name of the Secret.
@@ -245,21 +297,31 @@ pub struct ProviderStatus {
 impl ProviderSettings {
     /// The name of the Secret holding the admin credential.
     pub fn credential_secret(&self) -> Option<&str> {
-        match (&self.clerk, &self.keycloak) {
-            (Some(c), _) => Some(c.secret_key_ref.name.as_str()),
-            (None, Some(k)) => Some(k.credentials_ref.name.as_str()),
-            (None, None) => None,
+        if let Some(c) = &self.clerk {
+            return Some(c.secret_key_ref.name.as_str());
         }
+        if let Some(k) = &self.keycloak {
+            return Some(k.credentials_ref.name.as_str());
+        }
+        self.dynamic_registration
+            .as_ref()
+            .and_then(|d| d.initial_access_token_ref.as_ref())
+            .map(|r| r.name.as_str())
     }
 }
 
 impl ProviderSettings {
     pub fn backend_name(&self) -> &'static str {
-        match (&self.clerk, &self.hydra, &self.keycloak) {
-            (Some(_), _, _) => "clerk",
-            (None, Some(_), _) => "hydra",
-            (None, None, Some(_)) => "keycloak",
-            (None, None, None) => "none",
+        if self.clerk.is_some() {
+            "clerk"
+        } else if self.hydra.is_some() {
+            "hydra"
+        } else if self.keycloak.is_some() {
+            "keycloak"
+        } else if self.dynamic_registration.is_some() {
+            "dynamicRegistration"
+        } else {
+            "none"
         }
     }
 }

@@ -22,8 +22,8 @@ use super::context::{Context, trigger_fingerprint};
 use super::desired::desired_client;
 use super::error::{Error, Result};
 use super::plan::{
-    CredentialFacts, CredentialsStep, IdentityFacts, IdentityStep, Lookup, Refusal, SecretFact,
-    credentials_step, identity_step,
+    CredentialFacts, CredentialsStep, IdentityFacts, IdentityStep, Lookup, NewSecret, Refusal,
+    RegistrationFlow, SecretFact, credentials_step, identity_step, new_secret, registration_flow,
 };
 use super::resolve::{ResolvedProvider, provider_key, resolve_provider};
 use super::secret::{
@@ -40,7 +40,7 @@ use crate::api::{
 };
 use crate::providers::{
     DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker, ProviderError, Registration,
-    RemoteClient, Rotation, SecretSource, generate_secret,
+    RemoteClient, Rotation, generate_secret,
 };
 use crate::telemetry::{ErrorLabels, ReconcileLabels};
 
@@ -449,7 +449,7 @@ async fn apply(
             }
         }
     }
-    let remote = remote.ok_or_else(invariant)?;
+    let mut remote = remote.ok_or_else(invariant)?;
     if in_hand.is_none()
         && let Some(s) = staged.take()
     {
@@ -507,17 +507,50 @@ async fn apply(
             deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
         }
         CredentialsStep::Recover | CredentialsStep::Rotate => {
-            // Where the server keeps the secret readable, a lost Secret gets the client's
-            // current secret back (other holders keep working); a rotation that was asked for
-            // and not yet made still makes a new one.
-            let read_back = step == CredentialsStep::Recover
-                && !remote.public
-                && provider.client.capabilities().secret_source == SecretSource::IssuedReadable
-                && (!rotation_requested || issued_at_server);
-            let hand = if read_back {
-                read_secret_back(pass, existing.as_ref(), &remote, issued_at_server).await?
-            } else {
-                issue(pass, writer, status, existing.as_ref(), &remote).await?
+            let source = new_secret(
+                step,
+                &provider.client.capabilities(),
+                remote.public,
+                rotation_requested,
+                issued_at_server,
+            );
+            let read_back = matches!(source, NewSecret::ReadBack { .. });
+            let hand = match source {
+                NewSecret::ReadBack { rotated } => {
+                    read_secret_back(pass, existing.as_ref(), &remote, rotated).await?
+                }
+                NewSecret::None | NewSecret::ServerIssues | NewSecret::OperatorSets => {
+                    issue(pass, writer, status, existing.as_ref(), &remote).await?
+                }
+                NewSecret::Recreate => {
+                    // Only a new client has a new secret: the old one is recorded as retiring,
+                    // a new one registered (pending protocol), and the old deleted once the
+                    // Secret holds the new credentials (below). A client still retiring from
+                    // an earlier replacement goes first: one slot, never overwritten.
+                    if let Some(earlier) = status.retiring_client_id.clone()
+                        && earlier != remote.id
+                    {
+                        retire(app, ctx, &provider, &earlier).await?;
+                    }
+                    status.retiring_client_id = Some(remote.id.clone());
+                    let (client, mut hand) =
+                        register(pass, writer, status, existing.as_ref()).await?;
+                    hand.rotated = step == CredentialsStep::Rotate;
+                    remote = client;
+                    hand
+                }
+                NewSecret::Refuse => {
+                    let why = if step == CredentialsStep::Rotate {
+                        "a rotation was asked for".to_string()
+                    } else {
+                        format!("Secret {secret_name} lost the client secret")
+                    };
+                    return Err(Error::InvalidSpec(format!(
+                        "{why}, and {} cannot issue a new secret for client {}: set rotationStrategy: Recreate on the \
+                         provider to register a new client instead (its client id changes)",
+                        provider.key, remote.client_id
+                    )));
+                }
             };
             deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
             let (event, type_, reason, action, note) = if step == CredentialsStep::Rotate {
@@ -590,6 +623,25 @@ async fn apply(
     } else {
         remote
     };
+
+    // A client replaced by a new registration goes once the Secret holds the new one.
+    if let Some(old) = status.retiring_client_id.clone() {
+        if old != remote.id {
+            retire(app, ctx, &provider, &old).await?;
+            ctx.event(
+                app,
+                EventType::Normal,
+                "ClientReplaced",
+                "Rotate",
+                format!(
+                    "{} cannot rotate a secret: registered client {} with new credentials and wrote them to Secret {secret_name}; the old client {old} is retired (the client id changed)",
+                    provider.key, remote.client_id
+                ),
+            )
+            .await;
+        }
+        status.retiring_client_id = None;
+    }
 
     // 6. status
     status.client_id = Some(remote.client_id.clone());
@@ -687,7 +739,9 @@ async fn sync_remote(
     } = pass;
     // An id chosen before its create may be held by someone else: whoever holds it must be
     // this application, checked before anything is written to it.
-    let owner_marked = provider.client.capabilities().owner_marker == OwnerMarker::Metadata;
+    // Metadata: the server carries the uid; Unmarked: the operator's record of the
+    // registration does (RFC 7591). Either way a client that names another owner is refused.
+    let owner_marked = provider.client.capabilities().owner_marker != OwnerMarker::TaggedName;
     let spec_changed = status.observed_generation != app.metadata.generation;
     if spec_changed && owner_marked {
         match provider.client.get(id).await {
@@ -824,7 +878,7 @@ async fn register(
     status: &mut OAuthApplicationStatus,
     existing: Option<&Secret>,
 ) -> Result<(RemoteClient, InHand)> {
-    if pass.provider.client.capabilities().identity == Identity::OperatorChosen {
+    if registration_flow(&pass.provider.client.capabilities()) != RegistrationFlow::Pending {
         return register_chosen(pass, writer, status, existing).await;
     }
     let Pass {
@@ -933,7 +987,8 @@ async fn register_chosen(
         .ok_or_else(invariant)?;
     // Hydra: the operator makes the secret, and the Secret holds it before the server does.
     // Keycloak: the server makes it and keeps it readable, so it is read after the create.
-    let generates = provider.client.capabilities().secret_source == SecretSource::OperatorGenerated;
+    let generates =
+        registration_flow(&provider.client.capabilities()) == RegistrationFlow::SecretFirst;
     let keys = KeyNames::for_app(app);
     // The secret an unfinished registration already wrote, else a new one.
     let held = existing
@@ -1088,6 +1143,9 @@ async fn resolve_pending(
     }
     let pending = status.pending_registration.clone().ok_or_else(invariant)?;
     dry_run_write(secrets, app, existing).await?;
+    if provider.client.capabilities().owner_marker == OwnerMarker::Unmarked {
+        return resolve_unmarked(pass, writer, status, existing, &pending).await;
+    }
     let mut candidates = provider.client.find_by_owner_marker(&pending.name).await?;
     candidates.sort_by_key(|c| (c.created_at.is_none(), c.created_at));
     if let Some((orphan, duplicates)) = candidates.split_first() {
@@ -1138,6 +1196,85 @@ async fn resolve_pending(
             settle.as_secs()
         )));
     }
+    register(pass, writer, status, existing).await
+}
+
+/// [`resolve_pending`] where the server has no owner marker (RFC 7591): the operator's own
+/// access records name the clients registered for this application. One whose credentials
+/// were staged is taken as is; the others cannot be used (their secret was shown once and
+/// never stored) and are deleted. With none found, a registration whose answer never arrived
+/// may have left a client nobody can reach: that is counted and reported, then registration
+/// starts again.
+async fn resolve_unmarked(
+    pass: Pass<'_>,
+    writer: &mut StatusWriter<'_>,
+    status: &mut OAuthApplicationStatus,
+    existing: Option<&Secret>,
+    pending: &PendingRegistration,
+) -> Result<(RemoteClient, InHand)> {
+    let Pass {
+        app, ctx, provider, ..
+    } = pass;
+    let mut candidates = provider.client.find_by_owner_marker(owner_uid(app)).await?;
+    // The client a rotation is replacing, and the one the Secret holds credentials of, stay
+    // until the Secret moves on.
+    let in_secret = existing
+        .and_then(|s| s.annotations().get(PROVIDER_OBJECT_ID_ANNOTATION))
+        .cloned();
+    candidates.retain(|c| {
+        status.retiring_client_id.as_ref() != Some(&c.id) && in_secret.as_ref() != Some(&c.id)
+    });
+    let staged = pass.staging.load().await?;
+    let keep = staged
+        .as_ref()
+        .and_then(|s| candidates.iter().position(|c| c.id == s.provider_object_id));
+    if let (Some(i), Some(s)) = (keep, staged) {
+        let client = candidates.swap_remove(i);
+        for duplicate in &candidates {
+            provider.client.delete(&duplicate.id).await?;
+            ctx.metrics.lifecycle_event("duplicate_deleted");
+        }
+        record_id(app, writer, status, &client, true).await?;
+        return Ok((
+            client,
+            InHand {
+                client_secret: Some(s.client_secret),
+                staged: true,
+                rotation_token: s.rotation_token,
+                rotated: s.rotated,
+            },
+        ));
+    }
+    for unusable in &candidates {
+        provider.client.delete(&unusable.id).await?;
+        ctx.metrics.lifecycle_event("duplicate_deleted");
+        warn!(id = %unusable.id, "deleted a client whose registration was interrupted before its secret was stored");
+    }
+    // A client found is what this registration's create produced: nothing else is in flight.
+    if candidates.is_empty()
+        && let Some(settle) = may_still_commit(ctx, pending)
+    {
+        return Err(Error::RegistrationPending(format!(
+            "a registration at {} may still complete; waiting until {}s after it before registering again",
+            provider.key,
+            settle.as_secs()
+        )));
+    }
+    if candidates.is_empty() {
+        ctx.metrics.lifecycle_event("registration_lost");
+        ctx.event(
+            app,
+            EventType::Warning,
+            "RegistrationLost",
+            "Register",
+            format!(
+                "a registration at {} was interrupted before its answer was recorded; RFC 7591 offers no way to find the client it may have created (it cannot be used without its secret): registering again",
+                provider.key
+            ),
+        )
+        .await;
+    }
+    status.pending_registration = None;
     register(pass, writer, status, existing).await
 }
 
@@ -1503,7 +1640,15 @@ async fn cleanup(
             .unwrap_or_default();
         let timeout =
             SignedDuration::try_from(ctx.config.deletion_timeout).unwrap_or(SignedDuration::MAX);
-        if !app.force_delete() && since < timeout {
+        // A server that will never delete it (RFC 7592 answering 405, no management access)
+        // is not waited for.
+        let never = matches!(
+            &error,
+            Error::Provider(
+                ProviderError::Rejected { status: 405, .. } | ProviderError::Unsupported(_)
+            )
+        );
+        if !app.force_delete() && since < timeout && !never {
             return Err(Error::DeletionBlocked(format!(
                 "cannot delete the client at the provider: {error}; retrying until {}s after deletion, \
                  or annotate with oauth-operator.dev/force-delete=true to remove it without deleting the client",
@@ -1568,12 +1713,67 @@ async fn cleanup(
     Ok(Action::await_change())
 }
 
+/// Deletes a client replaced by a new registration. Only one this application owns (by the
+/// owner marker) is touched; one the server will never delete (no management access, 401,
+/// 405) is reported and let go rather than retried forever.
+async fn retire(
+    app: &OAuthApplication,
+    ctx: &Context,
+    provider: &ResolvedProvider,
+    old: &str,
+) -> Result<()> {
+    let owned = match provider.client.get(old).await {
+        Ok(remote) => remote.owner_uid.is_none_or(|o| o == owner_uid(app)),
+        Err(ProviderError::NotFound { .. } | ProviderError::Unsupported(_)) => {
+            ctx.inventory.remove(&provider.server, old).await;
+            return Ok(()); // deleted before
+        }
+        Err(e @ (ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. })) => {
+            left_at_provider(app, ctx, old, &e).await;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !owned {
+        warn!(client = %old, "the replaced client names another owner: left alone");
+        return Ok(());
+    }
+    match provider.client.delete(old).await {
+        Ok(()) => {
+            ctx.metrics.lifecycle_event("client_replaced");
+        }
+        Err(e @ (ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. })) => {
+            left_at_provider(app, ctx, old, &e).await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    ctx.inventory.remove(&provider.server, old).await;
+    Ok(())
+}
+
+async fn left_at_provider(app: &OAuthApplication, ctx: &Context, old: &str, e: &ProviderError) {
+    ctx.metrics.lifecycle_event("client_left_at_provider");
+    ctx.event(
+        app,
+        EventType::Warning,
+        "ClientLeftAtProvider",
+        "Delete",
+        format!(
+            "the replaced client {old} could not be deleted ({e}); it was left at the provider: delete it there"
+        ),
+    )
+    .await;
+}
+
 async fn delete_remote(
     app: &OAuthApplication,
     ctx: &Context,
     status: &OAuthApplicationStatus,
 ) -> Result<()> {
-    if status.provider_object_id.is_none() && status.pending_registration.is_none() {
+    if status.provider_object_id.is_none()
+        && status.pending_registration.is_none()
+        && status.retiring_client_id.is_none()
+    {
         return Ok(()); // nothing was ever registered
     }
     let provider = resolve_provider(app, ctx).await?;
@@ -1587,12 +1787,24 @@ async fn delete_remote(
                 Err(ProviderError::NotFound { .. }) => false,
                 Err(e) => return Err(e.into()),
             },
-            OwnerMarker::TaggedName | OwnerMarker::Unmarked => true,
+            // The operator's record names the owner; no record: deleted before (the delete
+            // below is then a no-op).
+            OwnerMarker::Unmarked => match provider.client.get(id).await {
+                Ok(remote) => remote.owner_uid.as_deref() == Some(owner_uid(app)),
+                Err(ProviderError::NotFound { .. } | ProviderError::Unsupported(_)) => true,
+                Err(e) => return Err(e.into()),
+            },
+            OwnerMarker::TaggedName => true,
         };
         if ours {
             provider.client.delete(id).await?;
         }
         ctx.inventory.remove(&provider.server, id).await;
+    }
+    if let Some(old) = &status.retiring_client_id
+        && status.provider_object_id.as_ref() != Some(old)
+    {
+        retire(app, ctx, &provider, old).await?;
     }
     if caps.identity == Identity::OperatorChosen {
         return Ok(());
@@ -1607,7 +1819,11 @@ async fn delete_remote(
                 settle.as_secs()
             )));
         }
-        for c in provider.client.find_by_owner_marker(&pending.name).await? {
+        let marker = match caps.owner_marker {
+            OwnerMarker::Unmarked => owner_uid(app),
+            _ => pending.name.as_str(),
+        };
+        for c in provider.client.find_by_owner_marker(marker).await? {
             provider.client.delete(&c.id).await?;
         }
     }

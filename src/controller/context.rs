@@ -57,9 +57,67 @@ pub struct Context {
     pub inventory: Inventory,
     backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
     /// One request budget per server, kept while its effective settings are unchanged.
-    budgets: Mutex<HashMap<String, ServerBudget>>,
+    budgets: ServerBudgets,
     /// Last seen generation per provider key: only a spec change lifts its apps' backoff.
     provider_generations: Mutex<HashMap<String, Option<i64>>>,
+}
+
+/// One request budget per server (backend, base URL, credential), shared by every provider
+/// that points at it: fifty providers holding one key share one budget.
+pub struct ServerBudgets {
+    map: Mutex<HashMap<String, ServerBudget>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ServerBudgets {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            map: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// The limiter of `server`: built from the strictest of the budgets its providers ask for,
+    /// the same one for as long as that stays. `label` names the server in metrics (never the
+    /// credential).
+    pub fn budget_for(
+        &self,
+        server: &str,
+        label: &str,
+        provider: &str,
+        budget: &RequestBudget,
+    ) -> Arc<RequestBudgetLimiter> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(server.to_string())
+            .or_insert_with(|| ServerBudget {
+                by_provider: HashMap::new(),
+                effective: budget.clone(),
+                limiter: Arc::new(RequestBudgetLimiter::new(
+                    budget,
+                    label.to_string(),
+                    self.metrics.clone(),
+                )),
+            });
+        entry
+            .by_provider
+            .insert(provider.to_string(), budget.clone());
+        let strictest = entry
+            .by_provider
+            .values()
+            .min_by(|a, b| stricter_first(a, b))
+            .cloned()
+            .unwrap_or_else(|| budget.clone());
+        if strictest != entry.effective {
+            entry.limiter = Arc::new(RequestBudgetLimiter::new(
+                &strictest,
+                label.to_string(),
+                self.metrics.clone(),
+            ));
+            entry.effective = strictest;
+        }
+        entry.limiter.clone()
+    }
 }
 
 /// The budget of one server: what each provider pointing at it asks for, and the limiter
@@ -103,6 +161,7 @@ pub fn trigger_fingerprint(app: &OAuthApplication) -> u64 {
 
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, config: Config) -> Self {
+        let budgets = ServerBudgets::new(metrics.clone());
         let reporter = Reporter {
             controller: "oauth-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -116,7 +175,7 @@ impl Context {
             inventory: Inventory::default(),
             backoff: Mutex::default(),
             provider_generations: Mutex::default(),
-            budgets: Mutex::default(),
+            budgets,
         }
     }
 
@@ -216,9 +275,7 @@ impl Context {
             .is_some_and(|old| old != generation)
     }
 
-    /// The request budget of a server (backend, base URL, credential), shared by every
-    /// provider that points at it: the strictest of their budgets, the same limiter for as
-    /// long as that stays. `label` names the server in metrics (never the credential).
+    /// The request budget of a server (see [`ServerBudgets::budget_for`]).
     pub fn budget_for(
         &self,
         server: &str,
@@ -226,36 +283,7 @@ impl Context {
         provider: &str,
         budget: &RequestBudget,
     ) -> Arc<RequestBudgetLimiter> {
-        let mut map = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map
-            .entry(server.to_string())
-            .or_insert_with(|| ServerBudget {
-                by_provider: HashMap::new(),
-                effective: budget.clone(),
-                limiter: Arc::new(RequestBudgetLimiter::new(
-                    budget,
-                    label.to_string(),
-                    self.metrics.clone(),
-                )),
-            });
-        entry
-            .by_provider
-            .insert(provider.to_string(), budget.clone());
-        let strictest = entry
-            .by_provider
-            .values()
-            .min_by(|a, b| stricter_first(a, b))
-            .cloned()
-            .unwrap_or_else(|| budget.clone());
-        if strictest != entry.effective {
-            entry.limiter = Arc::new(RequestBudgetLimiter::new(
-                &strictest,
-                label.to_string(),
-                self.metrics.clone(),
-            ));
-            entry.effective = strictest;
-        }
-        entry.limiter.clone()
+        self.budgets.budget_for(server, label, provider, budget)
     }
 
     pub fn reset_backoff(&self, obj: &ObjectRef<OAuthApplication>) {
@@ -370,6 +398,38 @@ mod tests {
         assert_eq!(backoff_delay(40), Duration::from_secs(300));
         let j = jitter(Duration::from_secs(10));
         assert!(j >= Duration::from_secs(10) && j < Duration::from_secs(12));
+    }
+
+    #[test]
+    fn providers_of_one_server_share_one_budget() {
+        let budgets = ServerBudgets::new(Arc::new(Metrics::default()));
+        let b = |requests| RequestBudget {
+            requests,
+            period_seconds: 10,
+        };
+        let first = budgets.budget_for("clerk|k1", "clerk", "OAuthProvider/a/p", &b(80));
+        for i in 0..50 {
+            let other = budgets.budget_for(
+                "clerk|k1",
+                "clerk",
+                &format!("OAuthProvider/n{i}/p"),
+                &b(80),
+            );
+            assert!(Arc::ptr_eq(&first, &other), "one limiter for one server");
+        }
+        let elsewhere = budgets.budget_for("clerk|k2", "clerk", "OAuthProvider/a/q", &b(80));
+        assert!(
+            !Arc::ptr_eq(&first, &elsewhere),
+            "another credential, another budget"
+        );
+        // A stricter provider on the same server lowers the shared budget for all.
+        let stricter = budgets.budget_for("clerk|k1", "clerk", "OAuthProvider/z/p", &b(10));
+        assert!(!Arc::ptr_eq(&first, &stricter));
+        let again = budgets.budget_for("clerk|k1", "clerk", "OAuthProvider/a/p", &b(80));
+        assert!(
+            Arc::ptr_eq(&stricter, &again),
+            "the strictest stays in force"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The controllers: `OAuthApplication` (owning its Secrets, following its providers) and the
 //! two provider kinds.
 
+pub mod access;
 pub mod application;
 pub mod context;
 pub mod desired;

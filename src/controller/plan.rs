@@ -5,7 +5,10 @@
 //! 1. [`identity_step`]: which client at the provider is this application's? It is settled by
 //!    a few observations, each cheap and made only when the previous one did not settle it:
 //!    staged credentials, the id in status, a pending registration, the Secret's annotations.
-//! 2. [`credentials_step`]: once the client is known, what does the Secret need?
+//! 2. [`credentials_step`]: once the client is known, what does the Secret need? And where a
+//!    new secret is needed, [`new_secret`] says how this backend gives one.
+//!
+//! [`registration_flow`] says how a client is registered, by the backend's capabilities.
 //!
 //! The rules that keep a client from being duplicated and a secret from being lost or
 //! replaced unasked live here, where a table test can hold them:
@@ -13,6 +16,8 @@
 //! - an id is recorded in status before anything depends on it (see `application.rs`);
 //! - a pending registration is resolved by the uid-tagged name, never by creating again;
 //! - a Secret that exists is never overwritten by a registration nobody asked for.
+
+use crate::providers::{Capabilities, Identity, Rotation, SecretSource};
 
 /// What a Secret of ours holds, as far as the plan cares (values never reach the plan).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,9 +193,221 @@ pub fn credentials_step(f: &CredentialFacts) -> CredentialsStep {
     CredentialsStep::Keep
 }
 
+/// Where a new client secret comes from, once [`credentials_step`] asked for one
+/// ([`CredentialsStep::Recover`] or [`CredentialsStep::Rotate`]), by the backend's
+/// capabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewSecret {
+    /// A public client has none: the Secret is rewritten without one.
+    None,
+    /// The server keeps the current secret readable (Keycloak): a lost Secret gets it back,
+    /// and an issue that did happen unrecorded is read rather than repeated. `rotated`: the
+    /// value read is a rotation's.
+    ReadBack { rotated: bool },
+    /// The server issues one on request (Clerk `rotate_secret`, Keycloak `POST client-secret`).
+    ServerIssues,
+    /// The operator makes one and sets it (Hydra).
+    OperatorSets,
+    /// Only a new client has a new secret (RFC 7591 with `rotationStrategy: Recreate`).
+    Recreate,
+    /// No way to a new secret was allowed: a condition.
+    Refuse,
+}
+
+/// See [`NewSecret`]. `issued_at_server`: a [`CredentialsStep::Verify`] found that an issue
+/// which did not finish did happen (the Secret's secret no longer works).
+pub fn new_secret(
+    step: CredentialsStep,
+    caps: &Capabilities,
+    public: bool,
+    rotation_requested: bool,
+    issued_at_server: bool,
+) -> NewSecret {
+    if public {
+        return NewSecret::None;
+    }
+    // Reading back answers a lost Secret, and an unrecorded rotation; a rotation asked for
+    // and not yet made still needs a new value.
+    if step == CredentialsStep::Recover
+        && caps.secret_source == SecretSource::IssuedReadable
+        && (!rotation_requested || issued_at_server)
+    {
+        return NewSecret::ReadBack {
+            rotated: issued_at_server,
+        };
+    }
+    match caps.rotation {
+        Rotation::ServerEndpoint => NewSecret::ServerIssues,
+        Rotation::OperatorSets => NewSecret::OperatorSets,
+        Rotation::Recreate => NewSecret::Recreate,
+        Rotation::Unavailable => NewSecret::Refuse,
+    }
+}
+
+/// How a client is registered, by who chooses its id and secret and what marks its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationFlow {
+    /// The operator chooses the id and makes the secret: id recorded, Secret written, then the
+    /// create (repeatable; a 409 settled by the owner marker). Hydra.
+    SecretFirst,
+    /// The operator chooses the id, the server makes the secret and keeps it readable: id
+    /// recorded, the create, then the secret read and written. Keycloak.
+    ReadAfter,
+    /// The server chooses: a pending registration recorded, the create, the secret staged the
+    /// moment it exists, the id recorded; after a crash the client is found by its
+    /// uid-tagged name (Clerk) or by the operator's record of it (RFC 7591).
+    Pending,
+}
+
+pub fn registration_flow(caps: &Capabilities) -> RegistrationFlow {
+    match (caps.identity, caps.secret_source) {
+        (Identity::OperatorChosen, SecretSource::OperatorGenerated) => {
+            RegistrationFlow::SecretFirst
+        }
+        (Identity::OperatorChosen, _) => RegistrationFlow::ReadAfter,
+        (Identity::ServerAssigned, _) => RegistrationFlow::Pending,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The capability sets of the backends (as each declares them).
+    fn backends() -> [(&'static str, Capabilities); 5] {
+        use crate::providers::{DriftSource, OwnerMarker};
+        let caps = |identity, secret_source, rotation, drift, owner_marker| Capabilities {
+            identity,
+            secret_source,
+            rotation,
+            drift,
+            owner_marker,
+        };
+        [
+            (
+                "clerk",
+                caps(
+                    Identity::ServerAssigned,
+                    SecretSource::IssuedOnce,
+                    Rotation::ServerEndpoint,
+                    DriftSource::ListAll,
+                    OwnerMarker::TaggedName,
+                ),
+            ),
+            (
+                "hydra",
+                caps(
+                    Identity::OperatorChosen,
+                    SecretSource::OperatorGenerated,
+                    Rotation::OperatorSets,
+                    DriftSource::ListAll,
+                    OwnerMarker::Metadata,
+                ),
+            ),
+            (
+                "keycloak",
+                caps(
+                    Identity::OperatorChosen,
+                    SecretSource::IssuedReadable,
+                    Rotation::ServerEndpoint,
+                    DriftSource::ListAll,
+                    OwnerMarker::Metadata,
+                ),
+            ),
+            (
+                "dcr+recreate",
+                caps(
+                    Identity::ServerAssigned,
+                    SecretSource::IssuedOnce,
+                    Rotation::Recreate,
+                    DriftSource::GetEach,
+                    OwnerMarker::Unmarked,
+                ),
+            ),
+            (
+                "dcr",
+                caps(
+                    Identity::ServerAssigned,
+                    SecretSource::IssuedOnce,
+                    Rotation::Unavailable,
+                    DriftSource::GetEach,
+                    OwnerMarker::Unmarked,
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn new_secret_per_capability_set() {
+        use CredentialsStep::{Recover, Rotate};
+        use NewSecret::*;
+        // (step, rotation requested, issued at server) -> per backend, in `backends()` order.
+        type Row = ((CredentialsStep, bool, bool), [NewSecret; 5]);
+        let table: &[Row] = &[
+            (
+                (Recover, false, false),
+                [
+                    ServerIssues,
+                    OperatorSets,
+                    ReadBack { rotated: false },
+                    Recreate,
+                    Refuse,
+                ],
+            ),
+            (
+                (Recover, true, false),
+                [ServerIssues, OperatorSets, ServerIssues, Recreate, Refuse],
+            ),
+            (
+                (Recover, true, true),
+                [
+                    ServerIssues,
+                    OperatorSets,
+                    ReadBack { rotated: true },
+                    Recreate,
+                    Refuse,
+                ],
+            ),
+            (
+                (Recover, false, true),
+                [
+                    ServerIssues,
+                    OperatorSets,
+                    ReadBack { rotated: true },
+                    Recreate,
+                    Refuse,
+                ],
+            ),
+            (
+                (Rotate, true, false),
+                [ServerIssues, OperatorSets, ServerIssues, Recreate, Refuse],
+            ),
+        ];
+        for ((step, requested, issued), expected) in table {
+            for ((name, caps), want) in backends().iter().zip(expected) {
+                assert_eq!(
+                    new_secret(*step, caps, false, *requested, *issued),
+                    *want,
+                    "{name}: {step:?} requested={requested} issued={issued}"
+                );
+                assert_eq!(
+                    new_secret(*step, caps, true, *requested, *issued),
+                    None,
+                    "{name}: public"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn registration_flow_per_capability_set() {
+        let flows: Vec<RegistrationFlow> = backends()
+            .iter()
+            .map(|(_, c)| registration_flow(c))
+            .collect();
+        use RegistrationFlow::*;
+        assert_eq!(flows, [Pending, SecretFirst, ReadAfter, Pending, Pending]);
+    }
 
     fn present(for_id: &str, data_id: &str) -> SecretFact {
         SecretFact::Present {

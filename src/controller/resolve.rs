@@ -11,14 +11,17 @@ use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::access::SecretAccessStore;
 use super::context::Context;
 use super::error::{Error, Result};
 use crate::api::{
     AllowedNamespaces, CLERK_DEFAULT_BASE_URL, CLERK_DEFAULT_SECRET_KEY_KEY, ClusterOAuthProvider,
-    HydraProvider, KEYCLOAK_DEFAULT_CLIENT_ID_KEY, KEYCLOAK_DEFAULT_CLIENT_SECRET_KEY,
-    KeycloakProvider, OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings,
+    DynamicRegistrationProvider, HydraProvider, INITIAL_ACCESS_TOKEN_DEFAULT_KEY,
+    KEYCLOAK_DEFAULT_CLIENT_ID_KEY, KEYCLOAK_DEFAULT_CLIENT_SECRET_KEY, KeycloakProvider,
+    OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings, RotationStrategy,
 };
 use crate::providers::clerk::ClerkClient;
+use crate::providers::dynamic_registration::{DcrSettings, DynamicRegistrationClient};
 use crate::providers::hydra::HydraClient;
 use crate::providers::keycloak::{KeycloakClient, KeycloakSettings};
 use crate::providers::{ProviderError, SharedBackend};
@@ -208,6 +211,7 @@ pub async fn provider_backend(
         Clerk(&'a crate::api::ClerkProvider, SecretString),
         Hydra(&'a HydraProvider),
         Keycloak(&'a KeycloakProvider, SecretString, SecretString),
+        Dcr(&'a DynamicRegistrationProvider, Option<SecretString>),
     }
     let mut hasher = DefaultHasher::new();
     (seed, settings.request_budget.clone()).hash(&mut hasher);
@@ -254,6 +258,28 @@ pub async fn provider_backend(
             server,
             format!("keycloak {base}/realms/{}", kc.realm),
         )
+    } else if let Some(dcr) = &settings.dynamic_registration {
+        dcr.hash(&mut hasher);
+        let token = match &dcr.initial_access_token_ref {
+            Some(r) => {
+                let k = r.key.as_deref().unwrap_or(INITIAL_ACCESS_TOKEN_DEFAULT_KEY);
+                let (version, mut values) =
+                    read_credential(ctx, key, credential_namespace, &r.name, &[k]).await?;
+                version.hash(&mut hasher);
+                Some(values.pop().ok_or_else(invariant)?)
+            }
+            None => None,
+        };
+        let issuer = dcr.issuer_url.trim_end_matches('/');
+        let server = format!(
+            "dynamicRegistration|{issuer}|{}",
+            dcr.registration_endpoint.as_deref().unwrap_or_default()
+        );
+        (
+            Plan::Dcr(dcr, token),
+            server,
+            format!("dynamicRegistration {issuer}"),
+        )
     } else if let Some(clerk) = &settings.clerk {
         let secret_key_key = clerk
             .secret_key_ref
@@ -280,9 +306,15 @@ pub async fn provider_backend(
         (Plan::Clerk(clerk, secret), server, format!("clerk {base}"))
     } else {
         return Err(Error::InvalidSpec(format!(
-            "{key} has no backend block (supported: clerk, hydra, keycloak)"
+            "{key} has no backend block (supported: clerk, hydra, keycloak, dynamicRegistration)"
         )));
     };
+    // The budget belongs to the server and outlives client rebuilds (a new credential must
+    // not bring a fresh burst). When the server's effective budget changes (a stricter
+    // provider joined), every provider's cached client is rebuilt onto the new limiter, so
+    // no two limiters serve one server.
+    let budget = ctx.budget_for(&server, &label, key, &settings.request_budget);
+    (Arc::as_ptr(&budget) as usize).hash(&mut hasher);
     let fingerprint = hasher.finish();
     // Checked and built under one lock: concurrent reconciles of one provider must share one
     // client and, above all, one request budget.
@@ -293,9 +325,6 @@ pub async fn provider_backend(
         return Ok((client.clone(), server));
     }
     let http = http_client(settings, ctx.config.provider_timeout).map_err(invalid)?;
-    // The budget belongs to the server and outlives client rebuilds (a new credential must
-    // not bring a fresh burst).
-    let budget = ctx.budget_for(&server, &label, key, &settings.request_budget);
     let metrics = ctx.metrics.clone();
     let built: std::result::Result<SharedBackend, ProviderError> = match plan {
         Plan::Hydra(hydra) => {
@@ -310,6 +339,25 @@ pub async fn provider_backend(
                 client_id: client_id.expose_secret().to_string(),
                 client_secret,
             },
+            budget,
+            metrics,
+        )
+        .map(|c| Arc::new(c) as SharedBackend),
+        Plan::Dcr(dcr, initial_access_token) => DynamicRegistrationClient::new(
+            http,
+            DcrSettings {
+                issuer_url: dcr.issuer_url.clone(),
+                registration_endpoint: dcr.registration_endpoint.clone(),
+                initial_access_token,
+                software_id: dcr.software_id.clone(),
+                software_statement: dcr.software_statement.clone().map(SecretString::from),
+                recreate: dcr.rotation_strategy == RotationStrategy::Recreate,
+            },
+            Arc::new(SecretAccessStore::new(
+                ctx.client.clone(),
+                &ctx.config.operator_namespace,
+                &dcr.issuer_url,
+            )),
             budget,
             metrics,
         )
@@ -370,6 +418,7 @@ mod tests {
             clerk: None,
             hydra: None,
             keycloak: None,
+            dynamic_registration: None,
             tls: Some(crate::api::ProviderTls {
                 ca_bundle: Some(bundle.to_string()),
             }),

@@ -88,6 +88,7 @@ pub async fn client_authenticates(
         outcome_unknown: false,
         message,
     };
+    endpoint.budget.acquire().await;
     let response = endpoint
         .http
         .post(url)

@@ -84,9 +84,10 @@ pub struct KeycloakClient {
     client_secret: SecretString,
     token: tokio::sync::Mutex<Option<(SecretString, Instant)>>,
     metadata: tokio::sync::OnceCell<ServerMetadata>,
-    /// The realm's default client scopes (`openid-connect`), read once: Keycloak gives them to
-    /// every new client, and they stay whatever the spec says.
-    realm_defaults: tokio::sync::OnceCell<Vec<String>>,
+    /// The realm's default client scopes (`openid-connect`): Keycloak gives them to every new
+    /// client, and they stay whatever the spec says. Read again with every list and before
+    /// scopes are changed, so a scope the realm gains (an upgrade, an admin) is never stripped.
+    realm_defaults: std::sync::RwLock<Option<Vec<String>>>,
 }
 
 /// `ClientRepresentation`, the fields the operator reads (unknown fields ignored).
@@ -290,7 +291,7 @@ impl KeycloakClient {
             client_secret: settings.client_secret,
             token: tokio::sync::Mutex::new(None),
             metadata: tokio::sync::OnceCell::new(),
-            realm_defaults: tokio::sync::OnceCell::new(),
+            realm_defaults: std::sync::RwLock::new(None),
         })
     }
 
@@ -467,26 +468,34 @@ impl KeycloakClient {
         }
     }
 
-    /// The realm's default client scopes, read once.
-    async fn realm_defaults(&self) -> Result<&[String], ProviderError> {
-        self.realm_defaults
-            .get_or_try_init(|| async {
-                let (scopes, _): (Vec<ProtocolScope>, _) = self
-                    .call(
-                        "list_scopes",
-                        Method::GET,
-                        self.url(&["default-default-client-scopes"]),
-                        None,
-                    )
-                    .await?;
-                Ok(scopes
-                    .into_iter()
-                    .filter(|s| s.protocol.as_deref().is_none_or(|p| p == "openid-connect"))
-                    .map(|s| s.name)
-                    .collect())
-            })
-            .await
-            .map(Vec::as_slice)
+    /// Reads the realm's default client scopes (`fresh`: even if known already).
+    async fn realm_defaults(&self, fresh: bool) -> Result<(), ProviderError> {
+        let known = self
+            .realm_defaults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if known && !fresh {
+            return Ok(());
+        }
+        let (scopes, _): (Vec<ProtocolScope>, _) = self
+            .call(
+                "list_scopes",
+                Method::GET,
+                self.url(&["default-default-client-scopes"]),
+                None,
+            )
+            .await?;
+        let names = scopes
+            .into_iter()
+            .filter(|s| s.protocol.as_deref().is_none_or(|p| p == "openid-connect"))
+            .map(|s| s.name)
+            .collect();
+        *self
+            .realm_defaults
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(names);
+        Ok(())
     }
 
     /// Whether a scope the client has may stay although the spec does not name it: the realm's
@@ -495,18 +504,21 @@ impl KeycloakClient {
         scope == SERVICE_ACCOUNT_SCOPE
             || self
                 .realm_defaults
-                .get()
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
                 .is_some_and(|d| d.iter().any(|x| x == scope))
     }
 
     /// Brings the client's default client scopes to the spec's: each scope it names assigned,
     /// any other removed unless [`Self::kept`]. Nothing when the spec names none.
     async fn sync_scopes(&self, id: &str, desired: &DesiredClient) -> Result<(), ProviderError> {
-        if desired.scopes.is_empty() {
+        let want = managed_scopes(&desired.scopes);
+        // No scope named (or only `openid`, which is implied): unmanaged.
+        if want.is_empty() {
             return Ok(());
         }
-        self.realm_defaults().await?;
-        let want = managed_scopes(&desired.scopes);
+        self.realm_defaults(true).await?;
         let (have, _): (Vec<ClientScope>, _) = self
             .call(
                 "get_scopes",
@@ -650,8 +662,8 @@ impl Backend for KeycloakClient {
         if set(&desired.post_logout_redirect_uris) != set(&remote.post_logout_redirect_uris) {
             fields.push("postLogoutRedirectUris");
         }
-        if !desired.scopes.is_empty() {
-            let want = managed_scopes(&desired.scopes);
+        let want = managed_scopes(&desired.scopes);
+        if !want.is_empty() {
             let missing = want.iter().any(|w| !remote.scopes.contains(w));
             let extra = remote
                 .scopes
@@ -755,7 +767,7 @@ impl Backend for KeycloakClient {
 
     async fn get(&self, id: &str) -> Result<RemoteClient, ProviderError> {
         // What `diff` needs to know which scopes are Keycloak's own.
-        self.realm_defaults().await?;
+        self.realm_defaults(false).await?;
         let url = self.url(&["clients", checked_id(id)?]);
         let (app, _): (KeycloakApp, _) = self.call("get", Method::GET, url, None).await?;
         Ok(self.remote(app))
@@ -819,7 +831,7 @@ impl Backend for KeycloakClient {
 
     async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
         self.metadata().await?;
-        self.realm_defaults().await?;
+        self.realm_defaults(true).await?;
         let mut all = Vec::new();
         loop {
             let mut url = self.url(&["clients"]);

@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod clerk;
 pub mod discovery;
+pub mod dynamic_registration;
 pub mod http;
 pub mod hydra;
 pub mod keycloak;
@@ -139,8 +140,12 @@ pub enum Rotation {
     ServerEndpoint,
     /// The operator sets a new value (Hydra).
     OperatorSets,
-    /// Only a new client can have a new secret (RFC 7591 without RFC 7592).
+    /// Only a new client can have a new secret (RFC 7591): a new client is registered, the
+    /// Secret switched to it, the old one deleted; the client id changes.
     Recreate,
+    /// No way to a new secret was allowed (`dynamicRegistration` without
+    /// `rotationStrategy: Recreate`): a rotation or a lost Secret is a condition.
+    Unavailable,
 }
 
 /// How the operator sees changes made at the server.
@@ -162,8 +167,10 @@ pub enum OwnerMarker {
     /// The uid is kept in a field of the client for its whole life (Hydra `metadata`,
     /// Keycloak attributes).
     Metadata,
-    /// The server has no field for it and no search (RFC 7591): a registration whose answer
-    /// was lost cannot be found again. It is counted, reported in an event, and left.
+    /// The server has no field for it and no search (RFC 7591): the operator's own record of
+    /// each registration (the RFC 7592 access it saves, labelled with the uid, the moment the
+    /// answer arrives) is what finds it again. A registration whose answer never arrived
+    /// cannot be found: it is counted, reported in an event, and left.
     Unmarked,
 }
 
@@ -303,6 +310,9 @@ pub struct RegistrationAccess {
     pub client_uri: String,
     /// `registration_access_token`.
     pub token: SecretString,
+    /// The application the client was registered for, as the record says (set by
+    /// [`AccessStore::load`]; ignored by `save`, which takes it as a parameter).
+    pub owner_uid: Option<String>,
 }
 
 impl std::fmt::Debug for RegistrationAccess {
@@ -310,6 +320,7 @@ impl std::fmt::Debug for RegistrationAccess {
         f.debug_struct("RegistrationAccess")
             .field("client_uri", &self.client_uri)
             .field("token", &"[REDACTED]")
+            .field("owner_uid", &self.owner_uid)
             .finish()
     }
 }
@@ -320,9 +331,18 @@ impl std::fmt::Debug for RegistrationAccess {
 pub trait AccessStore: Send + Sync {
     async fn load(&self, client_id: &str) -> Result<Option<RegistrationAccess>, ProviderError>;
     /// Durable when it returns: a backend saves every access it is handed before it uses it.
-    async fn save(&self, client_id: &str, access: &RegistrationAccess)
-    -> Result<(), ProviderError>;
+    /// `owner_uid`: the application the client was registered for (at create; `None` keeps
+    /// the recorded owner), so that a registration whose answer was never recorded in status
+    /// is found again ([`AccessStore::owned_by`]).
+    async fn save(
+        &self,
+        client_id: &str,
+        owner_uid: Option<&str>,
+        access: &RegistrationAccess,
+    ) -> Result<(), ProviderError>;
     async fn forget(&self, client_id: &str) -> Result<(), ProviderError>;
+    /// The client ids whose access was saved for `owner_uid`.
+    async fn owned_by(&self, owner_uid: &str) -> Result<Vec<String>, ProviderError>;
 }
 
 /// A new client secret for backends where the operator chooses it: 32 bytes from a CSPRNG
