@@ -237,11 +237,11 @@ pub struct RequestBudget {
     /// Requests allowed per period. The default (80 per 10 s) stays below Clerk's documented
     /// limit for development instances (100 per 10 s); production instances allow 1000.
     #[serde(default = "default_budget_requests")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = 1000), extend("format" = "int32"))]
     pub requests: u32,
     /// Length of the period in seconds.
     #[serde(default = "default_budget_period")]
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = 1, max = 3600), extend("format" = "int32"))]
     pub period_seconds: u32,
 }
 

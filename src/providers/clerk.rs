@@ -13,6 +13,7 @@ use super::http::{ErrorBodies, HttpEndpoint, client_authenticates};
 use super::{
     Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
     ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
+    as_set, diff_flags,
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
@@ -174,32 +175,10 @@ pub fn diff(desired: &DesiredClient, remote: &RemoteClient) -> Vec<&'static str>
     if desired.redirect_uris != remote.redirect_uris {
         fields.push("redirectUris");
     }
-    if !desired.scopes.is_empty() {
-        let mut want: Vec<&str> = desired.scopes.iter().map(String::as_str).collect();
-        let mut have: Vec<&str> = remote.scopes.iter().map(String::as_str).collect();
-        want.sort_unstable();
-        want.dedup();
-        have.sort_unstable();
-        have.dedup();
-        if want != have {
-            fields.push("scopes");
-        }
+    if !desired.scopes.is_empty() && as_set(&desired.scopes) != as_set(&remote.scopes) {
+        fields.push("scopes");
     }
-    if desired.public != remote.public {
-        fields.push("clientType");
-    }
-    if desired
-        .pkce_required
-        .is_some_and(|p| p != remote.pkce_required)
-    {
-        fields.push("pkceRequired");
-    }
-    if desired
-        .consent_screen
-        .is_some_and(|c| c != remote.consent_screen)
-    {
-        fields.push("consentScreen");
-    }
+    diff_flags(desired, remote, &mut fields);
     fields
 }
 

@@ -29,7 +29,7 @@ use super::http::{ErrorBodies, HttpEndpoint, body_error, client_authenticates};
 use super::{
     AccessStore, Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient,
     OwnerMarker, ProviderError, Registration, RegistrationAccess, RemoteClient,
-    RequestBudgetLimiter, Rotation, SecretSource,
+    RequestBudgetLimiter, Rotation, SecretSource, as_set, diff_flags,
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
@@ -578,12 +578,7 @@ impl Backend for DynamicRegistrationClient {
     }
 
     fn diff(&self, desired: &DesiredClient, remote: &RemoteClient) -> Vec<&'static str> {
-        let set = |v: &[String]| {
-            let mut v: Vec<String> = v.to_vec();
-            v.sort();
-            v.dedup();
-            v
-        };
+        let set = as_set;
         let mut fields = Vec::new();
         if desired.name != remote.name {
             fields.push("name");
@@ -608,9 +603,7 @@ impl Backend for DynamicRegistrationClient {
         if set(&grant_types(desired)) != set(&remote.grant_types) {
             fields.push("grantTypes");
         }
-        if desired.public != remote.public {
-            fields.push("clientType");
-        }
+        diff_flags(desired, remote, &mut fields);
         fields
     }
 

@@ -13,6 +13,7 @@ use super::http::{ErrorBodies, HttpEndpoint, client_authenticates, next_page_tok
 use super::{
     Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
     ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
+    as_set, diff_flags,
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
@@ -51,6 +52,10 @@ pub struct HydraClient {
     endpoint: HttpEndpoint,
     admin_url: url::Url,
     issuer: String,
+    /// The issuer's discovery document, read once by `check_reachable`; until then (or if the
+    /// public issuer cannot be reached from the operator) the endpoints are Hydra's documented
+    /// paths below the issuer.
+    metadata: tokio::sync::OnceCell<super::discovery::ServerMetadata>,
 }
 
 /// `OAuth2Client` as Hydra returns it (unknown fields ignored).
@@ -190,6 +195,7 @@ impl HydraClient {
             },
             admin_url,
             issuer: issuer.trim_end_matches('/').to_string(),
+            metadata: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -208,6 +214,9 @@ impl HydraClient {
     }
 
     fn issuer_endpoints(&self) -> Endpoints {
+        if let Some(m) = self.metadata.get() {
+            return m.endpoints();
+        }
         let i = &self.issuer;
         Endpoints {
             issuer: Some(i.clone()),
@@ -242,6 +251,14 @@ impl HydraClient {
             created_at: app.created_at.and_then(|t| t.parse().ok()),
             owner_uid,
         }
+    }
+
+    /// Reads the issuer's discovery document once (a failure is retried on the next call).
+    async fn discover(&self) -> Result<(), ProviderError> {
+        self.metadata
+            .get_or_try_init(|| super::discovery::discover(&self.endpoint, &self.issuer))
+            .await
+            .map(drop)
     }
 
     async fn put(
@@ -304,12 +321,7 @@ impl Backend for HydraClient {
         if desired.post_logout_redirect_uris != remote.post_logout_redirect_uris {
             fields.push("postLogoutRedirectUris");
         }
-        let set = |v: &[String]| {
-            let mut v: Vec<String> = v.to_vec();
-            v.sort();
-            v.dedup();
-            v
-        };
+        let set = as_set;
         // No scopes in the spec: Hydra's defaults stand, unmanaged.
         if !desired.scopes.is_empty() && set(&desired.scopes) != set(&remote.scopes) {
             fields.push("scopes");
@@ -317,15 +329,7 @@ impl Backend for HydraClient {
         if set(&grant_types(desired)) != set(&remote.grant_types) {
             fields.push("grantTypes");
         }
-        if desired.public != remote.public {
-            fields.push("clientType");
-        }
-        if desired
-            .consent_screen
-            .is_some_and(|c| c != remote.consent_screen)
-        {
-            fields.push("consentScreen");
-        }
+        diff_flags(desired, remote, &mut fields);
         fields
     }
 
@@ -470,6 +474,11 @@ impl Backend for HydraClient {
     }
 
     async fn check_reachable(&self) -> Result<(), ProviderError> {
+        // Best effort: the public issuer may not be reachable from inside the cluster, and
+        // Hydra's documented paths below it stand in until it is.
+        if let Err(e) = self.discover().await {
+            tracing::debug!(error = %e, "Hydra's discovery document could not be read");
+        }
         let request = self
             .endpoint
             .http

@@ -18,6 +18,7 @@ use super::http::{ErrorBodies, HttpEndpoint, client_authenticates};
 use super::{
     Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
     ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
+    as_set, diff_flags,
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
@@ -363,8 +364,34 @@ impl KeycloakClient {
         Ok(token)
     }
 
-    /// An authenticated admin request; a 401 drops the cached token so the next call fetches
-    /// a new one.
+    /// An admin request with the bearer token (and a JSON body).
+    async fn authorized(
+        &self,
+        method: Method,
+        url: url::Url,
+        body: Option<&Value>,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let token = self.token().await?;
+        let request = self
+            .endpoint
+            .http
+            .request(method, url)
+            .bearer_auth(token.expose_secret());
+        Ok(match body {
+            Some(body) => request.json(body),
+            None => request,
+        })
+    }
+
+    /// A 401 drops the cached token, so the next call fetches a new one.
+    async fn settle<T>(&self, result: Result<T, ProviderError>) -> Result<T, ProviderError> {
+        if let Err(ProviderError::Unauthorized { status: 401, .. }) = &result {
+            *self.token.lock().await = None;
+        }
+        result
+    }
+
+    /// An authenticated admin request whose answer is JSON.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         operation: &'static str,
@@ -372,23 +399,12 @@ impl KeycloakClient {
         url: url::Url,
         body: Option<&Value>,
     ) -> Result<(T, reqwest::header::HeaderMap), ProviderError> {
-        let token = self.token().await?;
-        let mut request = self
-            .endpoint
-            .http
-            .request(method, url)
-            .bearer_auth(token.expose_secret());
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        let request = self.authorized(method, url, body).await?;
         let result = self
             .endpoint
             .send_with_headers::<T>(operation, request, &KeycloakErrorBodies)
             .await;
-        if let Err(ProviderError::Unauthorized { status: 401, .. }) = &result {
-            *self.token.lock().await = None;
-        }
-        result
+        self.settle(result).await
     }
 
     /// [`Self::call`] for answers without a body (201, 204).
@@ -399,23 +415,12 @@ impl KeycloakClient {
         url: url::Url,
         body: Option<&Value>,
     ) -> Result<(), ProviderError> {
-        let token = self.token().await?;
-        let mut request = self
-            .endpoint
-            .http
-            .request(method, url)
-            .bearer_auth(token.expose_secret());
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        let request = self.authorized(method, url, body).await?;
         let result = self
             .endpoint
             .send_raw(operation, request, &KeycloakErrorBodies)
             .await;
-        if let Err(ProviderError::Unauthorized { status: 401, .. }) = &result {
-            *self.token.lock().await = None;
-        }
-        result
+        self.settle(result).await
     }
 
     fn remote(&self, app: KeycloakApp) -> RemoteClient {
@@ -647,12 +652,7 @@ impl Backend for KeycloakClient {
 
     fn diff(&self, desired: &DesiredClient, remote: &RemoteClient) -> Vec<&'static str> {
         let mut fields = Vec::new();
-        let set = |v: &[String]| {
-            let mut v = v.to_vec();
-            v.sort();
-            v.dedup();
-            v
-        };
+        let set = as_set;
         if desired.name != remote.name {
             fields.push("name");
         }
@@ -680,21 +680,7 @@ impl Backend for KeycloakClient {
         if set(&grants) != set(&remote.grant_types) {
             fields.push("grantTypes");
         }
-        if desired.public != remote.public {
-            fields.push("clientType");
-        }
-        if desired
-            .pkce_required
-            .is_some_and(|p| p != remote.pkce_required)
-        {
-            fields.push("pkceRequired");
-        }
-        if desired
-            .consent_screen
-            .is_some_and(|c| c != remote.consent_screen)
-        {
-            fields.push("consentScreen");
-        }
+        diff_flags(desired, remote, &mut fields);
         fields
     }
 

@@ -345,6 +345,35 @@ pub trait AccessStore: Send + Sync {
     async fn owned_by(&self, owner_uid: &str) -> Result<Vec<String>, ProviderError>;
 }
 
+/// Sorted and without repeats: how lists are compared whose order a server does not keep.
+pub fn as_set(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The settings every backend compares alike, added to `fields`: the client type, and PKCE
+/// and the consent screen where the spec sets them (a backend that cannot represent one
+/// refuses it in `check_supported`, before any diff).
+pub fn diff_flags(desired: &DesiredClient, remote: &RemoteClient, fields: &mut Vec<&'static str>) {
+    if desired.public != remote.public {
+        fields.push("clientType");
+    }
+    if desired
+        .pkce_required
+        .is_some_and(|p| p != remote.pkce_required)
+    {
+        fields.push("pkceRequired");
+    }
+    if desired
+        .consent_screen
+        .is_some_and(|c| c != remote.consent_screen)
+    {
+        fields.push("consentScreen");
+    }
+}
+
 /// A new client secret for backends where the operator chooses it: 32 bytes from a CSPRNG
 /// (the thread-local ChaCha12 generator, seeded and reseeded from the operating system),
 /// base64url without padding.
