@@ -178,3 +178,47 @@ async fn providers_have_exactly_one_valid_backend_block() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// Every manifest in `examples/` is accepted by the apiserver as written (server-side dry-run
+/// apply into a test namespace): what a user copies works.
+#[tokio::test]
+async fn every_example_is_accepted_by_the_apiserver() -> Result<()> {
+    use kube::core::GroupVersionKind;
+    use kube::discovery::pinned_kind;
+    use serde::Deserialize as _;
+    let env = Env::new("examples").await?;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "examples: {files:?}");
+    let mut applied = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file)?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(doc)?;
+            if value.is_null() {
+                continue;
+            }
+            let obj: DynamicObject = serde_json::from_value(value)?;
+            let types = obj.types.clone().expect("apiVersion and kind");
+            let gvk = GroupVersionKind::try_from(&types)?;
+            let (resource, _) = pinned_kind(&env.client, &gvk).await?;
+            let name = obj.metadata.name.clone().expect("a name");
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(env.client.clone(), &env.ns, &resource);
+            api.patch(
+                &name,
+                &PatchParams::apply("examples-test").dry_run().force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {} {name}: {e}", file.display(), gvk.kind))?;
+            applied += 1;
+        }
+    }
+    assert!(applied >= 8, "{applied} objects applied");
+    Ok(())
+}
