@@ -30,6 +30,16 @@ fn secret_value(s: &Secret) -> String {
     data(s).get("CLIENT_SECRET").cloned().unwrap_or_default()
 }
 
+/// The status of a condition of the application, if it has one.
+fn condition(app: &oauth_operator::api::OAuthApplication, type_: &str) -> Option<String> {
+    app.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
 /// Create: register, POST the Secret (owned, annotated), Ready with ids and observedGeneration.
 /// Spec change: one PATCH; the Secret's data and resourceVersion stay.
 #[tokio::test]
@@ -98,7 +108,8 @@ async fn create_then_update_writes_secret_once() -> Result<()> {
         .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     env.wait_app("web", "generation 2 applied", |a| {
-        a.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+        a.status.as_ref().and_then(|s| s.synced_generation) == Some(2)
+            && ready(a).is_some_and(|(s, _)| s == "True")
     })
     .await?;
     let remote = env
@@ -150,7 +161,12 @@ async fn foreign_secret_is_a_conflict_and_nothing_is_registered() -> Result<()> 
     let _op = env.start_operator(&[])?;
     env.apply_app(&app_yaml("web", "")).await?;
     let app = env.wait_reason("web", "SecretConflict").await?;
-    assert!(app.status.unwrap().observed_generation.is_none());
+    // kstatus: this generation failed for good (Failed), nothing was ever applied.
+    assert_eq!(condition(&app, "Stalled"), Some("True".to_string()));
+    assert_eq!(condition(&app, "Reconciling"), None);
+    let status = app.status.unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.synced_generation, None);
     assert!(env.clerk.apps().is_empty());
     assert_eq!(
         env.clerk.request_count("POST", routes::OAUTH_APPLICATIONS),
@@ -565,7 +581,8 @@ spec:
     Ok(())
 }
 
-/// Every failure is Ready=False with a specific reason, and no observedGeneration.
+/// Every failure is Ready=False with a specific reason, `Stalled` (permanent) or `Reconciling`
+/// (transient) beside it, and observedGeneration at the generation that failed.
 #[tokio::test]
 async fn failures_have_specific_reasons() -> Result<()> {
     let env = Env::new("reasons").await?;
@@ -623,8 +640,10 @@ async fn failures_have_specific_reasons() -> Result<()> {
         .fail_next(1000, "POST", routes::OAUTH_APPLICATIONS, 422);
     env.apply_app(&app_yaml("rejected", "")).await?;
     let app = env.wait_reason("rejected", "ProviderRejected").await?;
+    assert_eq!(condition(&app, "Stalled"), Some("True".to_string()));
     let status = app.status.unwrap();
-    assert!(status.observed_generation.is_none());
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.synced_generation, None);
     let message = &status
         .conditions
         .iter()
@@ -687,8 +706,16 @@ async fn rate_limit_is_honoured() -> Result<()> {
     let _op = env.start_operator(&[])?;
     env.apply_app(&app_yaml("web", "")).await?;
     let app = env.wait_reason("web", "RateLimited").await?;
-    assert!(app.status.unwrap().observed_generation.is_none());
-    env.wait_ready("web").await?;
+    // kstatus: still in progress (InProgress), not failed.
+    assert_eq!(condition(&app, "Reconciling"), Some("True".to_string()));
+    assert_eq!(condition(&app, "Stalled"), None);
+    let ok = env.wait_ready("web").await?;
+    assert_eq!(condition(&ok, "Reconciling"), None, "done: Current");
+    assert_eq!(condition(&ok, "Stalled"), None);
+    assert_eq!(
+        ok.status.as_ref().and_then(|s| s.synced_generation),
+        Some(1)
+    );
     let posts: Vec<_> = env
         .clerk
         .requests()

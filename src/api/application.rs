@@ -271,9 +271,16 @@ pub struct OAuthApplicationStatus {
     /// The generation whose spec was last applied successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` (with a reason saying why not) and `Drifted`.
+    /// `Ready` (with a reason saying why not; its `observedGeneration` is the generation it
+    /// was set for), `Reconciling` (work in progress), `Stalled` (a permanent failure) and
+    /// `Drifted`: what kstatus, `kubectl wait`, Flux and Argo CD read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The generation whose spec was last applied at the provider (`observedGeneration` also
+    /// moves on when a generation fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_generation: Option<i64>,
     /// The OAuth client id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,

@@ -5,6 +5,12 @@ use k8s_openapi::jiff::Timestamp;
 
 /// Condition type: the object is reconciled and usable.
 pub const READY: &str = "Ready";
+/// Condition type (kstatus): work is in progress (registering, waiting for a pending
+/// registration, retrying a transient error).
+pub const RECONCILING: &str = "Reconciling";
+/// Condition type (kstatus): a permanent failure that only a change (of the spec, the
+/// provider, a Secret) can end.
+pub const STALLED: &str = "Stalled";
 /// Condition type (`OAuthApplication`): the client at the provider differs from the spec.
 pub const DRIFTED: &str = "Drifted";
 /// Condition type (providers): the admin credential Secret exists and has the key.

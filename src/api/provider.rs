@@ -283,6 +283,7 @@ pub struct ProviderStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `CredentialsFound`, `EndpointReachable`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The backend block in use (`clerk`, `hydra`, `keycloak`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,7 +33,9 @@ use super::secret::{
 };
 use super::staging::{Staged, Staging};
 use super::status::StatusWriter;
-use crate::api::conditions::{DRIFTED, READY, new_condition, remove_condition, set_condition};
+use crate::api::conditions::{
+    DRIFTED, READY, RECONCILING, STALLED, new_condition, remove_condition, set_condition,
+};
 use crate::api::{
     DeletionPolicy, DriftPolicy, OAuthApplication, OAuthApplicationStatus, PendingRegistration,
     RecordedSecretKeys,
@@ -193,11 +195,23 @@ async fn report(
             .reconcile_errors
             .get_or_create(&ErrorLabels { kind: KIND, reason })
             .inc();
-        // observedGeneration stays where it was: the work for this generation did not happen.
+        // kstatus: the status describes this generation (which failed); `syncedGeneration`
+        // keeps the one last applied at the provider.
+        status.observed_generation = app.metadata.generation;
         set_condition(
             &mut status.conditions,
             new_condition(READY, false, reason, &message, app.metadata.generation),
         );
+        let (on, off) = if error.stalls() {
+            (STALLED, RECONCILING)
+        } else {
+            (RECONCILING, STALLED)
+        };
+        set_condition(
+            &mut status.conditions,
+            new_condition(on, true, reason, &message, app.metadata.generation),
+        );
+        remove_condition(&mut status.conditions, off);
         if let Err(e) = writer.write(&status).await {
             warn!(app = %obj_ref, error = %e, "failed to write failure status");
         }
@@ -654,6 +668,9 @@ async fn apply(
     status.endpoints = Some(remote.endpoints.clone());
     status.pending_registration = None;
     status.observed_generation = app.metadata.generation;
+    status.synced_generation = app.metadata.generation;
+    remove_condition(&mut status.conditions, RECONCILING);
+    remove_condition(&mut status.conditions, STALLED);
     let message = format!(
         "client {} is registered at {} and its credentials are in Secret {secret_name}",
         remote.client_id, provider.key
@@ -742,7 +759,10 @@ async fn sync_remote(
     // Metadata: the server carries the uid; Unmarked: the operator's record of the
     // registration does (RFC 7591). Either way a client that names another owner is refused.
     let owner_marked = provider.client.capabilities().owner_marker != OwnerMarker::TaggedName;
-    let spec_changed = status.observed_generation != app.metadata.generation;
+    // Objects written before `syncedGeneration` existed: their observedGeneration moved only
+    // on success.
+    let synced = status.synced_generation.or(status.observed_generation);
+    let spec_changed = synced != app.metadata.generation;
     if spec_changed && owner_marked {
         match provider.client.get(id).await {
             Ok(remote) => check_owner(app, &remote)?,
@@ -1093,16 +1113,28 @@ fn mark_registering(
         started_at: Time(now()),
         unanswered_at: None,
     });
+    let message = format!("registering the client at {provider}");
     set_condition(
         &mut status.conditions,
         new_condition(
             READY,
             false,
             "Registering",
-            format!("registering the client at {provider}"),
+            &message,
             app.metadata.generation,
         ),
     );
+    set_condition(
+        &mut status.conditions,
+        new_condition(
+            RECONCILING,
+            true,
+            "Registering",
+            message,
+            app.metadata.generation,
+        ),
+    );
+    remove_condition(&mut status.conditions, STALLED);
 }
 
 /// The settle window (twice the provider timeout) while a create whose answer was lost may

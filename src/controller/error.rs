@@ -67,6 +67,23 @@ impl Error {
         }
     }
 
+    /// A failure that only a change can end (kstatus `Stalled`, so `Failed`): the spec, the
+    /// provider's answer or a Secret in the way. Others are work still in progress
+    /// (`Reconciling`): a provider or credential that may yet appear, a transient error.
+    pub fn stalls(&self) -> bool {
+        matches!(
+            self.reason(),
+            "InvalidSpec"
+                | "SecretConflict"
+                | "SecretRejected"
+                | "ClientMissing"
+                | "NamespaceNotAllowed"
+                | "ProviderRejected"
+                | "CredentialsRejected"
+                | "CredentialsMissing"
+        )
+    }
+
     /// Transient errors are retried with per-object exponential backoff; permanent ones wait
     /// for a change of the spec or the provider (or the periodic resync).
     pub fn is_transient(&self) -> bool {
@@ -122,5 +139,50 @@ mod tests {
         assert!(!e.is_transient());
         assert!(!Error::SecretConflict("x".into()).is_transient());
         assert_eq!(Error::InvalidSpec("x".into()).reason(), "InvalidSpec");
+    }
+
+    /// kstatus: what stalls (Failed) and what is still in progress (InProgress).
+    #[test]
+    fn stalled_or_reconciling() {
+        let x = || "x".to_string();
+        for e in [
+            Error::InvalidSpec(x()),
+            Error::SecretConflict(x()),
+            Error::SecretRejected(x()),
+            Error::ClientMissing(x()),
+            Error::NamespaceNotAllowed(x()),
+            Error::CredentialsMissing(x()),
+            Error::Provider(ProviderError::Unsupported(x())),
+            Error::Provider(ProviderError::Unauthorized {
+                operation: "get",
+                status: 401,
+                message: x(),
+            }),
+            Error::Provider(ProviderError::Rejected {
+                operation: "create",
+                status: 422,
+                message: x(),
+            }),
+        ] {
+            assert!(e.stalls(), "{} stalls", e.reason());
+        }
+        for e in [
+            Error::ProviderNotFound(x()),
+            Error::RegistrationPending(x()),
+            Error::DeletionBlocked(x()),
+            Error::ProviderInUse(x()),
+            Error::Internal(x()),
+            Error::Provider(ProviderError::RateLimited {
+                operation: "list",
+                retry_after: None,
+            }),
+            Error::Provider(ProviderError::Unavailable {
+                operation: "create",
+                outcome_unknown: true,
+                message: x(),
+            }),
+        ] {
+            assert!(!e.stalls(), "{} is still in progress", e.reason());
+        }
     }
 }
