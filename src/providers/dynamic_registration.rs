@@ -62,6 +62,12 @@ pub struct DcrSettings {
     pub recreate: bool,
 }
 
+/// An RFC 7592 answer, with the owner the operator's record of that client names.
+struct Managed {
+    answer: Map<String, Value>,
+    owner_uid: Option<String>,
+}
+
 /// An RFC 7591 / RFC 7592 client for one authorization server.
 pub struct DynamicRegistrationClient {
     endpoint: HttpEndpoint,
@@ -472,7 +478,7 @@ impl DynamicRegistrationClient {
         method: Method,
         client_id: &str,
         body: Option<&Value>,
-    ) -> Result<Map<String, Value>, ProviderError> {
+    ) -> Result<Managed, ProviderError> {
         let access = self.access(client_id).await?;
         let mut request = self
             .endpoint
@@ -501,7 +507,10 @@ impl DynamicRegistrationClient {
                 ),
             });
         }
-        Ok(answer)
+        Ok(Managed {
+            answer,
+            owner_uid: access.owner_uid,
+        })
     }
 
     fn remote(&self, info: ClientInformation) -> RemoteClient {
@@ -689,10 +698,10 @@ impl Backend for DynamicRegistrationClient {
         self.server().await?;
         let lock = self.client_lock(id);
         let _serialised = lock.lock().await;
-        let answer = self.manage("get", Method::GET, id, None).await?;
-        let mut client = self.remote(information(&answer, "get")?);
+        let managed = self.manage("get", Method::GET, id, None).await?;
+        let mut client = self.remote(information(&managed.answer, "get")?);
         // The server keeps no owner: the operator's record of the registration does.
-        client.owner_uid = self.store.load(id).await?.and_then(|a| a.owner_uid);
+        client.owner_uid = managed.owner_uid;
         Ok(client)
     }
 
@@ -706,14 +715,15 @@ impl Backend for DynamicRegistrationClient {
         let lock = self.client_lock(id);
         let _serialised = lock.lock().await;
         // RFC 7592 section 2.2 replaces the whole client: start from what the server has.
-        let current = self.manage("get", Method::GET, id, None).await?;
+        let current = self.manage("get", Method::GET, id, None).await?.answer;
         let managed = ClientMetadata::new(
             desired,
             self.software_id.as_deref(),
             self.software_statement.as_ref(),
         );
         let body = update_body(&current, id, &managed);
-        let answer = self.manage("update", Method::PUT, id, Some(&body)).await?;
+        let Managed { answer, owner_uid } =
+            self.manage("update", Method::PUT, id, Some(&body)).await?;
         let issued = answer.get("client_secret").and_then(Value::as_str);
         if issued.is_some() && issued != current.get("client_secret").and_then(Value::as_str) {
             // The trait has no way to hand a secret back from an update; say it loudly.
@@ -723,7 +733,7 @@ impl Backend for DynamicRegistrationClient {
             );
         }
         let mut client = self.remote(information(&answer, "update")?);
-        client.owner_uid = self.store.load(id).await?.and_then(|a| a.owner_uid);
+        client.owner_uid = owner_uid;
         Ok(client)
     }
 
