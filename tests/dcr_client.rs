@@ -12,8 +12,8 @@ use std::time::Duration;
 use oauth_operator::api::RequestBudget;
 use oauth_operator::providers::dynamic_registration::{DcrSettings, DynamicRegistrationClient};
 use oauth_operator::providers::{
-    AccessStore, Backend, DesiredClient, ProviderError, Registration, RegistrationAccess,
-    RemoteClient, RequestBudgetLimiter,
+    AccessStore, Backend, DesiredClient, IssuedClient, ProviderError, Registration,
+    RegistrationAccess, RemoteClient, RequestBudgetLimiter,
 };
 use oauth_operator::telemetry::Metrics;
 use secrecy::{ExposeSecret, SecretString};
@@ -229,6 +229,27 @@ async fn client_credentials(
 }
 
 /// Order carries no meaning in these lists (Keycloak keeps redirect URIs in a set).
+/// A create, retried as the operator retries it: Hydra answers a database transaction that
+/// lost a race with another test's write by a transient error (nothing was created).
+async fn create(dcr: &DynamicRegistrationClient, desired: &DesiredClient) -> IssuedClient {
+    let mut attempt = 0;
+    loop {
+        match dcr.create(desired, &REGISTRATION).await {
+            Ok(issued) => return issued,
+            Err(ProviderError::Unavailable {
+                outcome_unknown: false,
+                message,
+                ..
+            }) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("create: transient ({message}); retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => panic!("create: {e:?}"),
+        }
+    }
+}
+
 fn sorted(v: &[String]) -> Vec<String> {
     let mut v = v.to_vec();
     v.sort();
@@ -270,7 +291,7 @@ async fn confidential_lifecycle(server: Server) {
 
     let desired = service(&format!("dcr-{}", unique_suffix()));
     dcr.check_supported(&desired).unwrap();
-    let issued = dcr.create(&desired, &REGISTRATION).await.expect("create");
+    let issued = create(&dcr, &desired).await;
     let id = issued.client.id.clone();
     let secret = issued
         .client_secret
@@ -458,7 +479,7 @@ async fn public_client(server: Server) {
         pkce_required: None,
         consent_screen: None,
     };
-    let issued = dcr.create(&desired, &REGISTRATION).await.expect("create");
+    let issued = create(&dcr, &desired).await;
     assert!(
         issued.client_secret.is_none(),
         "{s}: public clients get no secret"
@@ -632,7 +653,7 @@ async fn oidc_provider_possession_of_an_authorization_code_client() {
         grant_types: vec![],
         ..service(&format!("dcr-{}", unique_suffix()))
     };
-    let issued = dcr.create(&desired, &REGISTRATION).await.expect("create");
+    let issued = create(&dcr, &desired).await;
     let secret = issued.client_secret.expect("secret");
     assert_eq!(
         issued.client.grant_types,
@@ -660,7 +681,7 @@ async fn oidc_provider_unsaved_rotation_is_reported() {
     let store = Arc::new(MemoryStore::default());
     let dcr = backend(&server, store.clone());
     let desired = service(&format!("dcr-{}", unique_suffix()));
-    let issued = dcr.create(&desired, &REGISTRATION).await.expect("create");
+    let issued = create(&dcr, &desired).await;
     let id = issued.client.id;
     store.fail_saves.store(true, Ordering::SeqCst);
     let changed = DesiredClient {

@@ -119,6 +119,13 @@ pub async fn client_authenticates(
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by the servers we talk to).
+/// A database serialization failure reported as a client error (Hydra on SQLite or Postgres
+/// under concurrent writes): the transaction was rolled back, so a retry is safe.
+fn is_serialization_failure(message: &str) -> bool {
+    message.contains("Unable to serialize access due to a concurrent update")
+        || message.contains("could not serialize access due to concurrent update")
+}
+
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
@@ -260,11 +267,23 @@ impl HttpEndpoint {
                 status: status.as_u16(),
                 message: errors.message(status, body),
             },
-            s if s.is_client_error() => ProviderError::Rejected {
-                operation,
-                status: s.as_u16(),
-                message: errors.message(s, body),
-            },
+            s if s.is_client_error() => {
+                let message = errors.message(s, body);
+                if is_serialization_failure(&message) {
+                    // Hydra answers a database transaction that lost a race (SQLSTATE 40001,
+                    // rolled back: nothing was written) with a 400: retried, not a rejection.
+                    return ProviderError::Unavailable {
+                        operation,
+                        outcome_unknown: false,
+                        message: format!("HTTP {}: {message}", s.as_u16()),
+                    };
+                }
+                ProviderError::Rejected {
+                    operation,
+                    status: s.as_u16(),
+                    message,
+                }
+            }
             s => ProviderError::Unavailable {
                 operation,
                 // A 5xx may come after the change was made (a gateway timing out on a slow
@@ -295,6 +314,18 @@ impl HttpEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_transaction_race_is_transient() {
+        // Hydra's answer (HTTP 400) when two writes race in its database.
+        assert!(is_serialization_failure(
+            "Unable to serialize access due to a concurrent update in another session"
+        ));
+        assert!(is_serialization_failure(
+            "ERROR: could not serialize access due to concurrent update (SQLSTATE 40001)"
+        ));
+        assert!(!is_serialization_failure("invalid redirect_uri"));
+    }
 
     #[test]
     fn next_page_from_link_header() {
