@@ -906,6 +906,81 @@ async fn crash_after_secret(kind: Kind) -> Result<()> {
     crash(kind, "after-secret").await
 }
 
+/// Row: scheduled rotation (`rotation.period: 30s`): `nextRotationAt` says when, within the
+/// tenth of the period the offset allows; the secret is rotated then without any request, the
+/// new one works and the old one is refused, and the next rotation counts from this one.
+async fn scheduled_rotation(kind: Kind) -> Result<()> {
+    let server = Server::new(kind, "mx-sched").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&server.app_yaml(APP, "  rotation: {period: 30s}"))
+        .await?;
+    let app = env.wait_ready(APP).await?;
+    let created = app
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .context("creationTimestamp")?
+        .0
+        .as_second();
+    let next = |a: &OAuthApplication| {
+        a.status
+            .as_ref()
+            .and_then(|s| s.next_rotation_at.as_ref())
+            .map(|t| t.0.as_second())
+    };
+    let first = next(&app).context("nextRotationAt is set")?;
+    assert!(
+        (created + 27..=created + 30).contains(&first),
+        "{kind:?}: first rotation at {first}, created at {created}"
+    );
+    let name = format!("{APP}-oauth");
+    let before = env.secrets().get(&name).await?;
+    let after = env
+        .wait_secret(&name, |s| {
+            data(s)["CLIENT_SECRET"] != data(&before)["CLIENT_SECRET"]
+        })
+        .await?;
+    // The pass that rotated ends by scheduling the next one (a replaced client is retired
+    // before that).
+    let app = env
+        .wait_app(
+            APP,
+            "the next rotation scheduled",
+            |a: &OAuthApplication| next(a).is_some_and(|n| n > first),
+        )
+        .await?;
+    server.assert_token(&after).await?;
+    assert!(
+        server.token(&before).await?.is_err(),
+        "{kind:?}: the old secret is refused"
+    );
+    env.wait_event(APP, "SecretRotated").await?;
+    let status = app.status.as_ref().context("status")?;
+    let last = status
+        .secret_rotated_at
+        .as_ref()
+        .context("secretRotatedAt")?
+        .0
+        .as_second();
+    // On time: not before it was due, and soon after (the operator wakes for it; the slack
+    // is for a loaded CI machine).
+    assert!(
+        (first..=first + 20).contains(&last),
+        "{kind:?}: rotated at {last}, due at {first}"
+    );
+    let second = next(&app).context("nextRotationAt")?;
+    assert!(
+        (last + 27..=last + 30).contains(&second),
+        "{kind:?}: next rotation at {second}, last at {last}"
+    );
+    assert_eq!(
+        status.last_rotation_token, None,
+        "a schedule answers no rotate token"
+    );
+    Ok(())
+}
+
 /// One test per (backend, row).
 macro_rules! matrix {
     ($($row:ident),* $(,)?) => {
@@ -928,6 +1003,7 @@ matrix!(
     deletion,
     crash_after_create,
     crash_after_secret,
+    scheduled_rotation,
 );
 
 /// The README's backend x feature table names every row of this matrix.

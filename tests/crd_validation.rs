@@ -85,6 +85,21 @@ async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
             serde_json::json!({"providerRef": {"name": "clerk"}, "scopes": ["two words"]}),
             "should match",
         ),
+        (
+            "publicrotation",
+            serde_json::json!({"providerRef": {"name": "clerk"}, "clientType": "public", "rotation": {"period": "720h"}}),
+            "a public client has no client secret to rotate",
+        ),
+        (
+            "shortperiod",
+            serde_json::json!({"providerRef": {"name": "clerk"}, "rotation": {"period": "10s"}}),
+            "rotation.period must be at least 30s",
+        ),
+        (
+            "notaduration",
+            serde_json::json!({"providerRef": {"name": "clerk"}, "rotation": {"period": "soon"}}),
+            "period",
+        ),
     ];
     for (name, spec, message) in cases {
         let got = rejected(&env, name, spec).await;
@@ -109,6 +124,16 @@ async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
                     "com.example.app:/cb",
                     "https://a.example.com/cb?x=1"
                 ])),
+            ),
+        )
+        .await?;
+    // A scheduled rotation in Go's duration syntax.
+    api(&env)
+        .create(
+            &PostParams::default(),
+            &app(
+                "rotating",
+                serde_json::json!({"providerRef": {"name": "clerk"}, "rotation": {"period": "2160h30m"}}),
             ),
         )
         .await?;

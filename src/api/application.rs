@@ -39,6 +39,7 @@ pub const FORCE_DELETE_ANNOTATION: &str = "oauth-operator.dev/force-delete";
 #[x_kube(validation = Rule::new("(has(self.secret) && has(self.secret.name) ? self.secret.name : '') == (has(oldSelf.secret) && has(oldSelf.secret.name) ? oldSelf.secret.name : '')").message("secret.name is immutable (also when it is added or removed)"))]
 #[x_kube(validation = Rule::new("has(self.secret) && has(self.secret.keys) ? (has(oldSelf.secret) && has(oldSelf.secret.keys) && self.secret.keys == oldSelf.secret.keys) : !(has(oldSelf.secret) && has(oldSelf.secret.keys))").message("secret.keys is immutable: the credentials stay under the keys workloads read"))]
 #[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.grantTypes) || !self.grantTypes.exists(g, g == 'client_credentials')").message("a public client cannot use the client_credentials grant"))]
+#[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.rotation) || !has(self.rotation.period)").message("a public client has no client secret to rotate: remove rotation.period"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthApplicationSpec {
     /// The provider (authorization server) that registers this client. Immutable: a client
@@ -98,6 +99,23 @@ pub struct OAuthApplicationSpec {
     /// What happens when the client is changed at the provider (e.g. in a dashboard).
     #[serde(default)]
     pub drift_policy: DriftPolicy,
+
+    /// When the client secret is rotated besides on request (the `oauth-operator.dev/rotate`
+    /// annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSpec>,
+}
+
+/// Scheduled rotation of the client secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// Rotate the client secret once per period (a Go duration, e.g. `2160h`; at least `30s`).
+    /// Each application rotates up to a tenth of the period early, by an offset fixed by its
+    /// uid, so that applications created together do not rotate together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('30s')").message("rotation.period must be at least 30s"))]
+    pub period: Option<kube::core::Duration>,
 }
 
 /// A redirect URI (validated by CEL in the CRD and again by the operator).
@@ -299,6 +317,9 @@ pub struct OAuthApplicationStatus {
     /// When the client secret was last rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_rotated_at: Option<Time>,
+    /// When the next scheduled rotation is due (with `rotation.period`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
     /// The last value of the `oauth-operator.dev/rotate` annotation that was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_token: Option<String>,

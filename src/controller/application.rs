@@ -23,13 +23,14 @@ use super::desired::desired_client;
 use super::error::{Error, Result};
 use super::plan::{
     CredentialFacts, CredentialsStep, IdentityFacts, IdentityStep, Lookup, NewSecret, Refusal,
-    RegistrationFlow, SecretFact, credentials_step, identity_step, new_secret, registration_flow,
+    RegistrationFlow, SecretFact, credentials_step, identity_step, new_secret, next_rotation,
+    registration_flow,
 };
 use super::resolve::{ResolvedProvider, provider_key, resolve_provider};
 use super::secret::{
-    CLIENT_ID_ANNOTATION, KeyNames, PROVIDER_OBJECT_ID_ANNOTATION, ROTATION_TOKEN_ANNOTATION,
-    build_secret, create_secret, data_value, dry_run_write, heal_secret, is_owned_by,
-    put_client_secret, reconcile_metadata, release_secret, write_rotated_secret,
+    CLIENT_ID_ANNOTATION, KeyNames, PROVIDER_OBJECT_ID_ANNOTATION, ROTATED_AT_ANNOTATION,
+    ROTATION_TOKEN_ANNOTATION, build_secret, create_secret, data_value, dry_run_write, heal_secret,
+    is_owned_by, put_client_secret, reconcile_metadata, release_secret, write_rotated_secret,
 };
 use super::staging::{Staged, Staging};
 use super::status::StatusWriter;
@@ -37,8 +38,8 @@ use crate::api::conditions::{
     DRIFTED, READY, RECONCILING, STALLED, new_condition, remove_condition, set_condition,
 };
 use crate::api::{
-    DeletionPolicy, DriftPolicy, OAuthApplication, OAuthApplicationStatus, PendingRegistration,
-    RecordedSecretKeys,
+    ClientType, DeletionPolicy, DriftPolicy, OAuthApplication, OAuthApplicationStatus,
+    PendingRegistration, RecordedSecretKeys,
 };
 use crate::providers::{
     DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker, ProviderError, Registration,
@@ -348,6 +349,11 @@ async fn apply(
         status.last_rotation_token = rotate_token.map(str::to_string);
     }
     let secret = secret_fact(existing.as_ref(), &keys);
+    // Scheduled rotation (`rotation.period`): due once the period, less this application's
+    // offset, has passed since the last rotation. It asks for a new secret only; a client
+    // that is gone is never replaced on a schedule (that takes a rotate token).
+    let next_rotation_at = scheduled_rotation(app, status, existing.as_ref());
+    let rotation_due = next_rotation_at.is_some_and(|t| t <= now());
 
     // 3. staged credentials: looked for only when an earlier pass may not have finished, so
     //    the steady state costs no read
@@ -355,6 +361,7 @@ async fn apply(
         && status.pending_registration.is_none()
         && status.credentials_in_flight_since.is_none()
         && !rotation_requested
+        && !rotation_due
         && matches!(&secret, SecretFact::Present { written_for, .. } if *written_for == status.client_id);
     let mut staged = if settled { None } else { staging.load().await? };
     if let (Some(s), Some(id)) = (&staged, &status.provider_object_id)
@@ -496,7 +503,7 @@ async fn apply(
         secret,
         client_id: remote.client_id.clone(),
         public: remote.public,
-        rotation_requested,
+        rotation_requested: rotation_requested || rotation_due,
     };
     let mut step = credentials_step(&credential_facts);
     // Set when an issue that did not finish is found to have happened at the server.
@@ -525,7 +532,7 @@ async fn apply(
                 step,
                 &provider.client.capabilities(),
                 remote.public,
-                rotation_requested,
+                rotation_requested || rotation_due,
                 issued_at_server,
             );
             let read_back = matches!(source, NewSecret::ReadBack { .. });
@@ -574,8 +581,13 @@ async fn apply(
                     "SecretRotated",
                     "Rotate",
                     format!(
-                        "rotated the client secret of {} on request; Secret {secret_name} updated",
-                        remote.client_id
+                        "rotated the client secret of {} {}; Secret {secret_name} updated",
+                        remote.client_id,
+                        if rotation_requested {
+                            "on request"
+                        } else {
+                            "on schedule (rotation.period)"
+                        }
                     ),
                 )
             } else {
@@ -667,6 +679,9 @@ async fn apply(
     });
     status.endpoints = Some(remote.endpoints.clone());
     status.pending_registration = None;
+    // After a rotation in this pass the next one counts from it.
+    let next_rotation_at = scheduled_rotation(app, status, None);
+    status.next_rotation_at = next_rotation_at.map(Time);
     status.observed_generation = app.metadata.generation;
     status.synced_generation = app.metadata.generation;
     remove_condition(&mut status.conditions, RECONCILING);
@@ -680,7 +695,41 @@ async fn apply(
         new_condition(READY, true, "Reconciled", message, app.metadata.generation),
     );
     writer.write(status).await?;
-    Ok(Action::requeue(ctx.resync_delay()))
+    let mut requeue = ctx.resync_delay();
+    if let Some(at) = next_rotation_at {
+        // Back when the rotation is due (a second late, so it is due by then).
+        let until = std::time::Duration::try_from(now().duration_until(at)).unwrap_or_default();
+        requeue = requeue.min(until + std::time::Duration::from_secs(1));
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// When the next scheduled rotation is due (see [`next_rotation`]), for a confidential client
+/// with `rotation.period`. The last rotation is read from status, else from the Secret's
+/// annotation (status may have been reset), else the application's creation.
+fn scheduled_rotation(
+    app: &OAuthApplication,
+    status: &OAuthApplicationStatus,
+    secret: Option<&Secret>,
+) -> Option<Timestamp> {
+    if app.spec.client_type == ClientType::Public {
+        return None;
+    }
+    let period: std::time::Duration = app.spec.rotation.as_ref()?.period?.into();
+    let anchor = status
+        .secret_rotated_at
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| {
+            secret?
+                .annotations()
+                .get(ROTATED_AT_ANNOTATION)?
+                .parse::<Timestamp>()
+                .ok()
+        })
+        .or_else(|| app.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or_else(now);
+    Some(next_rotation(anchor, period, owner_uid(app)))
 }
 
 fn invariant() -> Error {
@@ -1592,9 +1641,11 @@ async fn deliver(
             hand.rotation_token.as_deref(),
         )
         .await?;
-        if let Some(t) = rotated_at {
-            status.secret_rotated_at = Some(Time(t));
-        }
+    }
+    // Also when an earlier pass wrote the Secret and died before status said so: a scheduled
+    // rotation must not be repeated for want of this record.
+    if let Some(t) = rotated_at {
+        status.secret_rotated_at = Some(Time(t));
     }
     pass.crash_point("after-secret");
     // What the Secret now answers is durable before the staged copy goes: a pass that then

@@ -269,9 +269,59 @@ pub fn registration_flow(caps: &Capabilities) -> RegistrationFlow {
     }
 }
 
+/// When a scheduled rotation is due: one `period` after `anchor` (the last rotation, else the
+/// creation of the application), less an offset of up to a tenth of the period fixed by the
+/// uid. Applications created together are spread over that tenth, and each keeps rotating
+/// at its own steady interval.
+pub fn next_rotation(
+    anchor: k8s_openapi::jiff::Timestamp,
+    period: std::time::Duration,
+    uid: &str,
+) -> k8s_openapi::jiff::Timestamp {
+    // FNV-1a: stable across processes and versions (a std hasher is not).
+    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let fraction = (hash % 10_000) as f64 / 10_000.0;
+    let interval = period.mul_f64(1.0 - 0.1 * fraction);
+    let interval = k8s_openapi::jiff::SignedDuration::try_from(interval)
+        .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+    anchor
+        .checked_add(interval)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduled_rotations_spread_over_a_tenth_of_the_period() {
+        use k8s_openapi::jiff::Timestamp;
+        let period = std::time::Duration::from_secs(2160 * 3600);
+        let created = Timestamp::from_second(1_800_000_000).unwrap();
+        let due: Vec<i64> = (0..1000)
+            .map(|i| next_rotation(created, period, &format!("uid-{i}")).as_second())
+            .collect();
+        let (first, last) = (due.iter().min().unwrap(), due.iter().max().unwrap());
+        let p = period.as_secs() as i64;
+        // Within [0.9 p, p] of the anchor...
+        assert!(*first >= created.as_second() + p * 9 / 10, "{first}");
+        assert!(*last <= created.as_second() + p, "{last}");
+        // ... and spread: no minute holds more than a handful of the 1,000.
+        let mut per_minute = std::collections::BTreeMap::<i64, u32>::new();
+        for d in &due {
+            *per_minute.entry(d / 60).or_default() += 1;
+        }
+        let busiest = per_minute.values().max().unwrap();
+        assert!(*busiest <= 5, "{busiest} rotations in one minute");
+        assert!(last - first > p / 20, "spread over {}s only", last - first);
+        // The same uid always gets the same offset.
+        assert_eq!(
+            next_rotation(created, period, "uid-7"),
+            next_rotation(created, period, "uid-7")
+        );
+    }
 
     /// The capability sets of the backends (as each declares them).
     fn backends() -> [(&'static str, Capabilities); 5] {
