@@ -167,6 +167,19 @@ spec:
         )
     }
 
+    /// After a rotation: the new credentials obtain a token, the old ones are refused, and
+    /// the rotation was reported.
+    async fn assert_rotated(&self, before: &Secret, after: &Secret) -> Result<()> {
+        self.assert_token(after).await?;
+        assert!(
+            self.token(before).await?.is_err(),
+            "{:?}: the old secret is refused",
+            self.kind
+        );
+        self.env.wait_event(APP, "SecretRotated").await?;
+        Ok(())
+    }
+
     /// Proves the Secret's credentials at the server: `Ok(())` when a token is issued.
     async fn token(&self, secret: &Secret) -> Result<std::result::Result<(), u16>> {
         match self.kind {
@@ -833,12 +846,7 @@ async fn rotation(kind: Kind) -> Result<()> {
             .is_some_and(|s| s.last_rotation_token.as_deref() == Some("r1"))
     })
     .await?;
-    server.assert_token(&after).await?;
-    assert!(
-        server.token(&before).await?.is_err(),
-        "{kind:?}: the old secret is refused"
-    );
-    env.wait_event(APP, "SecretRotated").await?;
+    server.assert_rotated(&before, &after).await?;
     Ok(())
 }
 
@@ -950,12 +958,7 @@ async fn scheduled_rotation(kind: Kind) -> Result<()> {
             |a: &OAuthApplication| next(a).is_some_and(|n| n > first),
         )
         .await?;
-    server.assert_token(&after).await?;
-    assert!(
-        server.token(&before).await?.is_err(),
-        "{kind:?}: the old secret is refused"
-    );
-    env.wait_event(APP, "SecretRotated").await?;
+    server.assert_rotated(&before, &after).await?;
     let status = app.status.as_ref().context("status")?;
     let last = status
         .secret_rotated_at

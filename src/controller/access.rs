@@ -24,7 +24,7 @@ const CLIENT_URI_KEY: &str = "registrationClientUri";
 const TOKEN_KEY: &str = "registrationAccessToken";
 
 /// FNV-1a, 64 bits: a name that is the same on every run (std's hasher promises no such thing).
-fn fnv1a(parts: &[&str]) -> u64 {
+pub(super) fn fnv1a(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for byte in part.bytes().chain(std::iter::once(0)) {

@@ -278,10 +278,8 @@ pub fn next_rotation(
     period: std::time::Duration,
     uid: &str,
 ) -> k8s_openapi::jiff::Timestamp {
-    // FNV-1a: stable across processes and versions (a std hasher is not).
-    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    // Stable across processes and versions (a std hasher is not).
+    let hash = super::access::fnv1a(&[uid]);
     let fraction = (hash % 10_000) as f64 / 10_000.0;
     let interval = period.mul_f64(1.0 - 0.1 * fraction);
     let interval = k8s_openapi::jiff::SignedDuration::try_from(interval)
