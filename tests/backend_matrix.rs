@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use oauth_operator::api::{OAuthApplication, OAuthProvider};
 use serde_json::{Value, json};
@@ -20,6 +21,7 @@ use support::{Env, data, ready};
 use testenv::hydra::Hydra;
 use testenv::keycloak::{Keycloak, KeycloakAdmin};
 use testenv::oidc_provider::OidcProvider;
+use testenv::server_support::unique_suffix;
 
 const APP: &str = "mx";
 const FIRST_URI: &str = "https://mx.example.com/callback";
@@ -473,6 +475,38 @@ spec:
 
     /// Clients at the server that belong to the application with `uid` (by the owner marker
     /// where the backend has one, by display name at Clerk, whose emulator is this test's own).
+    /// How many clients with this client id the server holds (Hydra, Keycloak).
+    async fn clients_with_id(&self, client_id: &str) -> Result<usize> {
+        let all: Vec<Value> = match self.kind {
+            Kind::Hydra => {
+                reqwest::get(format!(
+                    "{}/admin/clients?page_size=500",
+                    Hydra::shared()?.admin_url()
+                ))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?
+            }
+            Kind::Keycloak => {
+                let (realm, admin) = self.realm()?;
+                admin
+                    .request(reqwest::Method::GET, &format!("/{realm}/clients"))
+                    .await?
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?
+            }
+            k => anyhow::bail!("{k:?} does not take given credentials"),
+        };
+        Ok(all
+            .iter()
+            .filter(|c| c["client_id"] == client_id || c["clientId"] == client_id)
+            .count())
+    }
+
     async fn clients_of(&self, uid: &str, display: &str) -> Result<usize> {
         match self.kind {
             // No list in RFC 7591: the operator's records of the clients registered for this
@@ -984,6 +1018,132 @@ async fn scheduled_rotation(kind: Kind) -> Result<()> {
     Ok(())
 }
 
+/// Row: bring your own credentials (`spec.credentialsFrom`). Where the operator chooses the
+/// credentials (Hydra, Keycloak), the client is registered with the user's own id and secret
+/// and a token is obtained with them; a changed secret in that Secret makes the old value fail
+/// and the new one work; a deleted Secret is a condition, and the client keeps the last given
+/// credentials (never a fresh random secret). Elsewhere, a clear refusal and nothing
+/// registered.
+async fn credentials_from(kind: Kind) -> Result<()> {
+    let server = Server::new(kind, "mx-byo").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    let client_id = format!("byo.{}", env.ns);
+    let first = format!("first-secret-{}-{}", unique_suffix(), env.ns);
+    let source = |value: &str| -> Result<Secret> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": "vault-creds"},
+            "stringData": {"CLIENT_ID": client_id, "CLIENT_SECRET": value},
+        }))?)
+    };
+    env.secrets()
+        .create(&PostParams::default(), &source(&first)?)
+        .await?;
+    env.apply_app(&server.app_yaml(APP, "  credentialsFrom: {name: vault-creds}"))
+        .await?;
+    let name = format!("{APP}-oauth");
+    if matches!(kind, Kind::Clerk) || kind.dcr() {
+        let app = env.wait_reason(APP, "CredentialsFromUnsupported").await?;
+        let status = app.status.as_ref().context("status")?;
+        let stalled = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .context("a Stalled condition")?;
+        assert_eq!(stalled.status, "True");
+        assert!(
+            stalled.message.contains("remove spec.credentialsFrom"),
+            "{kind:?}: the condition names the fix: {}",
+            stalled.message
+        );
+        assert_eq!(
+            server.clients_of(&uid(&app)?, &server.display(APP)).await?,
+            0,
+            "{kind:?}: nothing registered"
+        );
+        assert!(env.secrets().get_opt(&name).await?.is_none());
+        return Ok(());
+    }
+    let app = env.wait_ready(APP).await?;
+    let status = app.status.as_ref().context("status")?;
+    assert_eq!(status.client_id.as_deref(), Some(client_id.as_str()));
+    let before = env.secrets().get(&name).await?;
+    assert_eq!(data(&before)["CLIENT_ID"], client_id);
+    assert_eq!(
+        data(&before)["CLIENT_SECRET"],
+        first,
+        "{kind:?}: the user's own secret"
+    );
+    server.assert_token(&before).await?;
+    assert_eq!(server.clients_with_id(&client_id).await?, 1);
+    let source_version = env
+        .secrets()
+        .get("vault-creds")
+        .await?
+        .metadata
+        .resource_version;
+
+    // The vault's value changes: pushed to the server, then to the Secret workloads mount.
+    let second = format!("second-secret-{}-{}", unique_suffix(), env.ns);
+    env.secrets()
+        .replace("vault-creds", &PostParams::default(), &{
+            let mut s = source(&second)?;
+            s.metadata.resource_version = source_version;
+            s
+        })
+        .await?;
+    let after = env
+        .wait_secret(&name, |s| data(s)["CLIENT_SECRET"] == second)
+        .await?;
+    env.wait_event(APP, "CredentialsUpdated").await?;
+    server.assert_token(&after).await?;
+    assert!(
+        server.token(&before).await?.is_err(),
+        "{kind:?}: the old value is refused"
+    );
+    assert_ne!(
+        after
+            .annotations()
+            .get("oauth-operator.dev/secret-rotated-at"),
+        before
+            .annotations()
+            .get("oauth-operator.dev/secret-rotated-at"),
+        "consumers see the change (the annotation Reloader-style tools watch)"
+    );
+    let source_now = env.secrets().get("vault-creds").await?;
+    assert_eq!(
+        data(&source_now)["CLIENT_SECRET"],
+        second,
+        "the operator never writes the user's Secret"
+    );
+    assert!(source_now.metadata.owner_references.is_none());
+
+    // The vault's Secret is deleted: a condition, and nothing changes at the server.
+    env.secrets()
+        .delete("vault-creds", &DeleteParams::default())
+        .await?;
+    let app = env.wait_reason(APP, "CredentialsSourceMissing").await?;
+    let message = app
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .context("Ready")?;
+    assert!(
+        message.contains("keep the credentials last given"),
+        "{message}"
+    );
+    let kept = env.secrets().get(&name).await?;
+    assert_eq!(
+        data(&kept)["CLIENT_SECRET"],
+        second,
+        "no fresh random secret"
+    );
+    server.assert_token(&kept).await?;
+    assert_eq!(server.clients_with_id(&client_id).await?, 1);
+    Ok(())
+}
+
 /// One test per (backend, row).
 macro_rules! matrix {
     ($($row:ident),* $(,)?) => {
@@ -1007,6 +1167,7 @@ matrix!(
     crash_after_create,
     crash_after_secret,
     scheduled_rotation,
+    credentials_from,
 );
 
 /// The README's backend x feature table names every row of this matrix.

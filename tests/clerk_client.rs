@@ -15,6 +15,7 @@ const REGISTRATION: Registration<'static> = Registration {
     owner_uid: "uid",
     client_id: None,
     client_secret: None,
+    given: false,
 };
 use oauth_operator::telemetry::Metrics;
 use secrecy::{ExposeSecret, SecretString};

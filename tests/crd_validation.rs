@@ -96,6 +96,26 @@ async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
             "rotation.period must be at least 30s",
         ),
         (
+            "byopublic",
+            serde_json::json!({"providerRef": {"name": "hydra"}, "clientType": "public", "credentialsFrom": {"name": "vault"}}),
+            "a public client has none: remove credentialsFrom",
+        ),
+        (
+            "byorotation",
+            serde_json::json!({"providerRef": {"name": "hydra"}, "credentialsFrom": {"name": "vault"}, "rotation": {"period": "720h"}}),
+            "rotated by changing its Secret",
+        ),
+        (
+            "byosamesecret",
+            serde_json::json!({"providerRef": {"name": "hydra"}, "credentialsFrom": {"name": "vault"}, "secret": {"name": "vault"}}),
+            "never writes the Secret credentialsFrom names",
+        ),
+        (
+            "byobadkey",
+            serde_json::json!({"providerRef": {"name": "hydra"}, "credentialsFrom": {"name": "vault", "clientSecretKey": "a/b"}}),
+            "clientSecretKey",
+        ),
+        (
             "notaduration",
             serde_json::json!({"providerRef": {"name": "clerk"}, "rotation": {"period": "soon"}}),
             "period",
@@ -137,6 +157,38 @@ async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
             ),
         )
         .await?;
+    // credentialsFrom can be neither added nor removed (the client id would change).
+    let patch = serde_json::json!({"spec": {"credentialsFrom": {"name": "vault"}}});
+    let err = env
+        .apps()
+        .patch("rotating", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("credentialsFrom cannot be added or removed"),
+        "{err}"
+    );
+    api(&env)
+        .create(
+            &PostParams::default(),
+            &app(
+                "byo",
+                serde_json::json!({"providerRef": {"name": "hydra"}, "credentialsFrom": {"name": "vault", "clientIdKey": "id"}}),
+            ),
+        )
+        .await?;
+    let patch = serde_json::json!({"spec": {"credentialsFrom": null}});
+    let err = env
+        .apps()
+        .patch("byo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("credentialsFrom cannot be added or removed"),
+        "{err}"
+    );
     // providerRef is immutable.
     let patch = serde_json::json!({"spec": {"providerRef": {"name": "other"}}});
     let err = env

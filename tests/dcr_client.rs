@@ -28,6 +28,7 @@ const REGISTRATION: Registration<'static> = Registration {
     owner_uid: "uid",
     client_id: None,
     client_secret: None,
+    given: false,
 };
 
 /// Registration access in memory, counting saves; saves can be made to fail.

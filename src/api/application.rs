@@ -40,6 +40,10 @@ pub const FORCE_DELETE_ANNOTATION: &str = "oauth-operator.dev/force-delete";
 #[x_kube(validation = Rule::new("has(self.secret) && has(self.secret.keys) ? (has(oldSelf.secret) && has(oldSelf.secret.keys) && self.secret.keys == oldSelf.secret.keys) : !(has(oldSelf.secret) && has(oldSelf.secret.keys))").message("secret.keys is immutable: the credentials stay under the keys workloads read"))]
 #[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.grantTypes) || !self.grantTypes.exists(g, g == 'client_credentials')").message("a public client cannot use the client_credentials grant"))]
 #[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.rotation) || !has(self.rotation.period)").message("a public client has no client secret to rotate: remove rotation.period"))]
+#[x_kube(validation = Rule::new("!has(self.credentialsFrom) || self.clientType != 'public'").message("credentialsFrom gives a client secret, and a public client has none: remove credentialsFrom"))]
+#[x_kube(validation = Rule::new("!has(self.credentialsFrom) || !has(self.rotation)").message("a client with credentialsFrom is rotated by changing its Secret: remove rotation"))]
+#[x_kube(validation = Rule::new("!has(self.credentialsFrom) || !has(self.secret) || !has(self.secret.name) || self.secret.name != self.credentialsFrom.name").message("the operator never writes the Secret credentialsFrom names: give secret.name another name"))]
+#[x_kube(validation = Rule::new("has(self.credentialsFrom) == has(oldSelf.credentialsFrom)").message("credentialsFrom cannot be added or removed: the client id would change; create a new OAuthApplication"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthApplicationSpec {
     /// The provider (authorization server) that registers this client. Immutable: a client
@@ -104,6 +108,48 @@ pub struct OAuthApplicationSpec {
     /// annotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationSpec>,
+
+    /// Bring your own credentials: a Secret in this namespace (e.g. written by External
+    /// Secrets from a vault) holding the client id and secret to register the client with,
+    /// where the backend lets the operator choose them (Hydra, Keycloak). The operator reads
+    /// it, never writes it, and pushes a changed secret to the provider; the client belongs to
+    /// whoever holds its secret, so clusters sharing the Secret share one client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_from: Option<CredentialsFrom>,
+}
+
+/// Where given credentials are read (`spec.credentialsFrom`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsFrom {
+    /// Name of the Secret, in the application's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key of the client id in it. Default `CLIENT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub client_id_key: Option<String>,
+    /// Key of the client secret in it. Default `CLIENT_SECRET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub client_secret_key: Option<String>,
+}
+
+impl CredentialsFrom {
+    pub fn client_id_key(&self) -> &str {
+        self.client_id_key
+            .as_deref()
+            .unwrap_or(default_keys::CLIENT_ID)
+    }
+
+    pub fn client_secret_key(&self) -> &str {
+        self.client_secret_key
+            .as_deref()
+            .unwrap_or(default_keys::CLIENT_SECRET)
+    }
 }
 
 /// Scheduled rotation of the client secret.
@@ -345,6 +391,10 @@ pub struct OAuthApplicationStatus {
     /// new one's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retiring_client_id: Option<String>,
+    /// With `spec.credentialsFrom`: the `resourceVersion` of that Secret when the provider was
+    /// last given (or shown to hold) its credentials. A new version is pushed to the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_from_version: Option<String>,
 }
 
 /// Key names of the credentials in the Secret, as written.

@@ -42,21 +42,25 @@ use crate::api::{
     PendingRegistration, RecordedSecretKeys,
 };
 use crate::providers::{
-    DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker, ProviderError, Registration,
-    RemoteClient, Rotation, generate_secret,
+    DesiredClient, DriftSource, GIVEN_OWNER, Identity, IssuedClient, OwnerMarker, ProviderError,
+    Registration, RemoteClient, Rotation, generate_secret,
 };
 use crate::telemetry::{ErrorLabels, ReconcileLabels};
 
 pub const FINALIZER: &str = "oauth-operator.dev/cleanup";
 const KIND: &str = "OAuthApplication";
 
-/// The application's uid: the owner marker a backend carries.
-fn owner_uid(app: &OAuthApplication) -> &str {
+/// The owner marker a backend carries: the application's uid, or, for a client registered
+/// with given credentials, [`GIVEN_OWNER`] (it belongs to whoever holds its secret).
+pub(super) fn owner_uid(app: &OAuthApplication) -> &str {
+    if app.spec.credentials_from.is_some() {
+        return GIVEN_OWNER;
+    }
     app.metadata.uid.as_deref().unwrap_or_default()
 }
 
 /// A client whose owner marker names another application is never ours to change.
-fn check_owner(app: &OAuthApplication, remote: &RemoteClient) -> Result<()> {
+pub(super) fn check_owner(app: &OAuthApplication, remote: &RemoteClient) -> Result<()> {
     if remote.owner_uid.as_deref() == Some(owner_uid(app)) {
         return Ok(());
     }
@@ -72,7 +76,7 @@ fn check_owner(app: &OAuthApplication, remote: &RemoteClient) -> Result<()> {
 }
 
 /// Now, to the second: what `Time` serializes, so comparing status never sees sub-second noise.
-fn now() -> Timestamp {
+pub(super) fn now() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
 }
 
@@ -236,15 +240,15 @@ fn secret_fact(secret: Option<&Secret>, keys: &KeyNames) -> SecretFact {
 
 /// What every step of one pass over one application works with.
 #[derive(Clone, Copy)]
-struct Pass<'a> {
-    app: &'a OAuthApplication,
-    ctx: &'a Context,
-    provider: &'a ResolvedProvider,
-    desired: &'a DesiredClient,
-    secrets: &'a Api<Secret>,
-    staging: &'a Staging,
+pub(super) struct Pass<'a> {
+    pub(super) app: &'a OAuthApplication,
+    pub(super) ctx: &'a Context,
+    pub(super) provider: &'a ResolvedProvider,
+    pub(super) desired: &'a DesiredClient,
+    pub(super) secrets: &'a Api<Secret>,
+    pub(super) staging: &'a Staging,
     /// The current `oauth-operator.dev/rotate` token: credentials issued in this pass answer it.
-    rotate_token: Option<&'a str>,
+    pub(super) rotate_token: Option<&'a str>,
 }
 
 impl Pass<'_> {
@@ -337,6 +341,9 @@ async fn apply(
         staging: &staging,
         rotate_token,
     };
+    if let Some(from) = &app.spec.credentials_from {
+        return super::given::apply_given(pass, writer, status, existing.as_ref(), from).await;
+    }
     // Answered when status says so, or the Secret does (status may have been reset).
     let answered_in_secret = existing
         .as_ref()
@@ -729,7 +736,11 @@ fn scheduled_rotation(
         })
         .or_else(|| app.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .unwrap_or_else(now);
-    Some(next_rotation(anchor, period, owner_uid(app)))
+    Some(next_rotation(
+        anchor,
+        period,
+        app.metadata.uid.as_deref().unwrap_or_default(),
+    ))
 }
 
 fn invariant() -> Error {
@@ -791,7 +802,7 @@ async fn secret_still_works(
 
 /// Checks the existing client against the spec: a PATCH after a spec change, drift
 /// correction or reporting otherwise. `Ok(None)`: the provider says the client does not exist.
-async fn sync_remote(
+pub(super) async fn sync_remote(
     pass: Pass<'_>,
     status: &mut OAuthApplicationStatus,
     id: &str,
@@ -866,7 +877,7 @@ async fn sync_remote(
     let uid = app.metadata.uid.as_deref().unwrap_or_default();
     if remote.name == registration_name(&desired.name, uid) {
         // A registration that stopped before the rename: finish it whatever the drift policy.
-        let named = provider.client.update(id, desired, uid).await?;
+        let named = provider.client.update(id, desired, owner_uid(app)).await?;
         ctx.inventory.upsert(&provider.server, &named).await;
         return Ok(Some(named));
     }
@@ -879,7 +890,7 @@ async fn sync_remote(
     let fields = drifted.join(", ");
     match app.spec.drift_policy {
         DriftPolicy::Correct => {
-            let corrected = match provider.client.update(id, desired, uid).await {
+            let corrected = match provider.client.update(id, desired, owner_uid(app)).await {
                 Ok(c) => c,
                 Err(ProviderError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
@@ -981,6 +992,7 @@ async fn register(
         owner_uid: &uid,
         client_id: None,
         client_secret: None,
+        given: false,
     };
     let issued = match provider.client.create(&tagged, &registration).await {
         Ok(issued) => issued,
@@ -1115,6 +1127,7 @@ async fn register_chosen(
         owner_uid: uid,
         client_id: Some(&id),
         client_secret: client_secret.as_ref(),
+        given: false,
     };
     let issued = provider.client.create(desired, &registration).await?;
     pass.crash_point("after-create");
@@ -1661,7 +1674,7 @@ async fn deliver(
 
 /// Writes freshly issued credentials: a POST when there is no Secret, otherwise (our own
 /// Secret) a patch of its data.
-async fn store_credentials(
+pub(super) async fn store_credentials(
     app: &OAuthApplication,
     secrets: &Api<Secret>,
     existing: Option<&Secret>,

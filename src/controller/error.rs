@@ -17,6 +17,16 @@ pub enum Error {
     CredentialsMissing(String),
     #[error("{0}")]
     SecretConflict(String),
+    /// `spec.credentialsFrom` on a backend that issues its own credentials.
+    #[error("{0}")]
+    CredentialsFromUnsupported(String),
+    /// The Secret `spec.credentialsFrom` names is missing, or lacks a key (it may yet appear:
+    /// External Secrets writes it after the application is applied).
+    #[error("{0}")]
+    CredentialsSourceMissing(String),
+    /// A client with the given id exists and does not accept the given secret.
+    #[error("{0}")]
+    CredentialsNotAccepted(String),
     #[error("{0}")]
     SecretRejected(String),
     #[error("{0}")]
@@ -48,6 +58,9 @@ impl Error {
             Error::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
             Error::CredentialsMissing(_) => "CredentialsMissing",
             Error::SecretConflict(_) => "SecretConflict",
+            Error::CredentialsFromUnsupported(_) => "CredentialsFromUnsupported",
+            Error::CredentialsSourceMissing(_) => "CredentialsSourceMissing",
+            Error::CredentialsNotAccepted(_) => "CredentialsNotAccepted",
             Error::SecretRejected(_) => "SecretRejected",
             Error::ClientMissing(_) => "ClientMissing",
             Error::RegistrationPending(_) => "RegistrationPending",
@@ -81,6 +94,8 @@ impl Error {
                 | "ProviderRejected"
                 | "CredentialsRejected"
                 | "CredentialsMissing"
+                | "CredentialsFromUnsupported"
+                | "CredentialsNotAccepted"
         )
     }
 
@@ -90,6 +105,7 @@ impl Error {
         match self {
             Error::ProviderNotFound(_)
             | Error::CredentialsMissing(_)
+            | Error::CredentialsSourceMissing(_)
             | Error::DeletionBlocked(_)
             | Error::ProviderInUse(_)
             | Error::RegistrationPending(_)
@@ -152,6 +168,8 @@ mod tests {
             Error::ClientMissing(x()),
             Error::NamespaceNotAllowed(x()),
             Error::CredentialsMissing(x()),
+            Error::CredentialsFromUnsupported(x()),
+            Error::CredentialsNotAccepted(x()),
             Error::Provider(ProviderError::Unsupported(x())),
             Error::Provider(ProviderError::Unauthorized {
                 operation: "get",
@@ -168,6 +186,8 @@ mod tests {
         }
         for e in [
             Error::ProviderNotFound(x()),
+            // External Secrets writes it after the application is applied: a pipeline waits.
+            Error::CredentialsSourceMissing(x()),
             Error::RegistrationPending(x()),
             Error::DeletionBlocked(x()),
             Error::ProviderInUse(x()),

@@ -6,6 +6,7 @@ pub mod application;
 pub mod context;
 pub mod desired;
 pub mod error;
+mod given;
 pub mod plan;
 pub mod provider;
 pub mod resolve;
@@ -82,6 +83,37 @@ fn apps_using(
         .collect()
 }
 
+/// Applications whose `spec.credentialsFrom` names this Secret: a change there is a change of
+/// the credentials to push, so they also retry now rather than after their backoff.
+fn apps_reading(
+    store: &kube::runtime::reflector::Store<DeserializeGuard<OAuthApplication>>,
+    ctx: &Context,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
+    let (namespace, name) = (secret.namespace(), secret.name_any());
+    let apps: Vec<_> = store
+        .state()
+        .into_iter()
+        .filter(|guard| {
+            guard.0.as_ref().is_ok_and(|app| {
+                app.namespace() == namespace
+                    && app
+                        .spec
+                        .credentials_from
+                        .as_ref()
+                        .is_some_and(|from| from.name == name)
+            })
+        })
+        .map(|guard| ObjectRef::from_obj(&*guard))
+        .collect();
+    for app in &apps {
+        let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
+        plain.namespace = app.namespace.clone();
+        ctx.reset_backoff(&plain);
+    }
+    apps
+}
+
 /// A provider's spec changed: its applications retry now rather than after their backoff.
 fn retry_now(
     ctx: &Context,
@@ -127,8 +159,17 @@ pub async fn run(
     let providers: Api<DeserializeGuard<OAuthProvider>> = api_for(&client, ns.as_deref());
     let cluster_providers: Api<DeserializeGuard<ClusterOAuthProvider>> = Api::all(client.clone());
 
+    // Metadata only, of every Secret: those that `spec.credentialsFrom` names are the user's
+    // (no label of ours), and nothing of them is kept but the event.
+    // (`Api<PartialObjectMeta<_>>` makes metadata-only requests.)
+    let sources: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
+    let (source_store, source_ctx) = (store.clone(), ctx.clone());
+
     let app_controller = app_controller
         .owns(secrets, secrets_cfg)
+        .watches(sources, watch_cfg.clone(), move |s| {
+            apps_reading(&source_store, &source_ctx, &s)
+        })
         .watches(providers.clone(), watch_cfg.clone(), move |p| {
             let apps = apps_using(
                 &ns_store,

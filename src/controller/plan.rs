@@ -330,6 +330,7 @@ mod tests {
             rotation,
             drift,
             owner_marker,
+            given_credentials: identity == Identity::OperatorChosen,
         };
         [
             (

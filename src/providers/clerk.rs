@@ -383,6 +383,7 @@ impl Backend for ClerkClient {
             rotation: Rotation::ServerEndpoint,
             drift: DriftSource::ListAll,
             owner_marker: OwnerMarker::TaggedName,
+            given_credentials: false,
         }
     }
 

@@ -569,6 +569,7 @@ impl Backend for DynamicRegistrationClient {
             },
             drift: DriftSource::GetEach,
             owner_marker: OwnerMarker::Unmarked,
+            given_credentials: false,
         }
     }
 
@@ -1213,6 +1214,7 @@ mod tests {
                 rotation: Rotation::Recreate,
                 drift: DriftSource::GetEach,
                 owner_marker: OwnerMarker::Unmarked,
+                given_credentials: false,
             }
         );
         assert!(b.endpoints().is_none(), "nothing discovered yet");

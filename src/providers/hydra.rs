@@ -298,6 +298,7 @@ impl Backend for HydraClient {
             rotation: Rotation::OperatorSets,
             drift: DriftSource::ListAll,
             owner_marker: OwnerMarker::Metadata,
+            given_credentials: true,
         }
     }
 
@@ -360,6 +361,7 @@ impl Backend for HydraClient {
                 client: self.remote(app),
                 client_secret: registration.client_secret.cloned(),
             }),
+            Err(e @ ProviderError::Rejected { status: 409, .. }) if registration.given => Err(e),
             Err(ProviderError::Rejected { status: 409, .. }) => {
                 // The id exists: ours (an earlier create whose answer was lost) or not.
                 let existing = self.get(id).await?;
@@ -431,6 +433,17 @@ impl Backend for HydraClient {
         secret: &SecretString,
     ) -> Result<RemoteClient, ProviderError> {
         self.put(id, desired, owner_uid, Some(secret)).await
+    }
+
+    async fn find_by_client_id(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<RemoteClient>, ProviderError> {
+        match self.get(client_id).await {
+            Ok(remote) => Ok(Some(remote)),
+            Err(ProviderError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {

@@ -65,6 +65,37 @@ fn checked_id(id: &str) -> Result<&str, ProviderError> {
     }
 }
 
+/// A clientId the user gave (`spec.credentialsFrom`; the controller checks the same shape):
+/// it goes into request bodies and a query, never into a path.
+fn given_client_id(id: &str) -> Result<&str, ProviderError> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if valid {
+        Ok(id)
+    } else {
+        Err(ProviderError::Unsupported(format!(
+            "{id:?} is not a client id this operator registers"
+        )))
+    }
+}
+
+/// A new object id in the form Keycloak gives its own (a random UUID).
+fn random_object_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 /// Where the operator finds Keycloak, and who it is there.
 pub struct KeycloakSettings {
     /// Keycloak's base URL (e.g. `https://keycloak.example.com`), without `/admin`.
@@ -615,6 +646,7 @@ impl Backend for KeycloakClient {
             rotation: Rotation::ServerEndpoint,
             drift: DriftSource::ListAll,
             owner_marker: OwnerMarker::Metadata,
+            given_credentials: true,
         }
     }
 
@@ -692,14 +724,28 @@ impl Backend for KeycloakClient {
         let client_id = registration.client_id.ok_or_else(|| {
             ProviderError::Unsupported("Keycloak clients need a chosen id".into())
         })?;
-        let id = checked_id(registration.owner_uid)?;
-        let rep = representation(desired, id, checked_id(client_id)?, registration.owner_uid);
+        // Given credentials: the clientId is the user's, the object id a fresh one (a create
+        // whose answer was lost is found again by clientId, which the realm keeps unique).
+        let random_id;
+        let (id, client_id) = if registration.given {
+            random_id = random_object_id();
+            (random_id.as_str(), given_client_id(client_id)?)
+        } else {
+            (checked_id(registration.owner_uid)?, checked_id(client_id)?)
+        };
+        let mut rep = representation(desired, id, client_id, registration.owner_uid);
+        if let (true, Some(secret)) = (registration.given, registration.client_secret) {
+            rep["secret"] = json!(secret.expose_secret());
+        }
         self.metadata().await?;
         match self
             .call_empty("create", Method::POST, self.url(&["clients"]), Some(&rep))
             .await
         {
             Ok(()) => {}
+            Err(e @ ProviderError::Rejected { status: 409, .. }) if registration.given => {
+                return Err(e);
+            }
             Err(ProviderError::Rejected { status: 409, .. }) => {
                 // The id or clientId exists: ours (an earlier create whose answer was lost),
                 // or someone else's.
@@ -813,6 +859,43 @@ impl Backend for KeycloakClient {
             .value
             .filter(|v| !v.is_empty())
             .map(SecretString::from))
+    }
+
+    async fn set_secret(
+        &self,
+        id: &str,
+        desired: &DesiredClient,
+        owner_uid: &str,
+        secret: &SecretString,
+    ) -> Result<RemoteClient, ProviderError> {
+        let current = self.get(id).await?;
+        let mut rep = representation(desired, id, &current.client_id, owner_uid);
+        rep["secret"] = json!(secret.expose_secret());
+        self.call_empty(
+            "set_secret",
+            Method::PUT,
+            self.url(&["clients", checked_id(id)?]),
+            Some(&rep),
+        )
+        .await?;
+        self.sync_scopes(id, desired).await?;
+        self.get(id).await
+    }
+
+    async fn find_by_client_id(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<RemoteClient>, ProviderError> {
+        self.realm_defaults(false).await?;
+        let mut url = self.url(&["clients"]);
+        url.query_pairs_mut()
+            .append_pair("clientId", given_client_id(client_id)?)
+            .append_pair("search", "false");
+        let (found, _): (Vec<KeycloakApp>, _) = self.call("find", Method::GET, url, None).await?;
+        Ok(found
+            .into_iter()
+            .find(|a| a.client_id == client_id)
+            .map(|a| self.remote(a)))
     }
 
     async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {

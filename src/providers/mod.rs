@@ -180,6 +180,11 @@ pub struct Registration<'a> {
     pub owner_uid: &'a str,
     pub client_id: Option<&'a str>,
     pub client_secret: Option<&'a SecretString>,
+    /// Credentials the user gave (`spec.credentialsFrom`, [`Capabilities::given_credentials`]):
+    /// the client is created with them, and a create that finds the id taken fails with a 409
+    /// whoever holds it (ownership of an existing client is proven by possession of its secret,
+    /// by the controller, never by the create).
+    pub given: bool,
 }
 
 /// What a backend can do; the controller reads these instead of assuming one server's shape.
@@ -190,7 +195,14 @@ pub struct Capabilities {
     pub rotation: Rotation,
     pub drift: DriftSource,
     pub owner_marker: OwnerMarker,
+    /// Whether a client can be registered with credentials the user gives
+    /// (`spec.credentialsFrom`): the operator chooses the id and can set the secret.
+    pub given_credentials: bool,
 }
+
+/// The owner marker of a client registered with given credentials: it belongs to whoever
+/// holds its secret (possibly several clusters), not to one application.
+pub const GIVEN_OWNER: &str = "credentials-from";
 
 fn unsupported(backend: &str, what: &str) -> ProviderError {
     ProviderError::Unsupported(format!("the {backend} backend cannot {what}"))
@@ -259,6 +271,18 @@ pub trait Backend: Send + Sync {
     /// A new secret for an existing client ([`Rotation::ServerEndpoint`]).
     async fn rotate_secret(&self, _id: &str) -> Result<IssuedClient, ProviderError> {
         Err(unsupported(self.name(), "rotate a secret in place"))
+    }
+
+    /// The client with this client id, found without the operator's own choice of object id
+    /// ([`Capabilities::given_credentials`]).
+    async fn find_by_client_id(
+        &self,
+        _client_id: &str,
+    ) -> Result<Option<RemoteClient>, ProviderError> {
+        Err(unsupported(
+            self.name(),
+            "look a client up by its client id",
+        ))
     }
 
     /// Every client at the server, paginated ([`DriftSource::ListAll`]).
