@@ -234,6 +234,15 @@ async fn two_clusters_with_the_same_credentials_share_one_client() -> Result<()>
         "{}",
         stalled.message
     );
+    // Its copy is touched without a new value (a label, an External Secrets refresh of the
+    // old value): still nothing pushed.
+    two.secrets()
+        .patch(
+            "vault-creds",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"refreshed": "yes"}}})),
+        )
+        .await?;
     let pushed = the_client(&client_id).await?;
     assert_ne!(
         pushed, settled,

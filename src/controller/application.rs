@@ -1861,6 +1861,24 @@ async fn left_at_provider(app: &OAuthApplication, ctx: &Context, old: &str, e: &
     .await;
 }
 
+/// A client with given credentials whose current secret this application no longer holds:
+/// someone else's now, left in place.
+async fn left_at_provider_given(app: &OAuthApplication, ctx: &Context, client_id: &str) {
+    ctx.metrics.lifecycle_event("client_left_at_provider");
+    ctx.event(
+        app,
+        EventType::Warning,
+        "ClientLeftAtProvider",
+        "Delete",
+        format!(
+            "client {client_id} was not deleted: neither the Secret spec.credentialsFrom names nor this application's \
+             own Secret holds its current secret (it was rotated elsewhere, or the Secret is gone), so it is not this \
+             application's to delete"
+        ),
+    )
+    .await;
+}
+
 async fn delete_remote(
     app: &OAuthApplication,
     ctx: &Context,
@@ -1879,8 +1897,16 @@ async fn delete_remote(
             // An id the operator chose may have been taken by someone else before we could
             // create it: delete only a client that carries this application's uid.
             OwnerMarker::Metadata => match provider.client.get(id).await {
-                Ok(remote) => remote.owner_uid.as_deref() == Some(owner_uid(app)),
-                Err(ProviderError::NotFound { .. }) => false,
+                Ok(remote) if remote.owner_uid.as_deref() == Some(owner_uid(app)) => {
+                    let secrets: Api<Secret> =
+                        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+                    let holds = super::given::may_delete(app, &provider, &remote, &secrets).await?;
+                    if !holds {
+                        left_at_provider_given(app, ctx, &remote.client_id).await;
+                    }
+                    holds
+                }
+                Ok(_) | Err(ProviderError::NotFound { .. }) => false,
                 Err(e) => return Err(e.into()),
             },
             // The operator's record names the owner; no record: deleted before (the delete

@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::application::{Pass, check_owner, now, store_credentials, sync_remote};
 use super::error::{Error, Result};
-use super::secret::{KeyNames, data_value, reconcile_metadata};
+use super::secret::{KeyNames, MANAGED_BY_LABEL, MANAGED_BY_VALUE, data_value, reconcile_metadata};
 use super::status::StatusWriter;
 use crate::api::conditions::{
     READY, RECONCILING, STALLED, new_condition, remove_condition, set_condition,
@@ -160,6 +160,13 @@ pub(super) async fn apply_given(
             from.name
         )));
     };
+    if source.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE) {
+        return Err(Error::InvalidSpec(format!(
+            "Secret {} named by spec.credentialsFrom was written by this operator (another application's \
+             credentials, or its own records): name a Secret of your own",
+            from.name
+        )));
+    }
     let given = read_given(&source, from)?;
     if let Some(recorded) = &status.client_id
         && *recorded != given.client_id
@@ -230,7 +237,7 @@ pub(super) async fn apply_given(
     let remote = if created {
         remote
     } else {
-        take_up(pass, status, remote, &given, from, held).await?
+        take_up(pass, existing, remote, &given, from, held).await?
     };
 
     // The Secret workloads mount: the same credentials, with the endpoints.
@@ -292,10 +299,16 @@ pub(super) async fn apply_given(
 }
 
 /// An existing client: ours to change only with the owner marker of given credentials, and
-/// either already held (a new version of the Secret is pushed) or proven by its secret.
+/// decided by values, never by a version number:
+/// - the Secret workloads mount holds the value this application last gave the provider; a
+///   new value is pushed only while that one still authenticates (this application is the
+///   client's current holder), so a stale copy elsewhere, or a tenant shut out by a rotation,
+///   can never push its value over the current one;
+/// - otherwise the given value must itself authenticate (already pushed by another cluster, or
+///   by a pass that died before the copy): it is taken as is.
 async fn take_up(
     pass: Pass<'_>,
-    status: &OAuthApplicationStatus,
+    existing: Option<&Secret>,
     remote: RemoteClient,
     given: &Given,
     from: &CredentialsFrom,
@@ -309,7 +322,18 @@ async fn take_up(
         ..
     } = pass;
     check_owner(app, &remote)?;
-    if held && status.credentials_from_version != given.version {
+    let keys = KeyNames::for_app(app);
+    let previous = existing
+        .filter(|s| data_value(s, &keys.client_id).as_deref() == Some(remote.client_id.as_str()))
+        .and_then(|s| data_value(s, &keys.client_secret))
+        .filter(|p| p.as_str() != given.secret.expose_secret());
+    if held
+        && let Some(previous) = previous
+        && provider
+            .client
+            .proves_possession(&remote, &SecretString::from(previous))
+            .await?
+    {
         let updated = provider
             .client
             .set_secret(&remote.id, desired, GIVEN_OWNER, &given.secret)
@@ -336,9 +360,9 @@ async fn take_up(
     {
         return Err(Error::CredentialsNotAccepted(if held {
             format!(
-                "client {} at {} no longer accepts the secret in Secret {} (it was changed at the provider, or by another \
-                 cluster sharing this client); the operator sets the secret only when Secret {} changes: put the current \
-                 secret there, or a new one to push it",
+                "client {} at {} does not accept the secret in Secret {} (it was changed at the provider, or by another \
+                 cluster sharing this client), and the one this application last gave it no longer works either, so \
+                 the operator does not overwrite it: put the client's current secret in Secret {}",
                 remote.client_id, provider.key, from.name, from.name
             )
         } else {
@@ -372,6 +396,38 @@ async fn take_up(
     )
     .await;
     Ok(updated)
+}
+
+/// Deletion of a client registered with given credentials: only by an application that still
+/// holds its current secret (read from the Secret `credentialsFrom` names, else the copy in its
+/// own Secret). A tenant shut out by a rotation, or whose Secret is gone, deletes nothing.
+pub(super) async fn may_delete(
+    app: &crate::api::OAuthApplication,
+    provider: &super::resolve::ResolvedProvider,
+    remote: &RemoteClient,
+    secrets: &kube::Api<Secret>,
+) -> Result<bool> {
+    let Some(from) = &app.spec.credentials_from else {
+        return Ok(true);
+    };
+    let keys = KeyNames::for_app(app);
+    let mut candidates = Vec::new();
+    if let Some(source) = secrets.get_opt(&from.name).await?
+        && let Ok(given) = read_given(&source, from)
+    {
+        candidates.push(given.secret);
+    }
+    if let Some(own) = secrets.get_opt(&app.secret_name()).await?
+        && let Some(v) = data_value(&own, &keys.client_secret)
+    {
+        candidates.push(SecretString::from(v));
+    }
+    for secret in candidates {
+        if provider.client.proves_possession(remote, &secret).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
