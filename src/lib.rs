@@ -4,5 +4,6 @@
 pub mod api;
 pub mod controller;
 pub mod fault;
+pub mod leader;
 pub mod providers;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use oauth_operator::controller::{self, Config};
+use oauth_operator::leader::LeaseConfig;
 use oauth_operator::telemetry::{self, LogFormat, Metrics, Readiness};
 
 #[derive(Parser)]
@@ -22,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (uses the in-cluster config or $KUBECONFIG).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print every CRD as YAML.
     Crd,
     /// Print the version.
@@ -56,6 +57,34 @@ struct RunArgs {
     /// Timeout of each request to an authorization server.
     #[arg(long, env = "OAUTH_OPERATOR_PROVIDER_TIMEOUT", default_value = "30s")]
     provider_timeout: kube::core::Duration,
+    /// Hold a coordination.k8s.io Lease in the operator namespace before reconciling, so
+    /// that of several replicas exactly one works (the others wait as standbys).
+    #[arg(
+        long,
+        env = "OAUTH_OPERATOR_LEADER_ELECT",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    leader_elect: bool,
+    /// Name of the Lease (replicas of one installation share it).
+    #[arg(
+        long,
+        env = "OAUTH_OPERATOR_LEASE_NAME",
+        default_value = "oauth-operator"
+    )]
+    lease_name: String,
+    /// How long a Lease stays valid without renewal: a standby takes over at most this long
+    /// after the leader dies; the leader stops writing to providers after three quarters of
+    /// it without a renewal.
+    #[arg(long, env = "OAUTH_OPERATOR_LEASE_DURATION", default_value = "15s")]
+    lease_duration: kube::core::Duration,
+    /// This replica's name in the Lease (default: $POD_NAME, else the hostname and a
+    /// random suffix).
+    #[arg(long, env = "OAUTH_OPERATOR_LEADER_IDENTITY")]
+    leader_identity: Option<String>,
+    /// How many applications (and providers) are reconciled at once, per kind (0: no limit).
+    #[arg(long, env = "OAUTH_OPERATOR_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
 }
 
 #[tokio::main]
@@ -70,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
             println!("oauth-operator {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
@@ -78,7 +107,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
     // One TLS crypto provider for kube and reqwest.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let lease_duration: std::time::Duration = args.lease_duration.into();
+    if args.leader_elect && lease_duration < std::time::Duration::from_secs(3) {
+        anyhow::bail!("--lease-duration must be at least 3s");
+    }
+    let leader = args.leader_elect.then(|| LeaseConfig {
+        namespace: args.operator_namespace.clone(),
+        name: args.lease_name,
+        identity: args
+            .leader_identity
+            .unwrap_or_else(oauth_operator::leader::default_identity),
+        duration: lease_duration,
+    });
     let config = Config {
+        leader,
+        concurrency: args.concurrency,
         operator_namespace: args.operator_namespace,
         watch_namespace: args.watch_namespace,
         resync_interval: args.resync_interval.into(),
@@ -87,9 +130,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         faults: oauth_operator::fault::parse(std::env::var("OAUTH_OPERATOR_FAULT").ok().as_deref())
             .map_err(anyhow::Error::msg)?,
     };
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
-        .context("connecting to Kubernetes")?;
+        .context("finding the Kubernetes configuration (in-cluster or $KUBECONFIG)")?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
     let listener = tokio::net::TcpListener::bind(args.http_addr)
@@ -101,7 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         readiness.clone(),
     ));
-    let result = controller::run(client, config, metrics, readiness).await;
+    let result = controller::run(kube_config, config, metrics, readiness).await;
     http.abort();
     result
 }

@@ -10,6 +10,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -89,6 +90,8 @@ pub struct Metrics {
     pub rate_limit_wait_seconds: Family<ProviderLabels, Histogram>,
     /// Notable lifecycle events: secret rotations, recoveries, adoptions, drift.
     pub lifecycle: Family<EventLabels, Counter>,
+    /// 1 while this replica holds the leader lease (or runs without leader election).
+    pub leader: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -111,6 +114,12 @@ impl Default for Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let lifecycle = Family::<EventLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease and reconciles",
+            leader.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconcile passes by kind and result",
@@ -155,6 +164,7 @@ impl Default for Metrics {
             provider_request_duration,
             rate_limit_wait_seconds,
             lifecycle,
+            leader,
         }
     }
 }

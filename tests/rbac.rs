@@ -63,7 +63,12 @@ async fn operator_works_with_deploy_rbac_only() -> Result<()> {
         }))?,
     )?;
 
-    let op = env.start_operator(&[("KUBECONFIG", kubeconfig.to_str().context("utf-8 path")?)])?;
+    // The Lease Role arrives with the chart's leader-election RBAC; this test covers the
+    // ClusterRole.
+    let op = env.start_operator(&[
+        ("KUBECONFIG", kubeconfig.to_str().context("utf-8 path")?),
+        ("OAUTH_OPERATOR_LEADER_ELECT", "false"),
+    ])?;
     env.apply_app(
         r#"
 apiVersion: oauth-operator.dev/v1alpha1

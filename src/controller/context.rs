@@ -12,6 +12,7 @@ use rand::Rng;
 
 use super::error::Error;
 use crate::api::{OAuthApplication, RequestBudget};
+use crate::leader::{Fence, LeaseConfig};
 use crate::providers::{ProviderError, RemoteClient, RequestBudgetLimiter, SharedBackend};
 use crate::telemetry::Metrics;
 
@@ -31,6 +32,10 @@ pub struct Config {
     pub provider_timeout: Duration,
     /// Crash points (`OAUTH_OPERATOR_FAULT`, test builds only: see [`crate::fault`]).
     pub faults: Vec<String>,
+    /// The Lease to hold before reconciling (`None`: leader election off, a single replica).
+    pub leader: Option<LeaseConfig>,
+    /// How many applications are reconciled at once (0: no limit).
+    pub concurrency: u16,
 }
 
 impl Default for Config {
@@ -42,6 +47,8 @@ impl Default for Config {
             deletion_timeout: Duration::from_secs(600),
             provider_timeout: Duration::from_secs(30),
             faults: Vec::new(),
+            leader: None,
+            concurrency: 16,
         }
     }
 }
@@ -67,13 +74,16 @@ pub struct Context {
 pub struct ServerBudgets {
     map: Mutex<HashMap<String, ServerBudget>>,
     metrics: Arc<Metrics>,
+    /// The leader fence every limiter hands to its writes.
+    fence: Arc<Fence>,
 }
 
 impl ServerBudgets {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, fence: Arc<Fence>) -> Self {
         Self {
             map: Mutex::default(),
             metrics,
+            fence,
         }
     }
 
@@ -93,11 +103,10 @@ impl ServerBudgets {
             .or_insert_with(|| ServerBudget {
                 by_provider: HashMap::new(),
                 effective: budget.clone(),
-                limiter: Arc::new(RequestBudgetLimiter::new(
-                    budget,
-                    label.to_string(),
-                    self.metrics.clone(),
-                )),
+                limiter: Arc::new(
+                    RequestBudgetLimiter::new(budget, label.to_string(), self.metrics.clone())
+                        .fenced(self.fence.clone()),
+                ),
             });
         entry
             .by_provider
@@ -109,11 +118,10 @@ impl ServerBudgets {
             .cloned()
             .unwrap_or_else(|| budget.clone());
         if strictest != entry.effective {
-            entry.limiter = Arc::new(RequestBudgetLimiter::new(
-                &strictest,
-                label.to_string(),
-                self.metrics.clone(),
-            ));
+            entry.limiter = Arc::new(
+                RequestBudgetLimiter::new(&strictest, label.to_string(), self.metrics.clone())
+                    .fenced(self.fence.clone()),
+            );
             entry.effective = strictest;
         }
         entry.limiter.clone()
@@ -160,8 +168,9 @@ pub fn trigger_fingerprint(app: &OAuthApplication) -> u64 {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, config: Config) -> Self {
-        let budgets = ServerBudgets::new(metrics.clone());
+    /// `fence`: what a provider write must pass (see [`crate::leader`]).
+    pub fn new(client: Client, metrics: Arc<Metrics>, config: Config, fence: Arc<Fence>) -> Self {
+        let budgets = ServerBudgets::new(metrics.clone(), fence);
         let reporter = Reporter {
             controller: "oauth-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -402,7 +411,7 @@ mod tests {
 
     #[test]
     fn providers_of_one_server_share_one_budget() {
-        let budgets = ServerBudgets::new(Arc::new(Metrics::default()));
+        let budgets = ServerBudgets::new(Arc::new(Metrics::default()), Arc::default());
         let b = |requests| RequestBudget {
             requests,
             period_seconds: 10,

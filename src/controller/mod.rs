@@ -32,6 +32,7 @@ use kube::{Client, Resource, ResourceExt};
 pub use context::{Config, Context};
 
 use crate::api::{ClusterOAuthProvider, OAuthApplication, OAuthProvider, ProviderKind};
+use crate::leader::{Elector, Fence, fenced_client};
 use crate::telemetry::{Metrics, Readiness};
 
 /// Waits until every CRD this operator serves is established, so the watches do not fail.
@@ -132,20 +133,101 @@ fn retry_now(
     apps
 }
 
-/// Runs every controller until a termination signal.
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs every controller until a termination signal. With leader election, waits as a
+/// standby until it holds the Lease, keeps it while the controllers run, and releases it after
+/// in-flight reconciles finish on SIGTERM; losing it ends the process with an error (a restart
+/// rejoins as a standby), and the fence stops provider writes from the moment it may be lost.
 pub async fn run(
-    client: Client,
+    kube_config: kube::Config,
     config: Config,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
 ) -> anyhow::Result<()> {
+    let client = Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
     wait_for_crds(&client, Duration::from_secs(60)).await?;
+    let Some(lease) = config.leader.clone() else {
+        metrics.leader.set(1);
+        let fence = Arc::new(Fence::default());
+        let fenced = fenced_client(kube_config, fence.clone())?;
+        run_controllers(fenced, config, metrics, readiness, fence).await;
+        return Ok(());
+    };
+    let fence = Arc::new(Fence::for_lease(lease.duration));
+    let fenced = fenced_client(kube_config, fence.clone())?;
+    let mut elector = Elector::new(client, lease.clone());
+    // A standby is ready: it serves probes and takes over when the leader goes (a rolling
+    // update waits for the new replica's readiness while the old one still leads).
+    readiness.set_ready();
+    tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting to become the leader");
+    tokio::select! {
+        _ = elector.acquire(&fence) => {}
+        _ = shutdown_signal() => {
+            tracing::info!("stopped as a standby");
+            return Ok(());
+        }
+    }
+    metrics.leader.set(1);
+    let lost = {
+        let controllers =
+            run_controllers(fenced, config, metrics.clone(), readiness, fence.clone());
+        tokio::pin!(controllers);
+        tokio::select! {
+            _ = &mut controllers => false,
+            _ = elector.keep(&fence) => true,
+        }
+    };
+    metrics.leader.set(0);
+    if lost {
+        fence.close();
+        anyhow::bail!(
+            "lost the leader lease {}: exiting so that a restart rejoins as a standby",
+            lease.name
+        );
+    }
+    elector.release(&fence).await;
+    Ok(())
+}
+
+/// The controllers, until a termination signal ends them (after in-flight reconciles).
+async fn run_controllers(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    fence: Arc<Fence>,
+) {
     let ns = config.watch_namespace.clone();
-    let ctx = Arc::new(Context::new(client.clone(), metrics, config));
+    let controller_cfg =
+        kube::runtime::controller::Config::default().concurrency(config.concurrency);
+    let ctx = Arc::new(Context::new(client.clone(), metrics, config, fence));
     let watch_cfg = watcher::Config::default().any_semantic();
 
     let apps: Api<DeserializeGuard<OAuthApplication>> = api_for(&client, ns.as_deref());
-    let app_controller = Controller::new(apps, watch_cfg.clone());
+    let app_controller =
+        Controller::new(apps, watch_cfg.clone()).with_config(controller_cfg.clone());
     let store = app_controller.store();
     let (ns_store, cluster_store) = (store.clone(), store.clone());
     let (ns_ctx, cluster_ctx_map) = (ctx.clone(), ctx.clone());
@@ -207,6 +289,7 @@ pub async fn run(
         });
 
     let provider_controller = Controller::new(providers, watch_cfg.clone())
+        .with_config(controller_cfg.clone())
         .shutdown_on_signal()
         .run(
             provider::reconcile_namespaced,
@@ -219,6 +302,7 @@ pub async fn run(
     let cluster_controller = async move {
         if ns.is_none() {
             Controller::new(cluster_providers, watch_cfg)
+                .with_config(controller_cfg)
                 .shutdown_on_signal()
                 .run(
                     provider::reconcile_cluster,
@@ -243,5 +327,4 @@ pub async fn run(
         ready
     );
     tracing::info!("controllers stopped");
-    Ok(())
 }

@@ -10,6 +10,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use crate::api::RequestBudget;
+use crate::leader::Fence;
 use crate::telemetry::{Metrics, ProviderLabels};
 
 /// At most `requests` in any window of `period_seconds`: a token bucket holding half of the
@@ -22,6 +23,8 @@ pub struct RequestBudgetLimiter {
     paused_until: std::sync::Mutex<Option<Instant>>,
     provider: String,
     metrics: Arc<Metrics>,
+    /// Writes to the provider pass it (leader election); `None`: always open.
+    fence: Option<Arc<Fence>>,
 }
 
 impl RequestBudgetLimiter {
@@ -39,7 +42,21 @@ impl RequestBudgetLimiter {
             paused_until: std::sync::Mutex::new(None),
             provider,
             metrics,
+            fence: None,
         }
+    }
+
+    /// Every write (a request that is not GET or HEAD) sent within this budget must first
+    /// pass `fence`: only the holder of the leader lease changes the provider.
+    pub fn fenced(mut self, fence: Arc<Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// `Err` with the reason when this replica may not send a write now (it is not, or may
+    /// no longer be, the leader). Checked after the budget wait, just before sending.
+    pub fn admit_write(&self) -> Result<(), String> {
+        self.fence.as_ref().map_or(Ok(()), |f| f.check())
     }
 
     /// The provider answered 429: hold every request to it for `delay`.

@@ -187,6 +187,17 @@ impl HttpEndpoint {
         );
         async {
             self.budget.acquire().await;
+            if !request.method().is_safe()
+                && let Err(message) = self.budget.admit_write()
+            {
+                self.count(operation, "fenced");
+                tracing::warn!(%message, "provider write not sent");
+                return Err(ProviderError::Unavailable {
+                    operation,
+                    outcome_unknown: false,
+                    message,
+                });
+            }
             let start = Instant::now();
             let result = self.http.execute(request).await;
             let elapsed = start.elapsed();

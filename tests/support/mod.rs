@@ -124,7 +124,11 @@ impl Env {
             &self.ns,
         ])
         .env("KUBECONFIG", self.cp.kubeconfig_path())
-        .env("RUST_LOG", "info,oauth_operator=debug");
+        .env("RUST_LOG", "info,oauth_operator=debug")
+        // One identity per test namespace, as a restarted container keeps its pod's name: a
+        // restart takes the Lease back at once instead of waiting for it to expire. Tests that
+        // run two replicas give each its own POD_NAME.
+        .env("POD_NAME", format!("operator-{}", self.ns));
         for (k, v) in extra_env {
             cmd.env(k, v);
         }

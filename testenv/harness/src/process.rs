@@ -85,6 +85,11 @@ impl GuardedChild {
         }
     }
 
+    /// The exit status once the process has exited (`None` while it runs).
+    pub fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
