@@ -9,7 +9,7 @@ TEST_FEATURES := --features oauth-operator/fault-injection
 TESTENV_DIR := $(shell bash testenv/build.sh --print-dir)
 export TESTENV_DIR
 
-.PHONY: all build test testenv lint fmt fmt-check clippy crds crds-check fault-check run clean-testenv
+.PHONY: all build test testenv lint fmt fmt-check clippy crds crds-check fault-check run image clean-testenv
 
 all: build
 
@@ -36,12 +36,13 @@ clippy:
 
 lint: fmt-check clippy crds-check
 
-CRD_FILES := crds/oauth-operator.dev.yaml charts/oauth-operator/crds/oauth-operator.dev.yaml
+CRD_FILES := crds/oauth-operator.dev.yaml charts/oauth-operator/crds/oauth-operator.dev.yaml deploy/base/crds/oauth-operator.dev.yaml
 
 ## crds: regenerate crds/ (and the chart's copy) from the Rust types
 crds:
 	$(CARGO) run --quiet --bin oauth-operator -- crd > crds/oauth-operator.dev.yaml
 	cp crds/oauth-operator.dev.yaml charts/oauth-operator/crds/oauth-operator.dev.yaml
+	cp crds/oauth-operator.dev.yaml deploy/base/crds/oauth-operator.dev.yaml
 
 ## crds-check: fail when crds/ or the chart's copy is stale
 crds-check:
@@ -59,8 +60,16 @@ fault-check:
 	  echo "fault-check: the default build refuses OAUTH_OPERATOR_FAULT"
 
 ## run: local control plane + Clerk emulator (or real Clerk with CLERK_SECRET_KEY) + examples/ + the operator
-run: testenv
+run:
 	bash scripts/run-local.sh
+
+IMAGE ?= oauth-operator:dev
+## image: the container image from Dockerfile, with buildah, podman or docker (whichever is
+## installed; each needs to reach docker.io and gcr.io for the base images)
+image:
+	@tool=$$(command -v buildah || command -v podman || command -v docker) \
+	  || { echo "make image: install buildah, podman or docker" >&2; exit 1; }; \
+	case $$tool in *buildah) $$tool bud --layers -t $(IMAGE) . ;; *) $$tool build -t $(IMAGE) . ;; esac
 
 clean-testenv:
 	rm -rf "$(TESTENV_DIR)"

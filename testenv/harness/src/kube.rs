@@ -485,6 +485,10 @@ fn apiserver_command(bin_dir: &Path, dir: &Path, pki: &Pki, etcd_url: &str, port
         // As envtest: no controller-manager creates the `default` ServiceAccount, and the
         // ServiceAccount admission plugin would reject Pods without one.
         .arg("--disable-admission-plugins=ServiceAccount")
+        // As production clusters (OpenShift, hardened installs) enable it: setting
+        // blockOwnerDeletion on an ownerReference needs `update` on the owner's finalizers,
+        // so tests/rbac.rs proves the operator's RBAC grants it.
+        .arg("--enable-admission-plugins=OwnerReferencesPermissionEnforcement")
         .arg("--allow-privileged=true");
     cmd
 }
