@@ -17,10 +17,11 @@
 -- (with the argo-cd Helm chart: configs.cm."resource.customizations.health.oauth-operator.dev_OAuthApplication").
 -- It needs no standard library beyond what Argo CD always opens (useOpenLibs stays false).
 --
--- The status it reads, as kstatus does: status.observedGeneration is the generation the status
--- describes, Reconciling=True while work is in flight or a transient error is retried,
--- Stalled=True for a failure only a change ends, Ready=True once the client is registered and
--- its Secret written for that generation.
+-- The status it reads, as kstatus does: status.observedGeneration (else the condition's
+-- observedGeneration, as kubectl wait reads it) is the generation the status describes,
+-- Reconciling=True while work is in flight or a transient error is retried, Stalled=True for a
+-- failure only a change ends, Ready=True once the client is registered and its Secret written
+-- for that generation.
 --
 --   Progressing  the operator has not yet observed this generation, Reconciling=True, no Ready
 --                yet, or Ready is not True without a stall
@@ -56,15 +57,27 @@ local function health()
     return "Progressing", "Deleting the client at the provider"
   end
   local status = obj.status
-  if status == nil or status.observedGeneration == nil then
+  if status == nil or (status.observedGeneration == nil and status.conditions == nil) then
     return "Progressing", "Waiting for the operator to observe the application"
   end
-  if generation ~= nil and status.observedGeneration < generation then
+  -- The generation the status describes: status.observedGeneration, else (as kubectl wait
+  -- reads it) that of the condition; a condition of an older generation is stale.
+  local function observed(c)
+    if c ~= nil and c.observedGeneration ~= nil then
+      return c.observedGeneration
+    end
+    return status.observedGeneration
+  end
+  local function stale(c)
+    local seen = observed(c)
+    return generation ~= nil and seen ~= nil and seen < generation
+  end
+  if stale(nil) then
     return "Progressing", "Waiting for the operator to observe generation " .. tostring(generation) ..
       " (status is for generation " .. tostring(status.observedGeneration) .. ")"
   end
   local stalled = condition(status.conditions, "Stalled")
-  if stalled ~= nil and stalled.status == "True" then
+  if stalled ~= nil and stalled.status == "True" and not stale(stalled) then
     return "Degraded", describe(stalled)
   end
   local reconciling = condition(status.conditions, "Reconciling")
@@ -75,9 +88,8 @@ local function health()
   if ready == nil then
     return "Progressing", "Waiting for the Ready condition"
   end
-  if ready.observedGeneration ~= nil and generation ~= nil and ready.observedGeneration < generation then
-    return "Progressing", "Ready describes generation " .. tostring(ready.observedGeneration) ..
-      ", not " .. tostring(generation)
+  if stale(ready) or observed(ready) == nil then
+    return "Progressing", "Waiting for Ready of generation " .. tostring(generation)
   end
   if ready.status == "True" then
     return "Healthy", describe(ready)
