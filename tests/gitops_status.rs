@@ -196,6 +196,13 @@ async fn status_reads_in_progress_then_current_through_create_and_update() -> Re
     let t_registering = t0.elapsed();
     let registering = judge(&env, "web").await?;
     registering.assert("InProgress", "Progressing")?;
+    // kstatus' rule: the status says which generation it describes, in progress too.
+    ensure!(
+        registering.object["status"]["observedGeneration"]
+            == registering.object["metadata"]["generation"],
+        "observedGeneration while registering: {}",
+        registering.object["status"]
+    );
     ensure!(
         registering.argo.message.contains("Registering"),
         "Argo {:?}, kstatus {:?}, status {}",

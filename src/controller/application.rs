@@ -1175,6 +1175,9 @@ fn mark_registering(
         started_at: Time(now()),
         unanswered_at: None,
     });
+    // kstatus: this status describes this generation (in progress: `Reconciling=True`), so
+    // Flux and `kstatus` read `InProgress`, never `Current` before the Secret exists.
+    status.observed_generation = app.metadata.generation;
     let message = format!("registering the client at {provider}");
     set_condition(
         &mut status.conditions,
