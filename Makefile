@@ -63,13 +63,10 @@ fault-check:
 run:
 	bash scripts/run-local.sh
 
-IMAGE ?= oauth-operator:dev
-## image: the container image from Dockerfile, with buildah, podman or docker (whichever is
-## installed; each needs to reach docker.io and gcr.io for the base images)
+## image: the container image (Dockerfile: FROM scratch, the static release binary, user
+## 65532) with buildah, podman or docker; pulls nothing (scripts/image.sh)
 image:
-	@tool=$$(command -v buildah || command -v podman || command -v docker) \
-	  || { echo "make image: install buildah, podman or docker" >&2; exit 1; }; \
-	case $$tool in *buildah) $$tool bud --layers -t $(IMAGE) . ;; *) $$tool build -t $(IMAGE) . ;; esac
+	bash scripts/image.sh
 
 clean-testenv:
 	rm -rf "$(TESTENV_DIR)"

@@ -2,24 +2,41 @@
 # `make run`: a local control plane (etcd + kube-apiserver from testenv/), a Clerk emulator on
 # loopback (or real Clerk when CLERK_SECRET_KEY is set), the CRDs, examples/, and the operator.
 # Shows the resulting Secret keys and the application's status, then keeps the operator running
-# until Ctrl-C (RUN_ONCE=1 stops after showing the result).
+# until Ctrl-C (RUN_ONCE=1 stops after showing the result, and stops everything).
+#
+# It needs etcd, kube-apiserver and kubectl only: from KUBEBUILDER_ASSETS when set (envtest's
+# convention, e.g. `setup-envtest use -p path`), else built once into the testenv cache
+# (`testenv/build.sh etcd kube-apiserver kubectl`; Hydra, Keycloak and helm are for tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${TESTENV_DIR:=$(bash testenv/build.sh --print-dir)}"
-export TESTENV_DIR
 STATE=${RUN_STATE_DIR:-$PWD/target/run}
 rm -rf "$STATE" && mkdir -p "$STATE"
+if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+  TESTENV_DIR=$STATE/testenv
+  mkdir -p "$TESTENV_DIR/bin"
+  for b in etcd kube-apiserver kubectl; do
+    [[ -x "$KUBEBUILDER_ASSETS/$b" ]] || {
+      echo "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $b" >&2; exit 1; }
+    ln -s "$(cd "$KUBEBUILDER_ASSETS" && pwd)/$b" "$TESTENV_DIR/bin/$b"
+  done
+  echo "==> using etcd, kube-apiserver and kubectl from KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
+else
+  : "${TESTENV_DIR:=$(bash testenv/build.sh --print-dir)}"
+  bash testenv/build.sh etcd kube-apiserver kubectl
+fi
+export TESTENV_DIR
 KUBECONFIG_FILE=$STATE/kubeconfig
 KUBECTL=("$TESTENV_DIR/bin/kubectl" --kubeconfig "$KUBECONFIG_FILE")
 NS=default
 
 cargo build --quiet --bin oauth-operator -p oauth-operator -p clerk-emulator -p testenv --bins
+BIN=${CARGO_TARGET_DIR:-target}/debug
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 echo "==> starting etcd + kube-apiserver on 127.0.0.1"
-target/debug/testenv control-plane --kubeconfig "$KUBECONFIG_FILE" >"$STATE/control-plane.log" 2>&1 &
+"$BIN"/testenv control-plane --kubeconfig "$KUBECONFIG_FILE" --testenv-dir "$TESTENV_DIR" >"$STATE/control-plane.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do [[ -f $KUBECONFIG_FILE ]] && break; sleep 0.5; done
 [[ -f $KUBECONFIG_FILE ]] || { echo "control plane did not start:"; tail -20 "$STATE/control-plane.log"; exit 1; }
@@ -33,7 +50,7 @@ else
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   KEY=sk_test_local_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "==> starting the Clerk emulator on 127.0.0.1:$PORT"
-  env -u CLERK_SECRET_KEY target/debug/clerk-emulator --listen "127.0.0.1:$PORT" --secret-key "$KEY" >"$STATE/clerk-emulator.log" 2>&1 &
+  env -u CLERK_SECRET_KEY "$BIN"/clerk-emulator --listen "127.0.0.1:$PORT" --secret-key "$KEY" >"$STATE/clerk-emulator.log" 2>&1 &
   pids+=($!)
   BASE_URL=http://127.0.0.1:$PORT/v1
   for _ in $(seq 1 50); do curl -fsS -o /dev/null -H "Authorization: Bearer $KEY" "$BASE_URL/oauth_applications" && break; sleep 0.2; done
@@ -51,7 +68,7 @@ sed "s#baseUrl: https://api.clerk.com/v1#baseUrl: $BASE_URL#" examples/clerk-pro
 "${KUBECTL[@]}" -n $NS apply -f examples/web-app.yaml >/dev/null
 
 echo "==> running the operator (logs: $STATE/operator.log)"
-KUBECONFIG=$KUBECONFIG_FILE target/debug/oauth-operator run --http-addr 127.0.0.1:0 \
+KUBECONFIG=$KUBECONFIG_FILE "$BIN"/oauth-operator run --http-addr 127.0.0.1:0 \
   --operator-namespace $NS >"$STATE/operator.log" 2>&1 &
 pids+=($!)
 
@@ -66,7 +83,10 @@ echo
 echo "OAuthApplication web status:"
 "${KUBECTL[@]}" -n $NS get oauthapplication web -o jsonpath='{.status}' | python3 -m json.tool
 echo
-echo "kubeconfig: $KUBECONFIG_FILE  (e.g. $TESTENV_DIR/bin/kubectl --kubeconfig $KUBECONFIG_FILE get oauthapp)"
-if [[ -n "${RUN_ONCE:-}" ]]; then exit 0; fi
+if [[ -n "${RUN_ONCE:-}" ]]; then
+  echo "RUN_ONCE: stopping the operator, the emulator and the control plane."
+  exit 0
+fi
+echo "Try: $TESTENV_DIR/bin/kubectl --kubeconfig $KUBECONFIG_FILE get oauthapp"
 echo "The operator keeps running; Ctrl-C stops everything."
 wait "${pids[-1]}"

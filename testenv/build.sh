@@ -4,6 +4,8 @@
 #   bash testenv/build.sh --print-dir   print the cache directory and exit (builds nothing)
 #   bash testenv/build.sh               build/fetch whatever is missing there (idempotent;
 #                                       a second run only checks stamps: seconds)
+#   bash testenv/build.sh NAME...       only these components (e.g. `make run` builds
+#                                       etcd kube-apiserver kubectl and nothing else)
 #
 # Layout of the directory:
 #   bin/kube-apiserver bin/kubectl   k8s.io/kubernetes        (testenv/go.mod)
@@ -46,7 +48,13 @@ NAME="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_hydra-${HYDRA_VERSION}_helm-${HELM
 DIR="${XDG_CACHE_HOME:-$HOME/.cache}/oauth-operator/testenv/${NAME}"
 
 if [[ "${1:-}" == "--print-dir" ]]; then echo "$DIR"; exit 0; fi
-if [[ $# -gt 0 ]]; then echo "usage: $0 [--print-dir]" >&2; exit 2; fi
+COMPONENTS="keycloak etcd helm hydra kubectl kube-apiserver kube-controller-manager oidc-provider"
+WANT=" ${*:-$COMPONENTS} "
+for c in $WANT; do
+  [[ " $COMPONENTS " == *" $c "* ]] || {
+    echo "usage: $0 [--print-dir | COMPONENT...]; components: $COMPONENTS" >&2; exit 2; }
+done
+wanted() { [[ "$WANT" == *" $1 "* ]]; }
 
 command -v go >/dev/null || { echo "testenv/build.sh: go is not on PATH (Go >= 1.26 needed)" >&2; exit 1; }
 
@@ -66,6 +74,7 @@ T_ALL=$SECONDS
 # component NAME ARTIFACT FUNCTION...: skip when stamped and present, else run, then stamp.
 component() {
   local name=$1 artifact=$2; shift 2
+  wanted "$name" || return 0
   if [[ -e "$DIR/.stamps/$name" && -e "$artifact" ]]; then
     printf 'testenv: %-15s cached\n' "$name"
     return 0
@@ -199,7 +208,7 @@ component kube-controller-manager "$DIR/bin/kube-controller-manager" build_kube_
 
 # oidc-provider's npm dependencies (the directory and its lock file belong to its owner).
 OIDC="$HERE/oidc-provider"
-if [[ -f "$OIDC/package-lock.json" ]]; then
+if wanted oidc-provider && [[ -f "$OIDC/package-lock.json" ]]; then
   if [[ ! -d "$OIDC/node_modules" || "$OIDC/package-lock.json" -nt "$OIDC/node_modules" ]]; then
     printf 'testenv: %-15s npm ci...\n' oidc-provider
     t0=$SECONDS
