@@ -85,6 +85,14 @@ struct RunArgs {
     /// How many applications (and providers) are reconciled at once, per kind (0: no limit).
     #[arg(long, env = "OAUTH_OPERATOR_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+    /// Request budget of a provider whose spec sets no `requestBudget`: REQUESTS/PERIOD, e.g.
+    /// 80/10s (below Clerk's development limit of 100 per 10 s).
+    #[arg(
+        long,
+        env = "OAUTH_OPERATOR_DEFAULT_REQUEST_BUDGET",
+        default_value = "80/10s"
+    )]
+    default_request_budget: oauth_operator::api::RequestBudget,
 }
 
 #[tokio::main]
@@ -122,6 +130,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = Config {
         leader,
         concurrency: args.concurrency,
+        default_request_budget: args.default_request_budget,
         operator_namespace: args.operator_namespace,
         watch_namespace: args.watch_namespace,
         resync_interval: args.resync_interval.into(),

@@ -882,6 +882,47 @@ async fn request_budget_stays_below_provider_limit() -> Result<()> {
     Ok(())
 }
 
+/// A provider that sets no `requestBudget` gets the operator's `--default-request-budget`:
+/// here 4 per 2 s under a Clerk limit of 6 per 2 s (the built-in 80 per 10 s would burst
+/// straight into it).
+#[tokio::test]
+async fn default_request_budget_applies_to_providers_without_one() -> Result<()> {
+    let env = Env::new("budget-default").await?;
+    env.clerk.set_rate_limit(Some(clerk_emulator::RateLimit {
+        requests: 6,
+        window: Duration::from_secs(2),
+    }));
+    let provider =
+        kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+            .get("clerk")
+            .await?;
+    assert!(provider.spec.settings.request_budget.is_none());
+    let op = env.start_operator(&[("OAUTH_OPERATOR_DEFAULT_REQUEST_BUDGET", "4/2s")])?;
+    let names: Vec<String> = (0..6).map(|i| format!("app{i}")).collect();
+    for name in &names {
+        env.apply_app(&app_yaml(name, "")).await?;
+    }
+    for name in &names {
+        env.wait_ready(name).await?;
+    }
+    let throttled = env
+        .clerk
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(429))
+        .count();
+    assert_eq!(throttled, 0, "the default budget kept us under the limit");
+    let metrics = op.get("/metrics").await?.1;
+    let waited: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("oauth_operator_rate_limit_wait_seconds_sum"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(waited > 0.5, "requests waited for the budget: {waited}");
+    Ok(())
+}
+
 /// A create whose response never arrives (timeout) but which the provider commits late: the
 /// operator waits for it and adopts it instead of creating a second client.
 #[tokio::test]

@@ -199,6 +199,7 @@ fn chart_defaults_are_hardened() -> Result<()> {
         "resyncInterval=10min",
         "unknownKey=1",
         "watchNamespaces={a,b}",
+        "defaultRequestBudget=80",
     ] {
         let err = helm_template(&["--set", bad]).expect_err(bad).to_string();
         assert!(err.contains("schema"), "{bad}: {err}");

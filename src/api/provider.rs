@@ -85,8 +85,9 @@ pub struct ProviderSettings {
     pub tls: Option<ProviderTls>,
     /// Client-side request budget (a token bucket) shared by every application using this
     /// provider, so that a resync of many applications never trips the provider's rate limit.
-    #[serde(default)]
-    pub request_budget: RequestBudget,
+    /// Unset: the operator's `--default-request-budget` (80 per 10 s unless changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_budget: Option<RequestBudget>,
 }
 
 /// The Clerk backend.
@@ -261,6 +262,32 @@ impl Default for RequestBudget {
     }
 }
 
+/// `REQUESTS/PERIOD`, e.g. `80/10s` (the `--default-request-budget` flag), within the
+/// bounds the CRD sets on `spec.requestBudget`.
+impl std::str::FromStr for RequestBudget {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("{value:?}: expected REQUESTS/PERIOD, e.g. 80/10s");
+        let (requests, period) = value.split_once('/').ok_or_else(usage)?;
+        let requests: u32 = requests.trim().parse().map_err(|_| usage())?;
+        let period: kube::core::Duration = period.trim().parse().map_err(|_| usage())?;
+        let period = std::time::Duration::from(period);
+        if !(1..=1000).contains(&requests) {
+            return Err(format!("{value:?}: requests must be 1 to 1000"));
+        }
+        if period.subsec_nanos() != 0 || !(1..=3600).contains(&period.as_secs()) {
+            return Err(format!(
+                "{value:?}: the period must be whole seconds, 1s to 3600s"
+            ));
+        }
+        Ok(Self {
+            requests,
+            period_seconds: period.as_secs() as u32,
+        })
+    }
+}
+
 /// Namespaces admitted by a `ClusterOAuthProvider`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -323,6 +350,31 @@ impl ProviderSettings {
             "dynamicRegistration"
         } else {
             "none"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestBudget;
+
+    #[test]
+    fn request_budget_parses_requests_per_period() {
+        let b: RequestBudget = "80/10s".parse().unwrap();
+        assert_eq!((b.requests, b.period_seconds), (80, 10));
+        let b: RequestBudget = "1000/1m".parse().unwrap();
+        assert_eq!((b.requests, b.period_seconds), (1000, 60));
+        for bad in [
+            "80",
+            "0/10s",
+            "1001/10s",
+            "80/0s",
+            "80/2h",
+            "80/1500ms",
+            "x/10s",
+            "80/ten",
+        ] {
+            assert!(bad.parse::<RequestBudget>().is_err(), "{bad}");
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Config {
     pub leader: Option<LeaseConfig>,
     /// How many applications are reconciled at once (0: no limit).
     pub concurrency: u16,
+    /// The request budget of a provider whose spec sets none.
+    pub default_request_budget: crate::api::RequestBudget,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             faults: Vec::new(),
             leader: None,
             concurrency: 16,
+            default_request_budget: Default::default(),
         }
     }
 }

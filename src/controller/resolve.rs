@@ -213,8 +213,12 @@ pub async fn provider_backend(
         Keycloak(&'a KeycloakProvider, SecretString, SecretString),
         Dcr(&'a DynamicRegistrationProvider, Option<SecretString>),
     }
+    let request_budget = settings
+        .request_budget
+        .clone()
+        .unwrap_or_else(|| ctx.config.default_request_budget.clone());
     let mut hasher = DefaultHasher::new();
-    (seed, settings.request_budget.clone()).hash(&mut hasher);
+    (seed, request_budget.clone()).hash(&mut hasher);
     settings
         .tls
         .as_ref()
@@ -313,7 +317,7 @@ pub async fn provider_backend(
     // not bring a fresh burst). When the server's effective budget changes (a stricter
     // provider joined), every provider's cached client is rebuilt onto the new limiter, so
     // no two limiters serve one server.
-    let budget = ctx.budget_for(&server, &label, key, &settings.request_budget);
+    let budget = ctx.budget_for(&server, &label, key, &request_budget);
     (Arc::as_ptr(&budget) as usize).hash(&mut hasher);
     let fingerprint = hasher.finish();
     // Checked and built under one lock: concurrent reconciles of one provider must share one
@@ -422,7 +426,7 @@ mod tests {
             tls: Some(crate::api::ProviderTls {
                 ca_bundle: Some(bundle.to_string()),
             }),
-            request_budget: Default::default(),
+            request_budget: None,
         };
         let timeout = std::time::Duration::from_secs(1);
         assert!(http_client(&settings("not a certificate"), timeout).is_err());
