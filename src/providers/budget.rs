@@ -1,26 +1,62 @@
-//! The client-side request budget: a token bucket per provider, shared by every application
-//! that uses the provider.
+//! The client-side request budget, per provider, shared by every application that uses the
+//! provider.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use governor::clock::DefaultClock;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
 
 use crate::api::RequestBudget;
 use crate::leader::Fence;
 use crate::telemetry::{Metrics, ProviderLabels};
 
-/// At most `requests` in any window of `period_seconds`: a token bucket holding half of the
-/// budget, refilled with the other half per period. (A bucket of the full budget refilled at
-/// the full rate would allow twice the budget in one window, enough to trip the provider's own
-/// fixed-window limit.)
+/// At most `requests` sends in any window of `period`, and exactly that many when demand is
+/// there: a sliding-window log of the last `requests` send times. A request goes at once when
+/// fewer than `requests` went in the last `period`, else when the oldest of them leaves the
+/// window. (A token bucket, governor's GCRA, cannot do both: a bucket of the full budget
+/// refilled at the full rate lets twice the budget through one window, which trips a
+/// provider's own fixed-window limit; half a bucket sustains only half the rate.)
+#[derive(Debug)]
+struct SlidingWindow {
+    requests: usize,
+    period: Duration,
+    /// Send times (offsets from the limiter's start), oldest first, at most `requests`.
+    sent: VecDeque<Duration>,
+}
+
+impl SlidingWindow {
+    fn new(requests: u32, period: Duration) -> Self {
+        let requests = requests.max(1) as usize;
+        Self {
+            requests,
+            period,
+            sent: VecDeque::with_capacity(requests),
+        }
+    }
+
+    /// Admits a send at `now` (recorded), or says when one may go.
+    fn try_admit(&mut self, now: Duration) -> Result<(), Duration> {
+        while self.sent.front().is_some_and(|t| *t + self.period <= now) {
+            self.sent.pop_front();
+        }
+        if self.sent.len() < self.requests {
+            self.sent.push_back(now);
+            Ok(())
+        } else {
+            Err(self.sent[0] + self.period)
+        }
+    }
+}
+
 pub struct RequestBudgetLimiter {
-    limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
+    window: Mutex<SlidingWindow>,
+    start: Instant,
+    /// Waiters take turns in arrival order (tokio's Mutex is fair), so a backlog is served
+    /// first come first served and one wake-up admits one request, not a stampede.
+    turn: tokio::sync::Mutex<()>,
     /// Set by a 429: no request to this provider before then, from any application.
-    paused_until: std::sync::Mutex<Option<Instant>>,
+    paused_until: Mutex<Option<Instant>>,
     provider: String,
     metrics: Arc<Metrics>,
     /// Writes to the provider pass it (leader election); `None`: always open.
@@ -29,17 +65,12 @@ pub struct RequestBudgetLimiter {
 
 impl RequestBudgetLimiter {
     pub fn new(budget: &RequestBudget, provider: String, metrics: Arc<Metrics>) -> Self {
-        let requests = budget.requests.max(1);
-        let burst = NonZeroU32::new(requests / 2).unwrap_or(NonZeroU32::MIN);
-        let refill = (requests - burst.get()).max(1);
         let period = Duration::from_secs(u64::from(budget.period_seconds.max(1)));
-        // with_period fails only for a zero interval, excluded above.
-        let quota = Quota::with_period(period / refill)
-            .unwrap_or_else(|| Quota::per_second(burst))
-            .allow_burst(burst);
         Self {
-            limiter: RateLimiter::direct(quota),
-            paused_until: std::sync::Mutex::new(None),
+            window: Mutex::new(SlidingWindow::new(budget.requests, period)),
+            start: Instant::now(),
+            turn: tokio::sync::Mutex::new(()),
+            paused_until: Mutex::new(None),
             provider,
             metrics,
             fence: None,
@@ -68,14 +99,30 @@ impl RequestBudgetLimiter {
         }
     }
 
-    /// Waits until the budget allows one more request; records the wait.
+    /// Waits until the budget allows one more request (in arrival order); records the wait.
     pub async fn acquire(&self) {
         let start = Instant::now();
-        let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = paused {
-            tokio::time::sleep_until(until.into()).await;
+        {
+            let _turn = self.turn.lock().await;
+            loop {
+                let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(until) = paused
+                    && until > Instant::now()
+                {
+                    tokio::time::sleep_until(until).await;
+                    continue;
+                }
+                let admitted = self
+                    .window
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .try_admit(Instant::now() - self.start);
+                match admitted {
+                    Ok(()) => break,
+                    Err(at) => tokio::time::sleep_until(self.start + at).await,
+                }
+            }
         }
-        self.limiter.until_ready().await;
         let waited = start.elapsed();
         self.metrics
             .rate_limit_wait_seconds
@@ -92,8 +139,9 @@ impl RequestBudgetLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_request() {
         let budget = RequestBudget {
             requests: 100,
@@ -103,34 +151,93 @@ mod tests {
         limiter.pause(Duration::from_millis(300));
         let start = Instant::now();
         limiter.acquire().await;
-        assert!(start.elapsed() >= Duration::from_millis(290));
+        assert!(start.elapsed() >= Duration::from_millis(300));
     }
 
-    #[tokio::test]
-    async fn never_more_than_the_budget_in_any_window() {
+    /// A backlog through the real limiter (tokio's clock, paused): the whole budget at once,
+    /// then exactly the budget per period, never more in any window.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_gets_exactly_the_budget_per_period() {
         let budget = RequestBudget {
             requests: 6,
             period_seconds: 1,
         };
-        let limiter = RequestBudgetLimiter::new(&budget, "t".into(), Arc::new(Metrics::default()));
+        let limiter = Arc::new(RequestBudgetLimiter::new(
+            &budget,
+            "t".into(),
+            Arc::new(Metrics::default()),
+        ));
         let start = Instant::now();
-        let mut times = Vec::new();
-        for _ in 0..12 {
-            limiter.acquire().await;
-            times.push(start.elapsed());
+        let mut tasks = Vec::new();
+        for _ in 0..30 {
+            let limiter = limiter.clone();
+            tasks.push(tokio::spawn(async move {
+                limiter.acquire().await;
+                start.elapsed()
+            }));
         }
-        // A burst of 3 passes at once, then 3 per second.
-        assert!(times[2] < Duration::from_millis(100), "{times:?}");
-        for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..]
-                .iter()
-                .filter(|u| **u < *t + Duration::from_secs(1))
-                .count();
-            assert!(
-                in_window <= 6,
-                "{in_window} requests within 1 s from {t:?}: {times:?}"
+        let mut times = Vec::new();
+        for t in tasks {
+            times.push(t.await.unwrap());
+        }
+        times.sort();
+        for (k, t) in times.iter().enumerate() {
+            assert_eq!(
+                *t,
+                Duration::from_secs(k as u64 / 6),
+                "request {k}: {times:?}"
             );
         }
-        assert!(times[11] >= Duration::from_millis(2900), "{times:?}");
+    }
+
+    /// Runs arrivals (sorted offsets, ms) through the window; each request goes at its arrival
+    /// or, if refused, at the time the window names, in arrival order. Returns the send times.
+    fn simulate(requests: u32, period_ms: u64, arrivals: &[u64]) -> Vec<u64> {
+        let mut window = SlidingWindow::new(requests, Duration::from_millis(period_ms));
+        let mut sent = Vec::new();
+        let mut clock = 0u64;
+        for &arrival in arrivals {
+            clock = clock.max(arrival);
+            loop {
+                match window.try_admit(Duration::from_millis(clock)) {
+                    Ok(()) => break,
+                    Err(at) => {
+                        let at = at.as_millis() as u64;
+                        assert!(at > clock, "a refusal names a later time");
+                        clock = at;
+                    }
+                }
+            }
+            sent.push(clock);
+        }
+        sent
+    }
+
+    proptest! {
+        /// Over any arrivals: never more than the budget in any window of the period; a
+        /// request waits only while the window is full (so a saturated limiter sends exactly
+        /// the budget per period); order is kept.
+        #[test]
+        fn never_over_and_never_idle_while_demand_waits(
+            requests in 1u32..20,
+            period_ms in 1u64..5_000,
+            mut arrivals in proptest::collection::vec(0u64..20_000, 1..300),
+        ) {
+            arrivals.sort_unstable();
+            let sent = simulate(requests, period_ms, &arrivals);
+            let n = requests as usize;
+            for i in n..sent.len() {
+                // The (i-n)th and ith send are at least a period apart: at most n per window.
+                prop_assert!(sent[i] - sent[i - n] >= period_ms, "window over budget at {}", i);
+            }
+            for i in 0..sent.len() {
+                prop_assert!(sent[i] >= arrivals[i]);
+                if i > 0 { prop_assert!(sent[i] >= sent[i - 1]); }
+                if sent[i] > arrivals[i].max(if i > 0 { sent[i - 1] } else { 0 }) {
+                    // It waited: the window was full, and it went the moment one left.
+                    prop_assert!(i >= n && sent[i] == sent[i - n] + period_ms);
+                }
+            }
+        }
     }
 }
