@@ -1,6 +1,6 @@
-//! The operator runs as a ServiceAccount with exactly the RBAC it ships (deploy/base/rbac.yaml,
-//! which tests/install.rs keeps equal to the chart's default render, and the namespace-scoped
-//! overlay), leader election on, through a full create / rotate / delete cycle. Each rule that
+//! The operator runs as a ServiceAccount with exactly the RBAC it ships (the chart's default
+//! render, deploy/base/rbac.yaml, and the namespace-scoped overlay), leader election on,
+//! through a full create / update / rotate / delete cycle. Each rule that
 //! matters is then taken away in turn, and the operator fails at a named step without
 //! registering anything it cannot record. The apiserver enables
 //! OwnerReferencesPermissionEnforcement, as hardened clusters do, so the finalizers rule counts.
@@ -153,6 +153,24 @@ async fn full_cycle(env: &Env, op: &Operator) -> Result<()> {
     env.wait_ready("web").await?;
     let secret = env.secrets().get("web-oauth").await?;
     support::assert_token(&secret, "https://web.example.com/callback").await?;
+    // Update: a second redirect URI reaches the provider.
+    let update = serde_json::json!({"spec": {"redirectUris": [
+        "https://web.example.com/callback", "https://web.example.com/second"]}});
+    env.apps()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&update))
+        .await?;
+    env.wait_app("web", "generation 2 applied", |a| {
+        a.status.as_ref().and_then(|s| s.synced_generation) == Some(2)
+    })
+    .await?;
+    let at_clerk = env.clerk.apps();
+    assert!(
+        at_clerk[0]
+            .redirect_uris
+            .contains(&"https://web.example.com/second".to_string()),
+        "{:?}",
+        at_clerk[0].redirect_uris
+    );
     let rotate =
         serde_json::json!({"metadata": {"annotations": {"oauth-operator.dev/rotate": "1"}}});
     env.apps()
@@ -184,6 +202,45 @@ async fn full_cycle(env: &Env, op: &Operator) -> Result<()> {
 async fn deploy_base_rbac_runs_the_full_cycle() -> Result<()> {
     let env = Env::new("rbac-base").await?;
     let kubeconfig = install(&env, manifests("deploy/base/rbac.yaml")?).await?;
+    let op = start(&env, &kubeconfig)?;
+    full_cycle(&env, &op).await
+}
+
+/// The chart's own render (default values), not the base it is kept equal to.
+#[tokio::test]
+async fn chart_rbac_runs_the_full_cycle() -> Result<()> {
+    let env = Env::new("rbac-chart").await?;
+    let helm = testenv::testenv_dir()?.join("bin/helm");
+    let out = std::process::Command::new(&helm)
+        .args([
+            "template",
+            "oauth-operator",
+            "charts/oauth-operator",
+            "-n",
+            "oauth-operator",
+        ])
+        .current_dir(ROOT)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(std::str::from_utf8(&out.stdout)?)
+        .map(|doc| Ok(serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?))
+        .collect::<Result<Vec<Value>>>()?
+        .into_iter()
+        .filter(|d| {
+            ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+                .contains(&d["kind"].as_str().unwrap_or(""))
+        })
+        .collect();
+    anyhow::ensure!(
+        docs.len() == 4,
+        "the chart renders {} RBAC objects",
+        docs.len()
+    );
+    let kubeconfig = install(&env, docs).await?;
     let op = start(&env, &kubeconfig)?;
     full_cycle(&env, &op).await
 }
