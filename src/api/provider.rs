@@ -83,8 +83,9 @@ pub struct ProviderSettings {
     /// TLS trust for the provider's endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProviderTls>,
-    /// Client-side request budget (a token bucket) shared by every application using this
-    /// provider, so that a resync of many applications never trips the provider's rate limit.
+    /// Client-side request budget (at most `requests` in any window of `periodSeconds`) shared
+    /// by every application using this provider, so that a resync of many applications never
+    /// trips the provider's rate limit.
     /// Unset: the operator's `--default-request-budget` (80 per 10 s unless changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_budget: Option<RequestBudget>,
@@ -231,7 +232,7 @@ pub struct ProviderTls {
     pub ca_bundle: Option<String>,
 }
 
-/// A token bucket: at most `requests` per `periodSeconds`, in bursts of at most `requests`.
+/// At most `requests` in any window of `periodSeconds`, and that many when there is demand.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestBudget {
