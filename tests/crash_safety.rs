@@ -194,6 +194,50 @@ async fn case1_failed_id_write_after_create_leaves_one_client() -> Result<()> {
     Ok(())
 }
 
+/// A crash after the create, a spec change while the operator is down, then a transient
+/// failure (recorded for the new generation, so `observedGeneration` moves): the adopted
+/// client, registered with the old spec, is still brought to the new one.
+#[tokio::test]
+async fn a_spec_change_during_a_crash_reaches_the_adopted_client() -> Result<()> {
+    let env = Env::new("c1-spec").await?;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-create")])?;
+    env.apply_app(&app_yaml("web")).await?;
+    op.wait_abort("after-create", Duration::from_secs(60))
+        .await?;
+    let change = serde_json::json!({"spec": {"redirectUris": ["https://web.example.com/new"]}});
+    env.apps()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&change))
+        .await?;
+    env.clerk.inject_fault(clerk_emulator::Fault {
+        method: None,
+        route: None,
+        times: 2,
+        action: clerk_emulator::FaultAction::Status {
+            status: 503,
+            code: None,
+            message: None,
+            retry_after: None,
+        },
+    });
+    let _op = env.start_operator(&[])?;
+    env.wait_app("web", "a failure recorded for generation 2", |a| {
+        a.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+    })
+    .await?;
+    env.wait_app("web", "generation 2 applied", |a| {
+        a.status.as_ref().and_then(|s| s.synced_generation) == Some(2)
+            && ready(a).is_some_and(|(s, _)| s == "True")
+    })
+    .await?;
+    let apps = env.clerk.apps();
+    assert_eq!(apps.len(), 1, "no duplicate client");
+    assert_eq!(
+        apps[0].redirect_uris,
+        vec!["https://web.example.com/new".to_string()]
+    );
+    Ok(())
+}
+
 /// Case 1: crashes in a row during adoption. Crash after the create, then at the steps of the
 /// adoptions that follow (after the rotation, twice; after staging), then right after the
 /// Secret is written from the staged copy: one client in the end, and the Secret written

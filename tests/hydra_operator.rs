@@ -276,3 +276,64 @@ async fn hydra_id_taken_by_another_owner_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// A crash right after the create, a spec change while the operator is down, then a failure
+/// recorded for the new generation (the provider unreachable: `observedGeneration` moves to
+/// 2 while Hydra still has generation 1's settings): once Hydra is back the client is brought
+/// to generation 2, not taken as already synced.
+#[tokio::test]
+async fn hydra_spec_change_during_a_crash_reaches_the_client() -> Result<()> {
+    let (env, hydra) = hydra_env("hydra-spec").await?;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-create")])?;
+    env.apply_app(&app_yaml("web", "https://web.example.com/callback"))
+        .await?;
+    op.wait_abort("after-create", Duration::from_secs(60))
+        .await?;
+    let id = env
+        .apps()
+        .get("web")
+        .await?
+        .status
+        .and_then(|s| s.client_id)
+        .context("the id was recorded first")?;
+    assert!(hydra_client(hydra, &id).await?.is_some(), "created");
+
+    let change = serde_json::json!({"spec": {"redirectUris": ["https://web.example.com/new"]}});
+    env.apps()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&change))
+        .await?;
+    let providers = Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns);
+    let point = |url: String| serde_json::json!({"spec": {"hydra": {"adminUrl": url}}});
+    let dead = format!("http://127.0.0.1:{}", testenv::free_port()?);
+    providers
+        .patch(
+            "hydra",
+            &PatchParams::default(),
+            &Patch::Merge(&point(dead)),
+        )
+        .await?;
+    let _op = env.start_operator(&[("OAUTH_OPERATOR_PROVIDER_TIMEOUT", "2s")])?;
+    env.wait_app("web", "a failure recorded for generation 2", |a| {
+        a.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+            && ready(a).is_some_and(|(s, _)| s == "False")
+    })
+    .await?;
+    providers
+        .patch(
+            "hydra",
+            &PatchParams::default(),
+            &Patch::Merge(&point(hydra.admin_url().to_string())),
+        )
+        .await?;
+    env.wait_app("web", "generation 2 applied", |a| {
+        a.status.as_ref().and_then(|s| s.synced_generation) == Some(2)
+            && ready(a).is_some_and(|(s, _)| s == "True")
+    })
+    .await?;
+    let client = hydra_client(hydra, &id).await?.context("client")?;
+    assert_eq!(
+        client["redirect_uris"],
+        serde_json::json!(["https://web.example.com/new"])
+    );
+    Ok(())
+}

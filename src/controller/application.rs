@@ -819,9 +819,11 @@ pub(super) async fn sync_remote(
     // Metadata: the server carries the uid; Unmarked: the operator's record of the
     // registration does (RFC 7591). Either way a client that names another owner is refused.
     let owner_marked = provider.client.capabilities().owner_marker != OwnerMarker::TaggedName;
-    // Objects written before `syncedGeneration` existed: their observedGeneration moved only
-    // on success.
-    let synced = status.synced_generation.or(status.observed_generation);
+    // Only `syncedGeneration` says what the provider has: `observedGeneration` also moves on
+    // failures and while registering, so a client adopted after a spec change would otherwise
+    // keep the old generation's settings. (An object written before `syncedGeneration`
+    // existed gets one idempotent update.)
+    let synced = status.synced_generation;
     let spec_changed = synced != app.metadata.generation;
     if spec_changed && owner_marked {
         match provider.client.get(id).await {
