@@ -121,10 +121,9 @@ impl ServerBudgets {
             .cloned()
             .unwrap_or_else(|| budget.clone());
         if strictest != entry.effective {
-            entry.limiter = Arc::new(
-                RequestBudgetLimiter::new(&strictest, label.to_string(), self.metrics.clone())
-                    .fenced(self.fence.clone()),
-            );
+            // In place: the sends already made and a 429 pause still count, and every client
+            // of this server keeps sharing the one limiter.
+            entry.limiter.set_budget(&strictest);
             entry.effective = strictest;
         }
         entry.limiter.clone()
@@ -434,14 +433,14 @@ mod tests {
             !Arc::ptr_eq(&first, &elsewhere),
             "another credential, another budget"
         );
-        // A stricter provider on the same server lowers the shared budget for all.
+        // A stricter provider on the same server lowers the shared budget for all, in place.
+        let effective = || budgets.map.lock().unwrap()["clerk|k1"].effective.clone();
         let stricter = budgets.budget_for("clerk|k1", "clerk", "OAuthProvider/z/p", &b(10));
-        assert!(!Arc::ptr_eq(&first, &stricter));
+        assert!(Arc::ptr_eq(&first, &stricter), "the same limiter, changed");
+        assert_eq!(effective(), b(10));
         let again = budgets.budget_for("clerk|k1", "clerk", "OAuthProvider/a/p", &b(80));
-        assert!(
-            Arc::ptr_eq(&stricter, &again),
-            "the strictest stays in force"
-        );
+        assert!(Arc::ptr_eq(&stricter, &again));
+        assert_eq!(effective(), b(10), "the strictest stays in force");
     }
 
     #[test]

@@ -315,8 +315,7 @@ pub async fn provider_backend(
     };
     // The budget belongs to the server and outlives client rebuilds (a new credential must
     // not bring a fresh burst). When the server's effective budget changes (a stricter
-    // provider joined), every provider's cached client is rebuilt onto the new limiter, so
-    // no two limiters serve one server.
+    // provider joined), the one limiter changes in place, so no two limiters serve one server.
     let budget = ctx.budget_for(&server, &label, key, &request_budget);
     (Arc::as_ptr(&budget) as usize).hash(&mut hasher);
     let fingerprint = hasher.finish();

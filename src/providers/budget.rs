@@ -35,6 +35,12 @@ impl SlidingWindow {
         }
     }
 
+    /// A new budget; the sends already recorded count against it.
+    fn set(&mut self, requests: u32, period: Duration) {
+        self.requests = requests.max(1) as usize;
+        self.period = period;
+    }
+
     /// Admits a send at `now` (recorded), or says when one may go.
     fn try_admit(&mut self, now: Duration) -> Result<(), Duration> {
         while self.sent.front().is_some_and(|t| *t + self.period <= now) {
@@ -48,6 +54,9 @@ impl SlidingWindow {
         }
     }
 }
+
+/// The longest a 429 holds a provider's requests.
+const MAX_PAUSE: Duration = Duration::from_secs(600);
 
 pub struct RequestBudgetLimiter {
     window: Mutex<SlidingWindow>,
@@ -77,6 +86,16 @@ impl RequestBudgetLimiter {
         }
     }
 
+    /// Applies a new budget (a stricter provider joined the server, or one left) to this
+    /// limiter in place: what was sent in the last period and a 429 pause still count.
+    pub fn set_budget(&self, budget: &RequestBudget) {
+        let period = Duration::from_secs(u64::from(budget.period_seconds.max(1)));
+        self.window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(budget.requests, period);
+    }
+
     /// Every write (a request that is not GET or HEAD) sent within this budget must first
     /// pass `fence`: only the holder of the leader lease changes the provider.
     pub fn fenced(mut self, fence: Arc<Fence>) -> Self {
@@ -90,9 +109,10 @@ impl RequestBudgetLimiter {
         self.fence.as_ref().map_or(Ok(()), |f| f.check())
     }
 
-    /// The provider answered 429: hold every request to it for `delay`.
+    /// The provider answered 429: hold every request to it for `delay` (at most 10 minutes,
+    /// whatever a `Retry-After` says).
     pub fn pause(&self, delay: Duration) {
-        let until = Instant::now() + delay;
+        let until = Instant::now() + delay.min(MAX_PAUSE);
         let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
@@ -188,6 +208,26 @@ mod tests {
                 "request {k}: {times:?}"
             );
         }
+    }
+
+    /// A stricter budget applied in place counts what was already sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_stricter_budget_counts_what_was_sent() {
+        let budget = RequestBudget {
+            requests: 10,
+            period_seconds: 1,
+        };
+        let limiter = RequestBudgetLimiter::new(&budget, "t".into(), Arc::new(Metrics::default()));
+        let start = Instant::now();
+        for _ in 0..4 {
+            limiter.acquire().await;
+        }
+        limiter.set_budget(&RequestBudget {
+            requests: 4,
+            period_seconds: 2,
+        });
+        limiter.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
     /// Runs arrivals (sorted offsets, ms) through the window; each request goes at its arrival
