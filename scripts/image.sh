@@ -26,7 +26,7 @@ cp "$TARGET_DIR/$TARGET/release/oauth-operator" "$CA" "$CTX/"
 if readelf -l "$CTX/oauth-operator" | grep -q "Requesting program interpreter"; then
   echo "make image: the binary is dynamically linked" >&2; exit 1
 fi
-if [[ $(id -u) == 0 ]] && command -v setpriv >/dev/null; then
+if [[ $(id -u) == 0 ]] && command -v chroot >/dev/null; then
   # The image's file system, alone: it must start there as the image's user.
   root=$(mktemp -d) && chmod 755 "$root"
   trap 'rm -rf "$root"' EXIT

@@ -31,12 +31,27 @@ NS=default
 
 cargo build --quiet --bin oauth-operator -p oauth-operator -p clerk-emulator -p testenv --bins
 BIN=${CARGO_TARGET_DIR:-target}/debug
+# Each in its own session (setsid), so Ctrl-C reaches only this script, whose cleanup can
+# still use the cluster and the operator before it stops them.
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+OPERATOR_STARTED=
+cleanup() {
+  trap - EXIT INT TERM # once: a signal, then the exit
+  # At real Clerk the example's client outlives this cluster unless the operator deletes it.
+  if [[ -n "${CLERK_SECRET_KEY:-}" && -n $OPERATOR_STARTED ]]; then
+    echo "==> deleting the example at Clerk"
+    "${KUBECTL[@]}" -n $NS delete oauthapplication web --wait --timeout=60s >/dev/null \
+      || echo "could not delete the example's client at Clerk: delete it in the Clerk dashboard" >&2
+  fi
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
 echo "==> starting etcd + kube-apiserver on 127.0.0.1"
-"$BIN"/testenv control-plane --kubeconfig "$KUBECONFIG_FILE" --testenv-dir "$TESTENV_DIR" >"$STATE/control-plane.log" 2>&1 &
+setsid "$BIN"/testenv control-plane --kubeconfig "$KUBECONFIG_FILE" --testenv-dir "$TESTENV_DIR" >"$STATE/control-plane.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do [[ -f $KUBECONFIG_FILE ]] && break; sleep 0.5; done
 [[ -f $KUBECONFIG_FILE ]] || { echo "control plane did not start:"; tail -20 "$STATE/control-plane.log"; exit 1; }
@@ -50,27 +65,34 @@ else
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   KEY=sk_test_local_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "==> starting the Clerk emulator on 127.0.0.1:$PORT"
-  env -u CLERK_SECRET_KEY "$BIN"/clerk-emulator --listen "127.0.0.1:$PORT" --secret-key "$KEY" >"$STATE/clerk-emulator.log" 2>&1 &
+  setsid env -u CLERK_SECRET_KEY "$BIN"/clerk-emulator --listen "127.0.0.1:$PORT" --secret-key "$KEY" >"$STATE/clerk-emulator.log" 2>&1 &
   pids+=($!)
   BASE_URL=http://127.0.0.1:$PORT/v1
-  for _ in $(seq 1 50); do curl -fsS -o /dev/null -H "Authorization: Bearer $KEY" "$BASE_URL/oauth_applications" && break; sleep 0.2; done
+  up=
+  for _ in $(seq 1 50); do
+    curl -fsS -o /dev/null -H "Authorization: Bearer $KEY" "$BASE_URL/oauth_applications" 2>/dev/null && { up=1; break; }
+    sleep 0.2
+  done
+  [[ -n $up ]] || { echo "the Clerk emulator did not start:"; tail -20 "$STATE/clerk-emulator.log"; exit 1; }
 fi
 
 echo "==> installing CRDs and examples/"
 "${KUBECTL[@]}" apply --server-side -f crds/ >/dev/null
 "${KUBECTL[@]}" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 # The example provider, pointed at this run's endpoint and key.
-"${KUBECTL[@]}" -n $NS create secret generic clerk-admin --from-literal=secretKey="$KEY" \
-  --dry-run=client -o yaml | "${KUBECTL[@]}" apply -f - >/dev/null
+# (On stdin, not the command line, where `ps` would show a real Clerk key.)
+printf '%s' "$KEY" | "${KUBECTL[@]}" -n $NS create secret generic clerk-admin \
+  --from-file=secretKey=/dev/stdin --dry-run=client -o yaml | "${KUBECTL[@]}" apply -f - >/dev/null
 sed "s#baseUrl: https://api.clerk.com/v1#baseUrl: $BASE_URL#" examples/clerk-provider.yaml \
   | awk 'BEGIN{skip=0} /^kind: Secret/{skip=1} /^---/{if(skip){skip=0; next}} !skip' \
   | "${KUBECTL[@]}" -n $NS apply -f - >/dev/null
 "${KUBECTL[@]}" -n $NS apply -f examples/web-app.yaml >/dev/null
 
 echo "==> running the operator (logs: $STATE/operator.log)"
-KUBECONFIG=$KUBECONFIG_FILE "$BIN"/oauth-operator run --http-addr 127.0.0.1:0 \
+KUBECONFIG=$KUBECONFIG_FILE setsid "$BIN"/oauth-operator run --http-addr 127.0.0.1:0 \
   --operator-namespace $NS >"$STATE/operator.log" 2>&1 &
 pids+=($!)
+OPERATOR_STARTED=1
 
 "${KUBECTL[@]}" -n $NS wait --for=condition=Ready oauthapplication/web --timeout=90s >/dev/null || {
   echo "the example did not become Ready:"; "${KUBECTL[@]}" -n $NS get oauthapplication web -o yaml; tail -20 "$STATE/operator.log"; exit 1; }

@@ -200,6 +200,9 @@ fn chart_defaults_are_hardened() -> Result<()> {
         "unknownKey=1",
         "watchNamespaces={a,b}",
         "defaultRequestBudget=80",
+        "defaultRequestBudget=9999/10s",
+        "defaultRequestBudget=80/0s",
+        "defaultRequestBudget=80/2h",
     ] {
         let err = helm_template(&["--set", bad]).expect_err(bad).to_string();
         assert!(err.contains("schema"), "{bad}: {err}");
