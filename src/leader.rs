@@ -156,26 +156,32 @@ impl Elector {
         }
     }
 
+    /// Creates the Lease with this candidate as holder: `Ok(false)` when another created it
+    /// first (a create is atomic, so at most one candidate wins).
+    async fn create(&mut self, fence: &Fence, sent: Instant) -> anyhow::Result<bool> {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.cfg.name.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(self.spec(None)),
+        };
+        match self.api.create(&PostParams::default(), &lease).await {
+            Ok(lease) => {
+                fence.renewed(sent);
+                self.held = Some(lease);
+                Ok(true)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// One attempt: `Ok(true)` once we hold the Lease.
     async fn try_acquire(&mut self, fence: &Fence) -> anyhow::Result<bool> {
         let sent = Instant::now();
         let Some(lease) = self.api.get_opt(&self.cfg.name).await? else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.cfg.name.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(self.spec(None)),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(lease) => {
-                    fence.renewed(sent);
-                    self.held = Some(lease);
-                    Ok(true)
-                }
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e.into()),
-            };
+            return self.create(fence, sent).await;
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.as_deref().unwrap_or("");
@@ -255,16 +261,42 @@ impl Elector {
                     last_ok = sent;
                     self.held = Some(lease);
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => {
+                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
                     // The Lease changed since our last write. Still ours (a renewal whose
                     // answer was lost): carry on from the current record. Anyone else's: lost.
-                    let current = self.api.get_opt(&self.cfg.name).await.ok().flatten();
+                    // Gone (deleted by hand): take it back if nobody has, as client-go does;
+                    // whoever creates it first holds it.
+                    let current = match self.api.get_opt(&self.cfg.name).await {
+                        Ok(current) => current,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the leader lease");
+                            continue;
+                        }
+                    };
+                    let Some(current) = current else {
+                        match self.create(fence, sent).await {
+                            Ok(true) => {
+                                tracing::warn!(holder = %self.cfg.identity, "the leader lease was deleted: created it again");
+                                last_ok = sent;
+                                continue;
+                            }
+                            Ok(false) => {
+                                tracing::error!(holder = %self.cfg.identity, "lost lease (deleted, and another candidate created it)");
+                                fence.close();
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "creating the deleted leader lease");
+                                continue;
+                            }
+                        }
+                    };
                     let holder = current
+                        .spec
                         .as_ref()
-                        .and_then(|l| l.spec.as_ref())
                         .and_then(|s| s.holder_identity.clone());
                     if holder.as_deref() == Some(self.cfg.identity.as_str()) {
-                        self.held = current;
+                        self.held = Some(current);
                         continue;
                     }
                     tracing::error!(holder = %self.cfg.identity, new_holder = ?holder, "lost lease");

@@ -362,3 +362,32 @@ async fn sigterm_releases_the_lease_to_the_standby_at_once() -> Result<()> {
     drop(b);
     Ok(())
 }
+
+/// A Lease deleted under its holder (by hand): the leader creates it again and keeps leading
+/// (no exit, no gap in reconciling), as client-go's elector does.
+#[tokio::test]
+async fn a_deleted_lease_is_taken_back_by_its_holder() -> Result<()> {
+    let env = Env::new("leader-del").await?;
+    let mut a = env.start_operator(&[
+        ("POD_NAME", "replica-a"),
+        ("OAUTH_OPERATOR_LEASE_DURATION", "6s"),
+    ])?;
+    wait_holder(&env, "replica-a", Duration::from_secs(30)).await?;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    leases
+        .delete("oauth-operator", &kube::api::DeleteParams::default())
+        .await?;
+    wait_holder(&env, "replica-a", Duration::from_secs(10)).await?;
+    // Well past a lease: still running, still leading, still reconciling.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    a.child.check_running()?;
+    ensure!(holder(&env).await?.as_deref() == Some("replica-a"));
+    env.apply_app(&app_yaml("after")).await?;
+    env.wait_ready("after").await?;
+    ensure!(
+        a.logs().contains("created it again"),
+        "the log says what happened: {}",
+        a.log.display()
+    );
+    Ok(())
+}

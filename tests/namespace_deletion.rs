@@ -22,7 +22,10 @@ async fn case4_namespace_deletion_deletes_every_client() -> Result<()> {
     let env = Env::new("c4").await?;
     env.cp
         .start_controller_manager("namespace,garbagecollector")?;
-    let _op = env.start_operator(&[])?;
+    // The operator lives in a namespace of its own, as installed (its Lease must outlive the
+    // namespace being deleted).
+    let operator_ns = env.cp.create_namespace("c4-operator").await?;
+    let _op = env.start_operator_in(&operator_ns, &[])?;
     // A second provider sharing the same credential Secret: its deletion must not release the
     // Secret for the first one.
     let shared: OAuthProvider = serde_json::from_value(serde_json::json!({

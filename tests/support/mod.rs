@@ -104,6 +104,16 @@ impl Env {
 
     /// Starts the operator binary for this namespace.
     pub fn start_operator(&self, extra_env: &[(&str, &str)]) -> Result<Operator> {
+        self.start_operator_in(&self.ns, extra_env)
+    }
+
+    /// As [`Self::start_operator`], with the operator's own namespace (its Lease, the
+    /// credentials of `ClusterOAuthProvider`s) elsewhere than the watched one.
+    pub fn start_operator_in(
+        &self,
+        operator_namespace: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Operator> {
         let port = free_port()?;
         let log = self.log_dir.join(format!("operator-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_oauth-operator"));
@@ -121,7 +131,7 @@ impl Env {
             "--watch-namespace",
             &self.ns,
             "--operator-namespace",
-            &self.ns,
+            operator_namespace,
         ])
         .env("KUBECONFIG", self.cp.kubeconfig_path())
         .env("RUST_LOG", "info,oauth_operator=debug")
