@@ -21,7 +21,9 @@ testenv:
 	bash testenv/build.sh
 
 ## test: every test (unit, provider, controller, end-to-end) on the real test environment
+## (test logs go to target/tmp/oauth-operator-*, cleared here; a failing test prints its directory)
 test: testenv crds-check fault-check
+	rm -rf "$${CARGO_TARGET_DIR:-target}"/tmp/oauth-operator-*
 	$(CARGO) test --workspace --all-targets $(TEST_FEATURES)
 
 fmt:

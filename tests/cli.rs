@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Text logs written to a file or a pipe carry no ANSI colour codes (colour is for terminals).
 #[test]
 fn text_logs_on_a_pipe_have_no_colour_codes() {
-    let dir = std::env::temp_dir().join(format!("oauth-operator-cli-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("oauth-operator-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // A cluster that cannot be reached (nothing listens on port 1): the operator starts,
     // logs, and keeps retrying.

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -61,8 +61,13 @@ impl Env {
         install_crds(&client).await?;
         let ns = cp.create_namespace(prefix).await?;
         let clerk = Emulator::start(EmulatorConfig::default())?;
-        let log_dir = std::env::temp_dir().join(format!("oauth-operator-tests-{ns}"));
+        // Under cargo's scratch directory for integration tests (target/tmp), not /tmp:
+        // `make test` clears it before each run, and a failing test's output names it
+        // (libtest shows a test's stderr only when it fails).
+        let log_dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("oauth-operator-tests-{ns}"));
         std::fs::create_dir_all(&log_dir)?;
+        eprintln!("test logs (operator, events): {}", log_dir.display());
         let env = Env {
             cp,
             client,

@@ -37,8 +37,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Appended to kc.sh's JVM options (override: `TESTENV_KEYCLOAK_JAVA_OPTS`): a short-lived
-/// test server on 2 shared cores boots faster with only the C1 JIT.
-const JVM_OPTS: &str = "-XX:TieredStopAtLevel=1";
+/// test server on 2 shared cores boots faster with only the C1 JIT; no perf-data file in
+/// /tmp/hsperfdata_<user>.
+const JVM_OPTS: &str = "-XX:TieredStopAtLevel=1 -XX:-UsePerfData";
 
 pub const ADMIN_USERNAME: &str = "testenv-admin";
 
@@ -82,6 +83,8 @@ impl Keycloak {
         prepare_run_home(&dev_home, home.path())?;
 
         let java = write_java_shim(home.path(), &java_home)?;
+        let tmp = home.path().join("tmp");
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
 
         let mut cmd = Command::new(home.path().join("bin/kc.sh"));
         // Keycloak reads every KC_* variable as configuration, kc.sh reads JAVA_* and DEBUG*
@@ -109,7 +112,12 @@ impl Keycloak {
             .env("JAVA", &java)
             .env(
                 "JAVA_OPTS_APPEND",
-                std::env::var("TESTENV_KEYCLOAK_JAVA_OPTS").unwrap_or_else(|_| JVM_OPTS.into()),
+                format!(
+                    "{} -Djava.io.tmpdir={}",
+                    std::env::var("TESTENV_KEYCLOAK_JAVA_OPTS").unwrap_or_else(|_| JVM_OPTS.into()),
+                    // Quarkus' vertx-cache and uploads go under the run home, not /tmp.
+                    tmp.display()
+                ),
             )
             .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN_USERNAME)
             .env("KC_BOOTSTRAP_ADMIN_PASSWORD", &admin_password);
@@ -560,8 +568,10 @@ fn write_java_shim(run_home: &Path, java_home: &Path) -> Result<PathBuf> {
     Ok(shim)
 }
 
+/// The augmented dev homes: a build output, so in the test environment cache beside the
+/// distribution (not in /tmp, where it would outlive every run).
 fn dev_root() -> Result<PathBuf> {
-    let root = std::env::temp_dir().join("oauth-operator-keycloak-dev");
+    let root = testenv_dir()?.join("keycloak-dev");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     Ok(root)
 }

@@ -186,6 +186,32 @@ pub struct RunDir {
     path: PathBuf,
 }
 
+/// Run directories not dropped yet: those of shared servers (statics are never dropped) are
+/// removed when the test process exits, so a run leaves nothing in /tmp.
+static LIVE_RUN_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn remove_live_run_dirs_at_exit() {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_live_run_dirs() {
+        // try_lock: never block an exiting process on a lock some thread held when it died.
+        if let Ok(dirs) = LIVE_RUN_DIRS.try_lock() {
+            for dir in dirs.iter() {
+                let _ = std::fs::remove_dir_all(dir);
+                if let Some(root) = dir.parent() {
+                    let _ = std::fs::remove_dir(root); // only when empty
+                }
+            }
+        }
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: atexit only records a function pointer; the handler touches a static and
+        // the file system, and neither blocks nor panics.
+        unsafe {
+            libc::atexit(remove_live_run_dirs);
+        }
+    });
+}
+
 impl RunDir {
     pub fn new(name: &str) -> Result<Self> {
         let root = std::env::temp_dir().join("oauth-operator-testenv");
@@ -193,6 +219,11 @@ impl RunDir {
         sweep_stale(&root);
         let path = root.join(format!("{name}-{}", unique_suffix()));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        remove_live_run_dirs_at_exit();
+        LIVE_RUN_DIRS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.clone());
         Ok(Self { path })
     }
 
@@ -204,6 +235,13 @@ impl RunDir {
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+        LIVE_RUN_DIRS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|d| d != &self.path);
+        if let Some(root) = self.path.parent() {
+            let _ = std::fs::remove_dir(root); // only when empty
+        }
     }
 }
 
