@@ -923,6 +923,51 @@ async fn default_request_budget_applies_to_providers_without_one() -> Result<()>
     Ok(())
 }
 
+/// Steady state: resyncs (every 2 s here) that find every client in order write neither a
+/// status nor a Secret: over three resyncs, which do reach Clerk, no application or Secret
+/// changes its resourceVersion.
+#[tokio::test]
+async fn a_resync_that_finds_nothing_changed_writes_nothing() -> Result<()> {
+    let env = Env::new("steady").await?;
+    let _op = env.start_operator(&[])?;
+    let names = ["s0", "s1", "s2"];
+    for name in names {
+        env.apply_app(&app_yaml(name, "")).await?;
+    }
+    for name in names {
+        env.wait_ready(name).await?;
+    }
+    // Let the writes that follow a registration settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let versions = || async {
+        let mut v = Vec::new();
+        for name in names {
+            v.push(env.apps().get(name).await?.metadata.resource_version);
+            v.push(
+                env.secrets()
+                    .get(&format!("{name}-oauth"))
+                    .await?
+                    .metadata
+                    .resource_version,
+            );
+        }
+        anyhow::Ok(v)
+    };
+    let before = versions().await?;
+    let lists = env.clerk.request_count("GET", routes::OAUTH_APPLICATIONS);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        env.clerk.request_count("GET", routes::OAUTH_APPLICATIONS) > lists,
+        "the resyncs ran (they list the clients)"
+    );
+    assert_eq!(
+        versions().await?,
+        before,
+        "a resync that changes nothing writes nothing"
+    );
+    Ok(())
+}
+
 /// A create whose response never arrives (timeout) but which the provider commits late: the
 /// operator waits for it and adopts it instead of creating a second client.
 #[tokio::test]

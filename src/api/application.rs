@@ -357,7 +357,9 @@ pub struct OAuthApplicationStatus {
     /// Endpoints of the authorization server for this client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
-    /// When the client was last checked against the provider.
+    /// When the client was last checked against the provider, as of the last status write:
+    /// a check that changes nothing writes no status (it is not a heartbeat; `Ready` and its
+    /// `observedGeneration` say the client is in order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
     /// When the client secret was last rotated.

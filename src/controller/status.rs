@@ -1,5 +1,6 @@
 //! Status writes: server-side apply with a named field manager, skipped when nothing but
-//! condition timestamps would change.
+//! timestamps (condition transition times, `lastSyncTime`) would change, so a resync that
+//! finds everything in order writes nothing and does not wake the controller again.
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -11,7 +12,8 @@ use crate::api::{OAuthApplication, OAuthApplicationStatus};
 
 pub const FIELD_MANAGER: &str = "oauth-operator";
 
-/// Whether two statuses differ in anything but condition transition times.
+/// Whether two statuses differ in anything but condition transition times and
+/// `lastSyncTime` (a time alone is no news: it rides along with the next real change).
 pub fn status_changed(old: Option<&OAuthApplicationStatus>, new: &OAuthApplicationStatus) -> bool {
     let Some(old) = old else { return true };
     let mut a = old.clone();
@@ -21,6 +23,8 @@ pub fn status_changed(old: Option<&OAuthApplicationStatus>, new: &OAuthApplicati
     }
     a.conditions.clear();
     b.conditions.clear();
+    a.last_sync_time = None;
+    b.last_sync_time = None;
     a != b
 }
 
@@ -93,5 +97,10 @@ mod tests {
         a.observed_generation = Some(2);
         assert!(!status_changed(Some(&a), &b));
         assert!(status_changed(None, &b));
+        // A resync that only moves lastSyncTime writes nothing.
+        b.last_sync_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        assert!(!status_changed(Some(&a), &b));
     }
 }
