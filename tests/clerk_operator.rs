@@ -968,6 +968,73 @@ async fn a_resync_that_finds_nothing_changed_writes_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Application reconciles so far, from the operator's metrics.
+async fn app_reconciles(op: &support::Operator) -> Result<f64> {
+    let metrics = op.get("/metrics").await?.1;
+    Ok(metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("oauth_operator_reconciles_total{") && l.contains("OAuthApplication")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// A provider's own status writes (every 30 s while it fails, for instance) do not wake its
+/// applications; a change of its spec does.
+#[tokio::test]
+async fn provider_status_noise_does_not_wake_its_applications() -> Result<()> {
+    let env = Env::new("provider-noise").await?;
+    let op = env.start_operator(&[("OAUTH_OPERATOR_RESYNC_INTERVAL", "1h")])?;
+    for name in ["n0", "n1"] {
+        env.apply_app(&app_yaml(name, "")).await?;
+    }
+    for name in ["n0", "n1"] {
+        env.wait_ready(name).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = app_reconciles(&op).await?;
+    let providers =
+        kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns);
+    for i in 0..5 {
+        // Another manager's condition beside the operator's (the list is a map keyed by type).
+        let noise = serde_json::json!({
+            "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+            "status": {"conditions": [{"type": "Noise", "status": "True", "reason": "Test",
+                "message": format!("status write {i}"),
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        });
+        providers
+            .patch_status(
+                "clerk",
+                &PatchParams::apply("noise").force(),
+                &Patch::Apply(&noise),
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app_reconciles(&op).await?,
+        before,
+        "provider status writes woke its applications"
+    );
+    let budget =
+        serde_json::json!({"spec": {"requestBudget": {"requests": 79, "periodSeconds": 10}}});
+    providers
+        .patch("clerk", &PatchParams::default(), &Patch::Merge(&budget))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while app_reconciles(&op).await? < before + 2.0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "a provider spec change did not reach its applications"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// A create whose response never arrives (timeout) but which the provider commits late: the
 /// operator waits for it and adopts it instead of creating a second client.
 #[tokio::test]

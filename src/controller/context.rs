@@ -68,8 +68,42 @@ pub struct Context {
     backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
     /// One request budget per server, kept while its effective settings are unchanged.
     budgets: ServerBudgets,
-    /// Last seen generation per provider key: only a spec change lifts its apps' backoff.
-    provider_generations: Mutex<HashMap<String, Option<i64>>>,
+    /// What each provider last looked like to its applications (see [`ProviderSeen`]).
+    provider_seen: Mutex<HashMap<String, ProviderSeen>>,
+}
+
+/// The parts of a provider its applications depend on: the spec (by generation), whether it
+/// is being deleted, and its `Ready` status. Anything else about it (its own status writes,
+/// `observedGeneration`, a changed message, finalizers) is no reason to wake them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderSeen {
+    pub generation: Option<i64>,
+    pub deleting: bool,
+    pub ready: Option<String>,
+}
+
+/// What a provider event means for its applications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderChange {
+    /// Not seen before (a new provider, or the operator's first list): reconcile them.
+    First,
+    /// The spec changed: reconcile them now, past any backoff.
+    Spec,
+    /// Deleted, or became (not) ready: reconcile them.
+    State,
+    /// Nothing they depend on.
+    None,
+}
+
+impl ProviderChange {
+    fn between(old: Option<&ProviderSeen>, now: &ProviderSeen) -> Self {
+        match old {
+            None => Self::First,
+            Some(old) if old.generation != now.generation => Self::Spec,
+            Some(old) if old != now => Self::State,
+            Some(_) => Self::None,
+        }
+    }
 }
 
 /// One request budget per server (backend, base URL, credential), shared by every provider
@@ -185,7 +219,7 @@ impl Context {
             providers: Mutex::default(),
             inventory: Inventory::default(),
             backoff: Mutex::default(),
-            provider_generations: Mutex::default(),
+            provider_seen: Mutex::default(),
             budgets,
         }
     }
@@ -275,15 +309,11 @@ impl Context {
         (state.fingerprint == fingerprint && !left.is_zero()).then_some(left)
     }
 
-    /// Records a provider's generation; true when its spec changed since last seen (a status
-    /// update of the provider is not a reason to retry every application now).
-    pub fn provider_spec_changed(&self, key: &str, generation: Option<i64>) -> bool {
-        let mut map = self
-            .provider_generations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.insert(key.to_string(), generation)
-            .is_some_and(|old| old != generation)
+    /// Records what a provider looks like now and says what changed since it was last seen.
+    pub fn provider_changed(&self, key: &str, now: ProviderSeen) -> ProviderChange {
+        let mut map = self.provider_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let old = map.insert(key.to_string(), now.clone());
+        ProviderChange::between(old.as_ref(), &now)
     }
 
     /// The request budget of a server (see [`ServerBudgets::budget_for`]).
@@ -441,6 +471,27 @@ mod tests {
         let again = budgets.budget_for("clerk|k1", "clerk", "OAuthProvider/a/p", &b(80));
         assert!(Arc::ptr_eq(&stricter, &again));
         assert_eq!(effective(), b(10), "the strictest stays in force");
+    }
+
+    #[test]
+    fn only_what_applications_depend_on_is_a_provider_change() {
+        let last = Mutex::new(None::<ProviderSeen>);
+        let change = |now: ProviderSeen| {
+            let mut last = last.lock().unwrap();
+            let change = ProviderChange::between(last.as_ref(), &now);
+            *last = Some(now);
+            change
+        };
+        let seen = |generation, deleting, ready: &str| ProviderSeen {
+            generation: Some(generation),
+            deleting,
+            ready: Some(ready.into()),
+        };
+        assert_eq!(change(seen(1, false, "False")), ProviderChange::First);
+        assert_eq!(change(seen(1, false, "False")), ProviderChange::None);
+        assert_eq!(change(seen(1, false, "True")), ProviderChange::State);
+        assert_eq!(change(seen(2, false, "True")), ProviderChange::Spec);
+        assert_eq!(change(seen(2, true, "True")), ProviderChange::State);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 pub use context::{Config, Context};
+use context::{ProviderChange, ProviderSeen};
 
 use crate::api::{ClusterOAuthProvider, OAuthApplication, OAuthProvider, ProviderKind};
 use crate::leader::{Elector, Fence, fenced_client};
@@ -116,21 +117,50 @@ fn apps_reading(
 }
 
 /// A provider's spec changed: its applications retry now rather than after their backoff.
+/// The applications a provider event wakes: all of them when something they depend on
+/// changed (its spec, deletion, readiness: see [`ProviderSeen`]), with their backoff lifted
+/// for a spec change; none for the provider's own status writes and other noise.
 fn retry_now(
     ctx: &Context,
     key: String,
-    generation: Option<i64>,
-    apps: Vec<ObjectRef<DeserializeGuard<OAuthApplication>>>,
+    seen: ProviderSeen,
+    apps: impl FnOnce() -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>>,
 ) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
-    if !ctx.provider_spec_changed(&key, generation) {
-        return apps;
+    match ctx.provider_changed(&key, seen) {
+        ProviderChange::None => Vec::new(),
+        ProviderChange::First | ProviderChange::State => apps(),
+        ProviderChange::Spec => {
+            let apps = apps();
+            for app in &apps {
+                let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
+                plain.namespace = app.namespace.clone();
+                ctx.reset_backoff(&plain);
+            }
+            apps
+        }
     }
-    for app in &apps {
-        let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
-        plain.namespace = app.namespace.clone();
-        ctx.reset_backoff(&plain);
+}
+
+/// What [`retry_now`] compares of a provider (either kind).
+fn provider_seen<K>(p: &DeserializeGuard<K>, ready: impl Fn(&K) -> Option<String>) -> ProviderSeen
+where
+    K: Resource,
+{
+    ProviderSeen {
+        generation: p.meta().generation,
+        deleting: p.meta().deletion_timestamp.is_some(),
+        ready: p.0.as_ref().ok().and_then(ready),
     }
-    apps
+}
+
+/// The `Ready` condition's status, if any.
+fn ready_status(
+    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> Option<String> {
+    conditions?
+        .iter()
+        .find(|c| c.type_ == crate::api::conditions::READY)
+        .map(|c| c.status.clone())
 }
 
 /// SIGTERM or Ctrl-C.
@@ -253,28 +283,36 @@ async fn run_controllers(
             apps_reading(&source_store, &source_ctx, &s)
         })
         .watches(providers.clone(), watch_cfg.clone(), move |p| {
-            let apps = apps_using(
-                &ns_store,
-                ProviderKind::OAuthProvider,
-                p.namespace(),
-                p.name_any(),
-            );
             let key = resolve::provider_key(
                 ProviderKind::OAuthProvider,
                 &p.namespace().unwrap_or_default(),
                 &p.name_any(),
             );
-            retry_now(&ns_ctx, key, p.meta().generation, apps)
+            let seen = provider_seen(&p, |p: &OAuthProvider| {
+                ready_status(p.status.as_ref().map(|s| &s.conditions))
+            });
+            retry_now(&ns_ctx, key, seen, || {
+                apps_using(
+                    &ns_store,
+                    ProviderKind::OAuthProvider,
+                    p.namespace(),
+                    p.name_any(),
+                )
+            })
         })
         .watches(cluster_providers.clone(), watch_cfg.clone(), move |p| {
-            let apps = apps_using(
-                &cluster_store,
-                ProviderKind::ClusterOAuthProvider,
-                None,
-                p.name_any(),
-            );
             let key = resolve::provider_key(ProviderKind::ClusterOAuthProvider, "", &p.name_any());
-            retry_now(&cluster_ctx_map, key, p.meta().generation, apps)
+            let seen = provider_seen(&p, |p: &ClusterOAuthProvider| {
+                ready_status(p.status.as_ref().map(|s| &s.conditions))
+            });
+            retry_now(&cluster_ctx_map, key, seen, || {
+                apps_using(
+                    &cluster_store,
+                    ProviderKind::ClusterOAuthProvider,
+                    None,
+                    p.name_any(),
+                )
+            })
         })
         .shutdown_on_signal()
         .run(

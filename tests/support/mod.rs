@@ -121,13 +121,18 @@ impl Env {
     ) -> Result<Operator> {
         let port = free_port()?;
         let log = self.log_dir.join(format!("operator-{port}.log"));
+        // 2s unless the test names its own (flags win over the environment, so pass it here).
+        let resync = extra_env
+            .iter()
+            .find(|(k, _)| *k == "OAUTH_OPERATOR_RESYNC_INTERVAL")
+            .map_or("2s", |(_, v)| *v);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_oauth-operator"));
         cmd.args([
             "run",
             "--log-format",
             "json",
             "--resync-interval",
-            "2s",
+            resync,
             "--deletion-timeout",
             "15s",
         ])
