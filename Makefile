@@ -24,7 +24,7 @@ testenv:
 ## (test logs go to target/tmp/oauth-operator-*, cleared here; a failing test prints its directory)
 test: testenv crds-check fault-check
 	rm -rf "$${CARGO_TARGET_DIR:-target}"/tmp/oauth-operator-*
-	$(CARGO) test --workspace --all-targets $(TEST_FEATURES)
+	$(CARGO) test --workspace --all-targets --no-fail-fast $(TEST_FEATURES)
 
 fmt:
 	$(CARGO) fmt --all

@@ -88,7 +88,7 @@ pub async fn client_authenticates(
         outcome_unknown: false,
         message,
     };
-    endpoint.budget.acquire().await;
+    let _permit = endpoint.budget.acquire().await;
     let response = endpoint
         .http
         .post(url)
@@ -186,7 +186,8 @@ impl HttpEndpoint {
             path = %request.url().path()
         );
         async {
-            self.budget.acquire().await;
+            // Held until the body is read (or this future is dropped): see BudgetPermit.
+            let _permit = self.budget.acquire().await;
             if !request.method().is_safe()
                 && let Err(message) = self.budget.admit_write()
             {
