@@ -956,8 +956,9 @@ async fn a_resync_that_finds_nothing_changed_writes_nothing() -> Result<()> {
     let before = versions().await?;
     let lists = env.clerk.request_count("GET", routes::OAUTH_APPLICATIONS);
     tokio::time::sleep(Duration::from_secs(7)).await;
+    // At least two resync lists in 7 s at a 2 s interval (+20% jitter).
     assert!(
-        env.clerk.request_count("GET", routes::OAUTH_APPLICATIONS) > lists,
+        env.clerk.request_count("GET", routes::OAUTH_APPLICATIONS) >= lists + 2,
         "the resyncs ran (they list the clients)"
     );
     assert_eq!(
@@ -1032,6 +1033,42 @@ async fn provider_status_noise_does_not_wake_its_applications() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+/// A provider credential fixed after its applications failed on it: the provider turning
+/// Ready wakes them past their backoff (a rejected credential is a permanent failure, whose
+/// backoff here, with a 1 h resync, would be an hour).
+#[tokio::test]
+async fn a_fixed_provider_credential_wakes_its_applications_at_once() -> Result<()> {
+    let env = Env::new("cred-fixed").await?;
+    let good = env.clerk.secret_key().to_string();
+    let set_key = |key: String| {
+        let patch = serde_json::json!({"stringData": {"secretKey": key}});
+        let secrets = env.secrets();
+        async move {
+            secrets
+                .patch(
+                    "clerk-admin",
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+        }
+    };
+    set_key("sk_test_wrong".into()).await?;
+    let _op = env.start_operator(&[("OAUTH_OPERATOR_RESYNC_INTERVAL", "1h")])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    env.wait_reason("web", "CredentialsRejected").await?;
+    set_key(good).await?;
+    let fixed = tokio::time::Instant::now();
+    // The provider rechecks its credential every 30 s.
+    env.wait_ready("web").await?;
+    assert!(
+        fixed.elapsed() < Duration::from_secs(45),
+        "Ready {:?} after the fix",
+        fixed.elapsed()
+    );
     Ok(())
 }
 

@@ -77,6 +77,8 @@ pub struct Context {
 /// `observedGeneration`, a changed message, finalizers) is no reason to wake them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderSeen {
+    /// A provider deleted and created again under the same name is a new spec.
+    pub uid: Option<String>,
     pub generation: Option<i64>,
     pub deleting: bool,
     pub ready: Option<String>,
@@ -87,9 +89,11 @@ pub struct ProviderSeen {
 pub enum ProviderChange {
     /// Not seen before (a new provider, or the operator's first list): reconcile them.
     First,
-    /// The spec changed: reconcile them now, past any backoff.
+    /// The spec changed (or it is another object of the same name): reconcile them now,
+    /// past any backoff.
     Spec,
-    /// Deleted, or became (not) ready: reconcile them.
+    /// Deleted, or became (not) ready: reconcile them now, past any backoff (a fixed
+    /// credential must not wait out minutes of it).
     State,
     /// Nothing they depend on.
     None,
@@ -99,7 +103,7 @@ impl ProviderChange {
     fn between(old: Option<&ProviderSeen>, now: &ProviderSeen) -> Self {
         match old {
             None => Self::First,
-            Some(old) if old.generation != now.generation => Self::Spec,
+            Some(old) if old.generation != now.generation || old.uid != now.uid => Self::Spec,
             Some(old) if old != now => Self::State,
             Some(_) => Self::None,
         }
@@ -483,6 +487,7 @@ mod tests {
             change
         };
         let seen = |generation, deleting, ready: &str| ProviderSeen {
+            uid: Some("u1".into()),
             generation: Some(generation),
             deleting,
             ready: Some(ready.into()),
@@ -492,6 +497,10 @@ mod tests {
         assert_eq!(change(seen(1, false, "True")), ProviderChange::State);
         assert_eq!(change(seen(2, false, "True")), ProviderChange::Spec);
         assert_eq!(change(seen(2, true, "True")), ProviderChange::State);
+        // Deleted and created again (both while the watch was away): a new provider.
+        let mut recreated = seen(2, true, "True");
+        recreated.uid = Some("u2".into());
+        assert_eq!(change(recreated), ProviderChange::Spec);
     }
 
     #[test]

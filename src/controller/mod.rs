@@ -118,8 +118,8 @@ fn apps_reading(
 
 /// A provider's spec changed: its applications retry now rather than after their backoff.
 /// The applications a provider event wakes: all of them when something they depend on
-/// changed (its spec, deletion, readiness: see [`ProviderSeen`]), with their backoff lifted
-/// for a spec change; none for the provider's own status writes and other noise.
+/// changed (its spec, deletion, readiness: see [`ProviderSeen`]), with their backoff lifted;
+/// none for the provider's own status writes and other noise.
 fn retry_now(
     ctx: &Context,
     key: String,
@@ -128,8 +128,8 @@ fn retry_now(
 ) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
     match ctx.provider_changed(&key, seen) {
         ProviderChange::None => Vec::new(),
-        ProviderChange::First | ProviderChange::State => apps(),
-        ProviderChange::Spec => {
+        ProviderChange::First => apps(),
+        ProviderChange::Spec | ProviderChange::State => {
             let apps = apps();
             for app in &apps {
                 let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
@@ -147,6 +147,7 @@ where
     K: Resource,
 {
     ProviderSeen {
+        uid: p.meta().uid.clone(),
         generation: p.meta().generation,
         deleting: p.meta().deletion_timestamp.is_some(),
         ready: p.0.as_ref().ok().and_then(ready),

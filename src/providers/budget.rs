@@ -131,6 +131,8 @@ impl RequestBudgetLimiter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set(budget.requests, period);
+        // A larger budget may free a slot now.
+        self.released.notify_one();
     }
 
     /// Every write (a request that is not GET or HEAD) sent within this budget must first
