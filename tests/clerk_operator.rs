@@ -853,31 +853,13 @@ async fn request_budget_stays_below_provider_limit() -> Result<()> {
         .patch("clerk", &PatchParams::default(), &Patch::Merge(&budget))
         .await?;
     let op = env.start_operator(&[])?;
-    let names: Vec<String> = (0..6).map(|i| format!("app{i}")).collect();
-    for name in &names {
-        env.apply_app(&app_yaml(name, "")).await?;
-    }
-    for name in &names {
-        env.wait_ready(name).await?;
-    }
-    let throttled = env
-        .clerk
-        .requests()
-        .iter()
-        .filter(|r| r.status == Some(429))
-        .count();
+    let throttled = six_apps_ready(&env).await?;
     assert_eq!(
         throttled, 0,
         "the budget kept us under the provider's limit"
     );
     assert_eq!(env.clerk.apps().len(), 6);
-    let metrics = op.get("/metrics").await?.1;
-    let waited: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("oauth_operator_rate_limit_wait_seconds_sum"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let waited = metric_sum(&op, "oauth_operator_rate_limit_wait_seconds_sum").await?;
     assert!(waited > 0.5, "requests waited for the budget: {waited}");
     Ok(())
 }
@@ -898,27 +880,9 @@ async fn default_request_budget_applies_to_providers_without_one() -> Result<()>
             .await?;
     assert!(provider.spec.settings.request_budget.is_none());
     let op = env.start_operator(&[("OAUTH_OPERATOR_DEFAULT_REQUEST_BUDGET", "4/2s")])?;
-    let names: Vec<String> = (0..6).map(|i| format!("app{i}")).collect();
-    for name in &names {
-        env.apply_app(&app_yaml(name, "")).await?;
-    }
-    for name in &names {
-        env.wait_ready(name).await?;
-    }
-    let throttled = env
-        .clerk
-        .requests()
-        .iter()
-        .filter(|r| r.status == Some(429))
-        .count();
+    let throttled = six_apps_ready(&env).await?;
     assert_eq!(throttled, 0, "the default budget kept us under the limit");
-    let metrics = op.get("/metrics").await?.1;
-    let waited: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("oauth_operator_rate_limit_wait_seconds_sum"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let waited = metric_sum(&op, "oauth_operator_rate_limit_wait_seconds_sum").await?;
     assert!(waited > 0.5, "requests waited for the budget: {waited}");
     Ok(())
 }
@@ -969,16 +933,40 @@ async fn a_resync_that_finds_nothing_changed_writes_nothing() -> Result<()> {
     Ok(())
 }
 
-/// Application reconciles so far, from the operator's metrics.
-async fn app_reconciles(op: &support::Operator) -> Result<f64> {
+/// The sum of the operator's metric lines that start with `prefix` (every label set).
+async fn metric_sum(op: &support::Operator, prefix: &str) -> Result<f64> {
     let metrics = op.get("/metrics").await?.1;
     Ok(metrics
         .lines()
-        .filter(|l| {
-            l.starts_with("oauth_operator_reconciles_total{") && l.contains("OAuthApplication")
-        })
+        .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// Applies six applications, waits until all are Ready, and counts the 429s Clerk answered.
+async fn six_apps_ready(env: &Env) -> Result<usize> {
+    let names: Vec<String> = (0..6).map(|i| format!("app{i}")).collect();
+    for name in &names {
+        env.apply_app(&app_yaml(name, "")).await?;
+    }
+    for name in &names {
+        env.wait_ready(name).await?;
+    }
+    Ok(env
+        .clerk
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(429))
+        .count())
+}
+
+/// Application reconciles so far, from the operator's metrics.
+async fn app_reconciles(op: &support::Operator) -> Result<f64> {
+    metric_sum(
+        op,
+        "oauth_operator_reconciles_total{kind=\"OAuthApplication\"",
+    )
+    .await
 }
 
 /// A provider's own status writes (every 30 s while it fails, for instance) do not wake its
