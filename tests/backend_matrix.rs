@@ -647,9 +647,15 @@ async fn create_token_secret(env: &Env, token: &str) -> Result<()> {
 /// `realm-management`: the least privilege the Keycloak backend needs.
 async fn service_account(admin: &KeycloakAdmin, realm: &str) -> Result<(String, String)> {
     let client_id = "oauth-operator";
-    let (id, secret) = admin
+    let (_, secret) = admin
         .create_service_account_client(realm, client_id)
         .await?;
+    grant_role(admin, realm, "manage-clients").await?;
+    Ok((client_id.to_string(), secret))
+}
+
+/// Gives the operator's service account (see [`service_account`]) a `realm-management` role.
+async fn grant_role(admin: &KeycloakAdmin, realm: &str, role: &str) -> Result<()> {
     let get = |path: String| async move {
         let v: Value = admin
             .request(reqwest::Method::GET, &path)
@@ -661,16 +667,18 @@ async fn service_account(admin: &KeycloakAdmin, realm: &str) -> Result<(String, 
             .await?;
         anyhow::Ok(v)
     };
+    let client = admin
+        .find_client(realm, "oauth-operator")
+        .await?
+        .context("the operator's client")?;
+    let id = client["id"].as_str().context("id")?.to_string();
     let user = get(format!("/{realm}/clients/{id}/service-account-user")).await?;
     let management = admin
         .find_client(realm, "realm-management")
         .await?
         .context("realm-management")?;
     let management_id = management["id"].as_str().context("id")?.to_string();
-    let role = get(format!(
-        "/{realm}/clients/{management_id}/roles/manage-clients"
-    ))
-    .await?;
+    let role = get(format!("/{realm}/clients/{management_id}/roles/{role}")).await?;
     admin
         .request(
             reqwest::Method::POST,
@@ -684,7 +692,7 @@ async fn service_account(admin: &KeycloakAdmin, realm: &str) -> Result<(String, 
         .send()
         .await?
         .error_for_status()?;
-    Ok((client_id.to_string(), secret))
+    Ok(())
 }
 
 fn uid(app: &OAuthApplication) -> Result<String> {
@@ -1144,6 +1152,161 @@ async fn credentials_from(kind: Kind) -> Result<()> {
     Ok(())
 }
 
+/// The Ready condition's message.
+fn ready_message(app: &OAuthApplication) -> String {
+    app.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// Row: rotation with an overlap (`rotation.gracePeriod`). At Keycloak the previous secret
+/// stays valid for the period: the Secret carries it under `CLIENT_SECRET_PREVIOUS`, both
+/// obtain tokens during the overlap (also after a spec change in it), `previousSecretExpiresAt`
+/// says when it ends, and after it only the new one works and the key is gone. Without
+/// `manage-realm` the operator cannot set up Keycloak's client policy: a condition naming it,
+/// and nothing rotated. Every other backend invalidates the old secret at once: refused with a
+/// condition, nothing registered.
+async fn rotation_grace_period(kind: Kind) -> Result<()> {
+    const GRACE: i64 = 45;
+    let server = Server::new(kind, "mx-grace").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    let extra = format!("  rotation: {{gracePeriod: {GRACE}s}}");
+    let name = format!("{APP}-oauth");
+    if kind != Kind::Keycloak {
+        env.apply_app(&server.app_yaml(APP, &extra)).await?;
+        let refused = env.wait_reason(APP, "InvalidSpec").await?;
+        let message = ready_message(&refused);
+        assert!(
+            message.contains("rotation.gracePeriod") && message.contains("immediate"),
+            "{kind:?}: the condition says rotation there is immediate: {message}"
+        );
+        assert!(
+            env.secrets().get_opt(&name).await?.is_none(),
+            "nothing registered"
+        );
+        assert_eq!(
+            server
+                .clients_of(&uid(&refused)?, &server.display(APP))
+                .await?,
+            0
+        );
+        return Ok(());
+    }
+    env.apply_app(&server.app_yaml(APP, &extra)).await?;
+    env.wait_ready(APP).await?;
+    let before = env.secrets().get(&name).await?;
+
+    // Only manage-clients: the realm's client policies are out of reach, and the rotation
+    // does not happen (the old secret would otherwise die at once).
+    env.rotate(APP, "g0").await?;
+    let refused = env.wait_reason(APP, "CredentialsRejected").await?;
+    let message = ready_message(&refused);
+    assert!(
+        message.contains("manage-realm"),
+        "the condition names the role: {message}"
+    );
+    server.assert_token(&before).await?;
+    assert!(
+        data(&env.secrets().get(&name).await?) == data(&before),
+        "nothing rotated"
+    );
+
+    let (realm, admin) = server.realm()?;
+    grant_role(admin, realm, "manage-realm").await?;
+    env.rotate(APP, "g1").await?;
+    let after = env
+        .wait_secret(&name, |s| {
+            data(s)["CLIENT_SECRET"] != data(&before)["CLIENT_SECRET"]
+        })
+        .await?;
+    let rotated_at = k8s_openapi::jiff::Timestamp::now().as_second();
+    // (Compared without printing: no secret value in test output.)
+    assert!(
+        data(&after).get("CLIENT_SECRET_PREVIOUS") == data(&before).get("CLIENT_SECRET"),
+        "the Secret keeps the previous secret"
+    );
+    let app = env
+        .wait_app(
+            APP,
+            "previousSecretExpiresAt set",
+            |a: &OAuthApplication| {
+                a.status
+                    .as_ref()
+                    .is_some_and(|s| s.previous_secret_expires_at.is_some())
+            },
+        )
+        .await?;
+    let until = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret_expires_at.as_ref())
+        .context("until")?
+        .0;
+    assert!(
+        (rotated_at + GRACE - 10..=rotated_at + GRACE + 2).contains(&until.as_second()),
+        "the previous secret ends about {GRACE}s after the rotation: {until}, rotated by {rotated_at}"
+    );
+    assert_eq!(
+        after
+            .annotations()
+            .get("oauth-operator.dev/previous-secret-expires-at"),
+        Some(&until.to_string()),
+        "the Secret says when too"
+    );
+    server.assert_token(&after).await?;
+    server.assert_token(&before).await?;
+    // A spec change during the overlap updates the client and keeps the old secret valid.
+    let patch = json!({"spec": {"redirectUris": [FIRST_URI, SECOND_URI]}});
+    env.apps()
+        .patch(APP, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_remote(&server, &app, "the second redirect URI", |r| {
+        server.redirect_uris(r).iter().any(|u| u == SECOND_URI)
+    })
+    .await?;
+    server.assert_token(&before).await?;
+    server.assert_token(&after).await?;
+
+    // After the period: only the new one, and the Secret lets go of the old.
+    let ended = env
+        .wait_secret(&name, |s| !data(s).contains_key("CLIENT_SECRET_PREVIOUS"))
+        .await?;
+    assert!(
+        k8s_openapi::jiff::Timestamp::now() >= until,
+        "the previous secret stays in the Secret until its period ends"
+    );
+    assert!(
+        server.token(&before).await?.is_err(),
+        "the old secret is refused after the period"
+    );
+    server.assert_token(&ended).await?;
+    assert!(
+        data(&ended)["CLIENT_SECRET"] == data(&after)["CLIENT_SECRET"],
+        "the new secret stays"
+    );
+    env.wait_event(APP, "PreviousSecretExpired").await?;
+    env.wait_app(
+        APP,
+        "previousSecretExpiresAt cleared",
+        |a: &OAuthApplication| {
+            a.status
+                .as_ref()
+                .is_some_and(|s| s.previous_secret_expires_at.is_none())
+        },
+    )
+    .await?;
+    // Keycloak dropped it too.
+    let remote = server.remote(&app).await?.context("client")?;
+    assert!(
+        remote["attributes"]["client.secret.rotated"].is_null(),
+        "the rotated-out secret is dropped at Keycloak"
+    );
+    Ok(())
+}
+
 /// One test per (backend, row).
 macro_rules! matrix {
     ($($row:ident),* $(,)?) => {
@@ -1168,6 +1331,7 @@ matrix!(
     crash_after_secret,
     scheduled_rotation,
     credentials_from,
+    rotation_grace_period,
 );
 
 /// The README's backend x feature table names every row of this matrix.

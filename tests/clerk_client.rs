@@ -55,6 +55,7 @@ fn desired(name: &str) -> DesiredClient {
         grant_types: vec![],
         pkce_required: Some(true),
         consent_screen: Some(false),
+        rotation_grace: None,
     }
 }
 

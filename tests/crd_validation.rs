@@ -91,6 +91,26 @@ async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
             "a public client has no client secret to rotate",
         ),
         (
+            "publicgrace",
+            serde_json::json!({"providerRef": {"name": "keycloak"}, "clientType": "public", "rotation": {"gracePeriod": "1h"}}),
+            "remove rotation.gracePeriod",
+        ),
+        (
+            "zerograce",
+            serde_json::json!({"providerRef": {"name": "keycloak"}, "rotation": {"gracePeriod": "0s"}}),
+            "rotation.gracePeriod must be between 1s and 8760h",
+        ),
+        (
+            "longgrace",
+            serde_json::json!({"providerRef": {"name": "keycloak"}, "rotation": {"gracePeriod": "9000h"}}),
+            "rotation.gracePeriod must be between 1s and 8760h",
+        ),
+        (
+            "gracebeyondperiod",
+            serde_json::json!({"providerRef": {"name": "keycloak"}, "rotation": {"period": "24h", "gracePeriod": "24h"}}),
+            "rotation.gracePeriod must be shorter than rotation.period",
+        ),
+        (
             "shortperiod",
             serde_json::json!({"providerRef": {"name": "clerk"}, "rotation": {"period": "10s"}}),
             "rotation.period must be at least 30s",
@@ -153,7 +173,7 @@ async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
             &PostParams::default(),
             &app(
                 "rotating",
-                serde_json::json!({"providerRef": {"name": "clerk"}, "rotation": {"period": "2160h30m"}}),
+                serde_json::json!({"providerRef": {"name": "clerk"}, "rotation": {"period": "2160h30m", "gracePeriod": "48h"}}),
             ),
         )
         .await?;

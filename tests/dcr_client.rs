@@ -204,6 +204,7 @@ fn service(name: &str) -> DesiredClient {
         grant_types: vec!["client_credentials".into()],
         pkce_required: None,
         consent_screen: None,
+        rotation_grace: None,
     }
 }
 
@@ -479,6 +480,7 @@ async fn public_client(server: Server) {
         grant_types: vec![],
         pkce_required: None,
         consent_screen: None,
+        rotation_grace: None,
     };
     let issued = create(&dcr, &desired).await;
     assert!(

@@ -40,6 +40,7 @@ pub const FORCE_DELETE_ANNOTATION: &str = "oauth-operator.dev/force-delete";
 #[x_kube(validation = Rule::new("has(self.secret) && has(self.secret.keys) ? (has(oldSelf.secret) && has(oldSelf.secret.keys) && self.secret.keys == oldSelf.secret.keys) : !(has(oldSelf.secret) && has(oldSelf.secret.keys))").message("secret.keys is immutable: the credentials stay under the keys workloads read"))]
 #[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.grantTypes) || !self.grantTypes.exists(g, g == 'client_credentials')").message("a public client cannot use the client_credentials grant"))]
 #[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.rotation) || !has(self.rotation.period)").message("a public client has no client secret to rotate: remove rotation.period"))]
+#[x_kube(validation = Rule::new("self.clientType != 'public' || !has(self.rotation) || !has(self.rotation.gracePeriod)").message("a public client has no client secret to rotate: remove rotation.gracePeriod"))]
 #[x_kube(validation = Rule::new("!has(self.credentialsFrom) || self.clientType != 'public'").message("credentialsFrom gives a client secret, and a public client has none: remove credentialsFrom"))]
 #[x_kube(validation = Rule::new("!has(self.credentialsFrom) || !has(self.rotation)").message("a client with credentialsFrom is rotated by changing its Secret: remove rotation"))]
 #[x_kube(validation = Rule::new("!has(self.credentialsFrom) || !has(self.secret) || !has(self.secret.name) || self.secret.name != self.credentialsFrom.name").message("the operator never writes the Secret credentialsFrom names: give secret.name another name"))]
@@ -152,9 +153,10 @@ impl CredentialsFrom {
     }
 }
 
-/// Scheduled rotation of the client secret.
+/// Rotation of the client secret: on a schedule, and with an overlap.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.period) || !has(self.gracePeriod) || duration(self.gracePeriod) < duration(self.period)").message("rotation.gracePeriod must be shorter than rotation.period (the server keeps one previous secret)"))]
 pub struct RotationSpec {
     /// Rotate the client secret once per period (a Go duration, e.g. `2160h`; at least `30s`).
     /// Each application rotates up to a tenth of the period early, by an offset fixed by its
@@ -162,6 +164,15 @@ pub struct RotationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('30s')").message("rotation.period must be at least 30s"))]
     pub period: Option<kube::core::Duration>,
+    /// After a rotation the previous client secret keeps working for this long, where the
+    /// server can hold two secrets (Keycloak, with its `client-secret-rotation` feature): the
+    /// Secret carries it under `<clientSecret key>_PREVIOUS` until then, and
+    /// `status.previousSecretExpiresAt` says when it stops working. Refused where the server
+    /// invalidates the old secret at once (Clerk, Hydra, RFC 7591). At least `1s`, at most
+    /// `8760h`, and shorter than `period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("rotation.gracePeriod must be between 1s and 8760h"))]
+    pub grace_period: Option<kube::core::Duration>,
 }
 
 /// A redirect URI (validated by CEL in the CRD and again by the operator).
@@ -368,6 +379,11 @@ pub struct OAuthApplicationStatus {
     /// When the next scheduled rotation is due (with `rotation.period`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_at: Option<Time>,
+    /// With `rotation.gracePeriod`: when the previous client secret (kept in the Secret under
+    /// `<clientSecret key>_PREVIOUS`) stops working at the server. Cleared, and that key
+    /// removed, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<Time>,
     /// The last value of the `oauth-operator.dev/rotate` annotation that was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_token: Option<String>,

@@ -28,9 +28,10 @@ use super::plan::{
 };
 use super::resolve::{ResolvedProvider, provider_key, resolve_provider};
 use super::secret::{
-    CLIENT_ID_ANNOTATION, KeyNames, PROVIDER_OBJECT_ID_ANNOTATION, ROTATED_AT_ANNOTATION,
-    ROTATION_TOKEN_ANNOTATION, build_secret, create_secret, data_value, dry_run_write, heal_secret,
-    is_owned_by, put_client_secret, reconcile_metadata, release_secret, write_rotated_secret,
+    CLIENT_ID_ANNOTATION, KeyNames, PREVIOUS_EXPIRES_ANNOTATION, PROVIDER_OBJECT_ID_ANNOTATION,
+    ROTATED_AT_ANNOTATION, ROTATION_TOKEN_ANNOTATION, Written, build_secret, create_secret,
+    data_value, drop_previous_secret, dry_run_write, heal_secret, is_owned_by, previous_secret_key,
+    put_client_secret, reconcile_metadata, release_secret, write_rotated_secret,
 };
 use super::staging::{Staged, Staging};
 use super::status::StatusWriter;
@@ -264,8 +265,11 @@ struct InHand {
     staged: bool,
     /// The rotation request they answer.
     rotation_token: Option<String>,
-    /// Issued by a rotation (the previous secret no longer works).
+    /// Issued by a rotation (the previous secret no longer works, unless:)
     rotated: bool,
+    /// With `rotation.gracePeriod`: until when the server still accepts the secret this one
+    /// replaced.
+    previous_until: Option<Timestamp>,
 }
 
 async fn apply(
@@ -291,6 +295,14 @@ async fn apply(
         .client
         .check_supported(&desired)
         .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    if desired.rotation_grace.is_some() && !provider.client.capabilities().grace_period {
+        return Err(Error::InvalidSpec(format!(
+            "rotation.gracePeriod: {} ({}) invalidates a client's old secret the moment it rotates, so rotation there \
+             is immediate; remove rotation.gracePeriod (consumers then need the new secret at once)",
+            provider.key,
+            provider.client.name()
+        )));
+    }
     let secret_name = app.secret_name();
     if let Some(recorded) = status.secret_name.as_deref()
         && recorded != secret_name
@@ -494,6 +506,10 @@ async fn apply(
                 client_secret: Some(s.client_secret),
                 staged: true,
                 rotation_token: s.rotation_token,
+                // A rotation with an overlap: the server says until when (read just now).
+                previous_until: (s.rotated && desired.rotation_grace.is_some())
+                    .then_some(remote.previous_secret_expires_at)
+                    .flatten(),
                 rotated: s.rotated,
             });
         } else {
@@ -644,6 +660,40 @@ async fn apply(
             {
                 info!(app = %ObjectRef::from_obj(app), "updated Secret labels/annotations");
             }
+            // A previous secret whose grace period is over goes from the Secret (and the
+            // server): it no longer works. Status or, if status was lost, the Secret says when.
+            let previous_until = status
+                .previous_secret_expires_at
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| {
+                    existing
+                        .as_ref()
+                        .and_then(|s| previous_in_secret(s, &previous_secret_key(&keys)))
+                });
+            if let (Some(until), Some(current)) = (previous_until, &existing)
+                && until <= now()
+            {
+                if drop_previous_secret(&secrets, current, app).await? {
+                    ctx.event(
+                        app,
+                        EventType::Normal,
+                        "PreviousSecretExpired",
+                        "Rotate",
+                        format!(
+                            "the grace period of the previous client secret of {} ended at {until}; removed it from Secret {secret_name}",
+                            remote.client_id
+                        ),
+                    )
+                    .await;
+                }
+                if let Err(e) = provider.client.forget_previous_secret(&remote.id).await {
+                    // It no longer works there either; dropping it is tidiness, retried after
+                    // the next rotation at the latest.
+                    warn!(app = %ObjectRef::from_obj(app), error = %e, "could not drop the expired previous secret at the provider");
+                }
+                status.previous_secret_expires_at = None;
+            }
         }
     }
     // A client still carrying its registration name gets its display name now that its id is
@@ -703,6 +753,11 @@ async fn apply(
     );
     writer.write(status).await?;
     let mut requeue = ctx.resync_delay();
+    if let Some(until) = &status.previous_secret_expires_at {
+        // Back when the previous secret's grace period ends, to remove it.
+        let left = std::time::Duration::try_from(now().duration_until(until.0)).unwrap_or_default();
+        requeue = requeue.min(left + std::time::Duration::from_secs(1));
+    }
     if let Some(at) = next_rotation_at {
         // Back when the rotation is due (a second late, so it is due by then).
         let until = std::time::Duration::try_from(now().duration_until(at)).unwrap_or_default();
@@ -1099,6 +1154,8 @@ async fn register_chosen(
         endpoints: provider.client.endpoints().unwrap_or_default(),
         created_at: None,
         owner_uid: Some(uid.to_string()),
+        grace_period: None,
+        previous_secret_expires_at: None,
     };
     // The id first: from here on status names the client, registered or not; the pending
     // record says it may not exist yet.
@@ -1118,9 +1175,11 @@ async fn register_chosen(
             secrets,
             existing,
             &planned,
-            client_secret.as_ref(),
-            None,
-            pass.rotate_token,
+            Written {
+                client_secret: client_secret.as_ref(),
+                rotation_token: pass.rotate_token,
+                ..Written::default()
+            },
         )
         .await?;
     }
@@ -1160,6 +1219,7 @@ async fn register_chosen(
             staged: false,
             rotation_token: pass.rotate_token.map(str::to_string),
             rotated: false,
+            previous_until: None,
         },
     ))
 }
@@ -1341,6 +1401,7 @@ async fn resolve_unmarked(
                 staged: true,
                 rotation_token: s.rotation_token,
                 rotated: s.rotated,
+                previous_until: None,
             },
         ));
     }
@@ -1487,6 +1548,7 @@ async fn stage(
         staged,
         rotation_token,
         rotated,
+        previous_until: None,
     }
 }
 
@@ -1539,6 +1601,7 @@ async fn read_secret_back(
         staged: false,
         rotation_token: pass.rotate_token.map(str::to_string),
         rotated,
+        previous_until: None,
     })
 }
 
@@ -1558,6 +1621,7 @@ async fn issue(
             staged: false,
             rotation_token: pass.rotate_token.map(str::to_string),
             rotated: false,
+            previous_until: None,
         });
     }
     dry_run_write(pass.secrets, pass.app, existing).await?;
@@ -1587,13 +1651,24 @@ async fn issue(
             staged: true,
             rotation_token: staged.rotation_token,
             rotated: true,
+            previous_until: None,
         });
     }
     // Durable before the call: if the pass dies after the provider rotated (the Secret's
     // secret is then dead) and before the new one is staged, the next pass knows to check.
     status.credentials_in_flight_since = Some(Time(now()));
     writer.write(status).await?;
-    let issued = match pass.provider.client.rotate_secret(&remote.id).await {
+    let grace = pass.desired.rotation_grace;
+    let rotation = match grace {
+        Some(g) => {
+            pass.provider
+                .client
+                .rotate_secret_with_grace(&remote.id, g)
+                .await
+        }
+        None => pass.provider.client.rotate_secret(&remote.id).await,
+    };
+    let issued = match rotation {
         Ok(issued) => issued,
         Err(e) => {
             if !matches!(
@@ -1610,7 +1685,9 @@ async fn issue(
         }
     };
     pass.crash_point("after-rotate");
-    let hand = stage(pass, &issued.client, issued.client_secret, true).await;
+    let previous_until = grace.and(issued.client.previous_secret_expires_at);
+    let mut hand = stage(pass, &issued.client, issued.client_secret, true).await;
+    hand.previous_until = previous_until;
     pass.crash_point("after-stage");
     Ok(hand)
 }
@@ -1647,18 +1724,60 @@ async fn deliver(
                     .map(|v| v.expose_secret().as_bytes())
     };
     let rotated_at = hand.rotated.then(now);
+    let previous_key = previous_secret_key(&keys);
     if !existing.is_some_and(holds) {
         let at = rotated_at.map(|t| t.to_string());
+        // With a grace period, the secret this one replaces stays in the Secret while the
+        // server still accepts it.
+        let replaced = existing
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get(&keys.client_secret))
+            .filter(|old| {
+                hand.client_secret
+                    .as_ref()
+                    .map(|v| v.expose_secret().as_bytes())
+                    != Some(old.0.as_slice())
+            });
+        let previous = match (hand.rotated, hand.previous_until, replaced) {
+            (true, Some(until), Some(old)) if until > now() => Some((old, until)),
+            _ => None,
+        };
+        let until_text = previous.map(|(_, until)| until.to_string());
         store_credentials(
             app,
             secrets,
             existing,
             remote,
-            hand.client_secret.as_ref(),
-            at.as_deref(),
-            hand.rotation_token.as_deref(),
+            Written {
+                client_secret: hand.client_secret.as_ref(),
+                rotated_at: at.as_deref(),
+                rotation_token: hand.rotation_token.as_deref(),
+                previous: previous
+                    .zip(until_text.as_deref())
+                    .map(|((old, _), until)| (old.0.as_slice(), until)),
+            },
         )
         .await?;
+        status.previous_secret_expires_at = previous.map(|(_, until)| Time(until));
+        if hand.rotated && pass.desired.rotation_grace.is_some() && hand.previous_until.is_none() {
+            pass.ctx.metrics.lifecycle_event("grace_not_kept");
+            pass.ctx
+                .event(
+                    app,
+                    EventType::Warning,
+                    "GraceNotKept",
+                    "Rotate",
+                    format!(
+                        "{} rotated the client secret of {} without keeping the previous one valid (its client policy \
+                         for rotation.gracePeriod did not apply): the old secret stopped working at once",
+                        pass.provider.key, remote.client_id
+                    ),
+                )
+                .await;
+        }
+    } else if let Some(current) = existing {
+        // Written by an earlier pass that died before status said so: the Secret tells.
+        status.previous_secret_expires_at = previous_in_secret(current, &previous_key).map(Time);
     }
     // Also when an earlier pass wrote the Secret and died before status said so: a scheduled
     // rotation must not be repeated for want of this record.
@@ -1677,6 +1796,18 @@ async fn deliver(
     Ok(())
 }
 
+/// Until when the previous secret the Secret keeps (under `previous_key`) is accepted, from
+/// its annotation.
+fn previous_in_secret(secret: &Secret, previous_key: &str) -> Option<Timestamp> {
+    secret
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key(previous_key))
+        .then(|| secret.annotations().get(PREVIOUS_EXPIRES_ANNOTATION))
+        .flatten()
+        .and_then(|t| t.parse().ok())
+}
+
 /// Writes freshly issued credentials: a POST when there is no Secret, otherwise (our own
 /// Secret) a patch of its data.
 pub(super) async fn store_credentials(
@@ -1684,10 +1815,14 @@ pub(super) async fn store_credentials(
     secrets: &Api<Secret>,
     existing: Option<&Secret>,
     client: &RemoteClient,
-    client_secret: Option<&SecretString>,
-    rotated_at: Option<&str>,
-    rotation_token: Option<&str>,
+    written: Written<'_>,
 ) -> Result<()> {
+    let Written {
+        client_secret,
+        rotated_at,
+        rotation_token,
+        ..
+    } = written;
     match existing {
         None => {
             let secret = build_secret(app, client, client_secret, rotated_at, rotation_token);
@@ -1710,7 +1845,7 @@ pub(super) async fn store_credentials(
             let at = rotated_at
                 .map(str::to_string)
                 .unwrap_or_else(|| now().to_string());
-            write_rotated_secret(secrets, app, client, client_secret, &at, rotation_token).await
+            write_rotated_secret(secrets, app, client, &at, written).await
         }
     }
 }

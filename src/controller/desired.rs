@@ -42,6 +42,30 @@ pub fn desired_client(app: &OAuthApplication) -> Result<DesiredClient> {
     {
         problems.push("a public client cannot use the client_credentials grant".into());
     }
+    if let Some(rotation) = &spec.rotation {
+        let grace = rotation.grace_period.map(std::time::Duration::from);
+        let period = rotation.period.map(std::time::Duration::from);
+        if public && grace.is_some() {
+            problems.push(
+                "a public client has no client secret to rotate: remove rotation.gracePeriod"
+                    .into(),
+            );
+        }
+        if let Some(g) = grace
+            && (g < std::time::Duration::from_secs(1)
+                || g > std::time::Duration::from_secs(8760 * 3600))
+        {
+            problems.push("rotation.gracePeriod must be between 1s and 8760h".into());
+        }
+        if let (Some(g), Some(p)) = (grace, period)
+            && g >= p
+        {
+            problems.push(
+                "rotation.gracePeriod must be shorter than rotation.period (the server keeps one previous secret)"
+                    .into(),
+            );
+        }
+    }
     if !problems.is_empty() {
         return Err(Error::InvalidSpec(problems.join("; ")));
     }
@@ -68,6 +92,11 @@ pub fn desired_client(app: &OAuthApplication) -> Result<DesiredClient> {
             .collect(),
         pkce_required: spec.pkce_required,
         consent_screen: spec.consent_screen,
+        rotation_grace: spec
+            .rotation
+            .as_ref()
+            .and_then(|r| r.grace_period)
+            .map(|d| std::time::Duration::from(d).as_secs().max(1)),
     })
 }
 
@@ -123,6 +152,46 @@ spec:
             "no client secret",
             "client_credentials",
         ] {
+            assert!(msg.contains(part), "{msg} lacks {part}");
+        }
+    }
+
+    #[test]
+    fn grace_period_is_carried_in_seconds_and_checked_against_the_period() {
+        let with = |rotation: &str, client_type: &str| {
+            app(&format!(
+                r#"
+apiVersion: oauth-operator.dev/v1alpha1
+kind: OAuthApplication
+metadata: {{name: web, namespace: team-a}}
+spec:
+  providerRef: {{name: kc}}
+  clientType: {client_type}
+  rotation: {rotation}
+"#
+            ))
+        };
+        let d = desired_client(&with("{gracePeriod: 1h30m}", "confidential")).unwrap();
+        assert_eq!(d.rotation_grace, Some(5400));
+        let d = desired_client(&with("{period: 720h}", "confidential")).unwrap();
+        assert_eq!(d.rotation_grace, None);
+        for (rotation, client_type, part) in [
+            (
+                "{period: 1h, gracePeriod: 1h}",
+                "confidential",
+                "shorter than rotation.period",
+            ),
+            ("{gracePeriod: 0s}", "confidential", "between 1s and 8760h"),
+            (
+                "{gracePeriod: 8761h}",
+                "confidential",
+                "between 1s and 8760h",
+            ),
+            ("{gracePeriod: 1h}", "public", "remove rotation.gracePeriod"),
+        ] {
+            let Err(Error::InvalidSpec(msg)) = desired_client(&with(rotation, client_type)) else {
+                panic!("{rotation} ({client_type}) must be invalid")
+            };
             assert!(msg.contains(part), "{msg} lacks {part}");
         }
     }

@@ -21,7 +21,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::application::{Pass, check_owner, now, store_credentials, sync_remote};
 use super::error::{Error, Result};
-use super::secret::{KeyNames, MANAGED_BY_LABEL, MANAGED_BY_VALUE, data_value, reconcile_metadata};
+use super::secret::{
+    KeyNames, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Written, data_value, reconcile_metadata,
+};
 use super::status::StatusWriter;
 use crate::api::conditions::{
     READY, RECONCILING, STALLED, new_condition, remove_condition, set_condition,
@@ -259,9 +261,11 @@ pub(super) async fn apply_given(
                 secrets,
                 existing,
                 &remote,
-                Some(&given.secret),
-                at.as_deref(),
-                None,
+                Written {
+                    client_secret: Some(&given.secret),
+                    rotated_at: at.as_deref(),
+                    ..Written::default()
+                },
             )
             .await?;
             if let Some(t) = rotated_at {

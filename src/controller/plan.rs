@@ -331,6 +331,7 @@ mod tests {
             drift,
             owner_marker,
             given_credentials: identity == Identity::OperatorChosen,
+            grace_period: false,
         };
         [
             (

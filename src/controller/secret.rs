@@ -28,6 +28,29 @@ pub const ROTATED_AT_ANNOTATION: &str = "oauth-operator.dev/secret-rotated-at";
 /// answered even if status is lost.
 pub const ROTATION_TOKEN_ANNOTATION: &str = "oauth-operator.dev/rotation-token";
 
+/// With `rotation.gracePeriod`: until when the previous client secret (kept under
+/// [`previous_secret_key`]) is still accepted by the server.
+pub const PREVIOUS_EXPIRES_ANNOTATION: &str = "oauth-operator.dev/previous-secret-expires-at";
+
+/// The key the previous client secret is kept under during a grace period:
+/// `<clientSecret key>_PREVIOUS`.
+pub fn previous_secret_key(keys: &KeyNames) -> String {
+    format!("{}_PREVIOUS", keys.client_secret)
+}
+
+/// What a credentials write puts into the Secret besides the client id.
+#[derive(Clone, Copy, Default)]
+pub struct Written<'a> {
+    /// `None` for a public client.
+    pub client_secret: Option<&'a SecretString>,
+    /// For the annotation consumers watch; `None` when nothing was rotated.
+    pub rotated_at: Option<&'a str>,
+    /// The rotate token the credentials answer.
+    pub rotation_token: Option<&'a str>,
+    /// With a grace period: the previous client secret and until when the server accepts it.
+    pub previous: Option<(&'a [u8], &'a str)>,
+}
+
 /// Resolved key names.
 pub struct KeyNames {
     pub client_id: String,
@@ -233,6 +256,8 @@ pub async fn dry_run_write(
         consent_screen: false,
         endpoints: Default::default(),
         created_at: None,
+        grace_period: None,
+        previous_secret_expires_at: None,
     };
     let value = SecretString::from("dry-run");
     let secret = build_secret(app, &placeholder, Some(&value), Some("dry-run"), None);
@@ -284,11 +309,27 @@ pub async fn write_rotated_secret(
     api: &Api<Secret>,
     app: &OAuthApplication,
     client: &RemoteClient,
-    client_secret: Option<&SecretString>,
     rotated_at: &str,
-    rotation_token: Option<&str>,
+    written: Written<'_>,
 ) -> Result<()> {
+    let Written {
+        client_secret,
+        rotation_token,
+        previous,
+        ..
+    } = written;
     let fresh = build_secret(app, client, client_secret, Some(rotated_at), rotation_token);
+    let previous_key = previous_secret_key(&KeyNames::for_app(app));
+    // The previous secret during its grace period, else nothing under its key (a secret
+    // rotated out earlier is dead once a rotation without an overlap happened).
+    let (previous_value, previous_until) = match previous {
+        Some((value, until)) => (
+            // Serialising bytes (base64) cannot fail.
+            serde_json::to_value(ByteString(value.to_vec())).unwrap_or_default(),
+            serde_json::Value::from(until),
+        ),
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+    };
     let name = app.secret_name();
     let mut attempt = 0u64;
     loop {
@@ -310,7 +351,7 @@ pub async fn write_rotated_secret(
                 )));
             }
             Some(current) => {
-                let patch = serde_json::json!({
+                let mut patch = serde_json::json!({
                     "metadata": {
                         "resourceVersion": current.resource_version(),
                         "annotations": fresh.metadata.annotations,
@@ -318,6 +359,9 @@ pub async fn write_rotated_secret(
                     },
                     "data": fresh.data,
                 });
+                patch["data"][&previous_key] = previous_value.clone();
+                patch["metadata"]["annotations"][PREVIOUS_EXPIRES_ANNOTATION] =
+                    previous_until.clone();
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
             }
@@ -332,6 +376,38 @@ pub async fn write_rotated_secret(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
     }
+}
+
+/// Removes a previous client secret whose grace period is over (its key and its expiry
+/// annotation), nothing else. Returns whether there was one.
+pub async fn drop_previous_secret(
+    api: &Api<Secret>,
+    existing: &Secret,
+    app: &OAuthApplication,
+) -> Result<bool> {
+    let key = previous_secret_key(&KeyNames::for_app(app));
+    let has_key = existing.data.as_ref().is_some_and(|d| d.contains_key(&key));
+    if !has_key
+        && !existing
+            .annotations()
+            .contains_key(PREVIOUS_EXPIRES_ANNOTATION)
+    {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": existing.resource_version(),
+            "annotations": {PREVIOUS_EXPIRES_ANNOTATION: null},
+        },
+        "data": {key: null},
+    });
+    api.patch(
+        &existing.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Brings labels and annotations in line with the template (never the data). Returns whether a
@@ -481,6 +557,8 @@ spec:
                 ..Default::default()
             },
             created_at: None,
+            grace_period: None,
+            previous_secret_expires_at: None,
         }
     }
 

@@ -235,6 +235,8 @@ impl ClerkApp {
             public: self.public,
             pkce_required: self.pkce_required,
             consent_screen: self.consent_screen_enabled,
+            grace_period: None,
+            previous_secret_expires_at: None,
         }
     }
 }
@@ -384,6 +386,7 @@ impl Backend for ClerkClient {
             drift: DriftSource::ListAll,
             owner_marker: OwnerMarker::TaggedName,
             given_credentials: false,
+            grace_period: false,
         }
     }
 
@@ -523,6 +526,7 @@ mod tests {
             grant_types: vec![],
             pkce_required: Some(true),
             consent_screen: None,
+            rotation_grace: None,
         }
     }
 
@@ -541,6 +545,8 @@ mod tests {
             consent_screen: false,
             endpoints: Endpoints::default(),
             created_at: None,
+            grace_period: None,
+            previous_secret_expires_at: None,
         }
     }
 

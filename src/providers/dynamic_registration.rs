@@ -548,6 +548,8 @@ impl DynamicRegistrationClient {
                         .and_then(Value::as_str)
                         .and_then(|t| t.parse().ok())
                 }),
+            grace_period: None,
+            previous_secret_expires_at: None,
         }
     }
 }
@@ -570,6 +572,7 @@ impl Backend for DynamicRegistrationClient {
             drift: DriftSource::GetEach,
             owner_marker: OwnerMarker::Unmarked,
             given_credentials: false,
+            grace_period: false,
         }
     }
 
@@ -840,6 +843,7 @@ mod tests {
             grant_types: vec![],
             pkce_required: None,
             consent_screen: None,
+            rotation_grace: None,
         }
     }
 
@@ -1215,6 +1219,7 @@ mod tests {
                 drift: DriftSource::GetEach,
                 owner_marker: OwnerMarker::Unmarked,
                 given_credentials: false,
+                grace_period: false,
             }
         );
         assert!(b.endpoints().is_none(), "nothing discovered yet");

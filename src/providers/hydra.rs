@@ -250,6 +250,8 @@ impl HydraClient {
             endpoints: self.issuer_endpoints(),
             created_at: app.created_at.and_then(|t| t.parse().ok()),
             owner_uid,
+            grace_period: None,
+            previous_secret_expires_at: None,
         }
     }
 
@@ -299,6 +301,7 @@ impl Backend for HydraClient {
             drift: DriftSource::ListAll,
             owner_marker: OwnerMarker::Metadata,
             given_credentials: true,
+            grace_period: false,
         }
     }
 

@@ -29,6 +29,16 @@ pub const OWNER_UID_ATTRIBUTE: &str = "oauth-operator.dev/owner-uid";
 const POST_LOGOUT_ATTRIBUTE: &str = "post.logout.redirect.uris";
 const PKCE_ATTRIBUTE: &str = "pkce.code.challenge.method";
 const REFRESH_ATTRIBUTE: &str = "use.refresh.tokens";
+/// The grace period (seconds) a client is rotated with; the operator's client policy for that
+/// period selects clients by it (`client-attributes` condition). `none` without one.
+pub const GRACE_ATTRIBUTE: &str = "oauth-operator.dev/rotation-grace";
+/// Set by Keycloak's `secret-rotation` executor: until when (epoch seconds) the rotated-out
+/// secret is still accepted.
+const ROTATED_EXPIRATION_ATTRIBUTE: &str = "client.secret.rotated.expiration.time";
+/// The lifetime the `secret-rotation` executor gives a client's current secret. Keycloak
+/// refuses an expired current secret, so this is long; it is added to the current time in a
+/// 32-bit integer by Keycloak 26.x, so it is not longer (five years).
+const CURRENT_SECRET_LIFETIME_SECS: u64 = 5 * 365 * 24 * 3600;
 const PAGE_SIZE: usize = 200;
 /// Renew the admin token this long before Keycloak says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(15);
@@ -120,6 +130,8 @@ pub struct KeycloakClient {
     /// client, and they stay whatever the spec says. Read again with every list and before
     /// scopes are changed, so a scope the realm gains (an upgrade, an admin) is never stripped.
     realm_defaults: std::sync::RwLock<Option<Vec<String>>>,
+    /// Serialises this client's edits of the realm's client policies (each replaces a list).
+    policies: tokio::sync::Mutex<()>,
 }
 
 /// `ClientRepresentation`, the fields the operator reads (unknown fields ignored).
@@ -257,6 +269,10 @@ fn representation(desired: &DesiredClient, id: &str, client_id: &str, owner_uid:
     if let Some(pkce) = desired.pkce_required {
         attributes.insert(PKCE_ATTRIBUTE.into(), json!(if pkce { "S256" } else { "" }));
     }
+    attributes.insert(
+        GRACE_ATTRIBUTE.into(),
+        json!(grace_value(desired.rotation_grace)),
+    );
     let mut rep = json!({
         "id": id,
         "clientId": client_id,
@@ -278,6 +294,42 @@ fn representation(desired: &DesiredClient, id: &str, client_id: &str, owner_uid:
     // Client scopes are assigned through their own sub-resource (see `sync_scopes`): Keycloak
     // applies `defaultClientScopes` on create only, and then instead of the realm's defaults.
     rep
+}
+
+/// The value of [`GRACE_ATTRIBUTE`].
+fn grace_value(grace: Option<u64>) -> String {
+    grace.map_or_else(|| "none".to_string(), |g| g.to_string())
+}
+
+/// The client profile and policy that keep a rotated-out secret valid for `secs` seconds at
+/// clients marked with that grace period: `(profile, policy)`.
+fn grace_policy(secs: u64) -> (Value, Value) {
+    let name = format!("oauth-operator-grace-{secs}");
+    let profile = json!({
+        "name": name,
+        "description": format!("oauth-operator: a rotated-out client secret stays valid for {secs} s"),
+        "executors": [{
+            "executor": "secret-rotation",
+            // All three keys: Keycloak before 26.8 fails on a missing one.
+            "configuration": {
+                "expiration-period": CURRENT_SECRET_LIFETIME_SECS,
+                "rotated-expiration-period": secs,
+                "remaining-rotation-period": secs.min(CURRENT_SECRET_LIFETIME_SECS),
+            },
+        }],
+    });
+    let attributes = json!([{"key": GRACE_ATTRIBUTE, "value": secs.to_string()}]).to_string();
+    let policy = json!({
+        "name": name,
+        "description": format!("oauth-operator: clients rotated with a {secs} s grace period"),
+        "enabled": true,
+        "conditions": [{
+            "condition": "client-attributes",
+            "configuration": {"attributes": attributes},
+        }],
+        "profiles": [name],
+    });
+    (profile, policy)
 }
 
 impl KeycloakClient {
@@ -324,6 +376,7 @@ impl KeycloakClient {
             token: tokio::sync::Mutex::new(None),
             metadata: tokio::sync::OnceCell::new(),
             realm_defaults: std::sync::RwLock::new(None),
+            policies: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -483,6 +536,10 @@ impl KeycloakClient {
             grant_types.push("implicit".to_string());
         }
         let owner = attribute(OWNER_UID_ATTRIBUTE);
+        let previous_until = attribute(ROTATED_EXPIRATION_ATTRIBUTE)
+            .parse::<i64>()
+            .ok()
+            .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t).ok());
         RemoteClient {
             id: app.id,
             client_id: app.client_id,
@@ -501,7 +558,93 @@ impl KeycloakClient {
             consent_screen: app.consent_required,
             endpoints: self.known_endpoints(),
             created_at: None,
+            grace_period: attribute(GRACE_ATTRIBUTE).parse().ok(),
+            previous_secret_expires_at: previous_until,
         }
+    }
+
+    /// Makes sure the realm has the client profile and policy for a `secs` grace period
+    /// ([`grace_policy`]). Both lists are replaced whole by Keycloak, so they are read first
+    /// and only ours is added; nothing else in them is changed.
+    async fn ensure_grace_policy(&self, secs: u64) -> Result<(), ProviderError> {
+        let _one_at_a_time = self.policies.lock().await;
+        let (profile, policy) = grace_policy(secs);
+        let name = profile["name"].clone();
+        let hint = |e: ProviderError| match e {
+            ProviderError::Unauthorized {
+                operation,
+                status,
+                message,
+            } => ProviderError::Unauthorized {
+                operation,
+                status,
+                message: format!(
+                    "rotation.gracePeriod needs a client policy in realm {}: give the operator's service account the \
+                     realm-management role manage-realm (or see the README for the policy to create by hand): {message}",
+                    self.realm()
+                ),
+            },
+            ProviderError::Rejected { message, .. } if message.contains("executor") => {
+                ProviderError::Unsupported(format!(
+                    "Keycloak refused the secret-rotation executor that rotation.gracePeriod needs: before Keycloak 26.8 start \
+                 it with --features=client-secret-rotation ({message})"
+                ))
+            }
+            e => e,
+        };
+        for (kind, item) in [("profiles", profile), ("policies", policy)] {
+            let url = self.url(&["client-policies", kind]);
+            let (mut current, _): (Value, _) = self
+                .call("get_client_policies", Method::GET, url.clone(), None)
+                .await
+                .map_err(hint)?;
+            let list = current
+                .get_mut(kind)
+                .and_then(Value::as_array_mut)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if let Some(present) = list.iter().find(|p| p["name"] == name) {
+                // Ours, and as it should be (a hand edit of it is left alone but reported).
+                if *present != item && kind == "profiles" {
+                    tracing::warn!(realm = self.realm(), profile = %name, "the grace-period client profile differs from the operator's");
+                }
+                continue;
+            }
+            let mut list = list;
+            list.push(item);
+            self.call_empty(
+                "set_client_policies",
+                Method::PUT,
+                url,
+                Some(&json!({ kind: list })),
+            )
+            .await
+            .map_err(hint)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the client with its grace period (the attribute the policy selects by), unless
+    /// it is marked already. A fresh full representation goes back, so nothing else changes.
+    async fn mark_grace(&self, id: &str, secs: u64) -> Result<(), ProviderError> {
+        let url = self.url(&["clients", checked_id(id)?]);
+        let (mut rep, _): (Value, _) = self.call("get", Method::GET, url.clone(), None).await?;
+        let want = json!(grace_value(Some(secs)));
+        let attributes = rep
+            .as_object_mut()
+            .map(|o| o.entry("attributes").or_insert_with(|| json!({})))
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| ProviderError::Unavailable {
+                operation: "get",
+                outcome_unknown: false,
+                message: "Keycloak answered a client that is not a JSON object".into(),
+            })?;
+        if attributes.get(GRACE_ATTRIBUTE) == Some(&want) {
+            return Ok(());
+        }
+        attributes.insert(GRACE_ATTRIBUTE.into(), want);
+        self.call_empty("update", Method::PUT, url, Some(&rep))
+            .await
     }
 
     /// Reads the realm's default client scopes (`fresh`: even if known already).
@@ -647,6 +790,7 @@ impl Backend for KeycloakClient {
             drift: DriftSource::ListAll,
             owner_marker: OwnerMarker::Metadata,
             given_credentials: true,
+            grace_period: true,
         }
     }
 
@@ -711,6 +855,9 @@ impl Backend for KeycloakClient {
         }
         if set(&grants) != set(&remote.grant_types) {
             fields.push("grantTypes");
+        }
+        if desired.rotation_grace != remote.grace_period {
+            fields.push("rotation.gracePeriod");
         }
         diff_flags(desired, remote, &mut fields);
         fields
@@ -851,6 +998,40 @@ impl Backend for KeycloakClient {
         })
     }
 
+    async fn rotate_secret_with_grace(
+        &self,
+        id: &str,
+        grace_secs: u64,
+    ) -> Result<IssuedClient, ProviderError> {
+        // Everything the overlap needs is in place before the secret changes: without the
+        // policy matching this client, Keycloak's rotation drops the old secret at once.
+        self.ensure_grace_policy(grace_secs).await?;
+        self.mark_grace(id, grace_secs).await?;
+        let issued = self.rotate_secret(id).await?;
+        // The executor recorded until when the old secret is accepted.
+        let client = match self.get(id).await {
+            Ok(client) => client,
+            // The new secret is in hand and must be delivered: the expiry is read again by a
+            // later pass.
+            Err(_) => issued.client,
+        };
+        Ok(IssuedClient {
+            client,
+            client_secret: issued.client_secret,
+        })
+    }
+
+    async fn forget_previous_secret(&self, id: &str) -> Result<(), ProviderError> {
+        let url = self.url(&["clients", checked_id(id)?, "client-secret", "rotated"]);
+        match self
+            .call_empty("forget_previous_secret", Method::DELETE, url, None)
+            .await
+        {
+            Ok(()) | Err(ProviderError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn read_secret(&self, id: &str) -> Result<Option<SecretString>, ProviderError> {
         let url = self.url(&["clients", checked_id(id)?, "client-secret"]);
         let (credential, _): (Credential, _) =
@@ -955,6 +1136,7 @@ mod tests {
             grant_types: vec![],
             pkce_required: Some(true),
             consent_screen: None,
+            rotation_grace: None,
         }
     }
 
@@ -975,6 +1157,40 @@ mod tests {
         assert!(rep.get("defaultClientScopes").is_none());
         assert!(rep.get("consentRequired").is_none());
         assert!(rep.get("secret").is_none());
+        assert_eq!(rep["attributes"][GRACE_ATTRIBUTE], "none");
+        let graced = DesiredClient {
+            rotation_grace: Some(3600),
+            ..desired()
+        };
+        let rep = representation(&graced, "uid-1", "oauth-operator-uid-1", "uid-1");
+        assert_eq!(rep["attributes"][GRACE_ATTRIBUTE], "3600");
+    }
+
+    /// The policy selects exactly the clients marked with its period, and the executor gets
+    /// every key Keycloak before 26.8 needs, within its bounds.
+    #[test]
+    fn grace_policy_selects_clients_by_their_period() {
+        let (profile, policy) = grace_policy(3600);
+        assert_eq!(profile["name"], "oauth-operator-grace-3600");
+        let executor = &profile["executors"][0];
+        assert_eq!(executor["executor"], "secret-rotation");
+        let config = &executor["configuration"];
+        let lifetime = config["expiration-period"].as_u64().unwrap();
+        assert_eq!(config["rotated-expiration-period"], 3600);
+        assert!(config["remaining-rotation-period"].as_u64().unwrap() <= lifetime);
+        // Added to Keycloak's 32-bit "now" (seconds) it stays clear of overflow for years.
+        assert!(lifetime + 1_800_000_000 < i32::MAX as u64);
+        assert_eq!(policy["enabled"], true);
+        assert_eq!(policy["profiles"], json!(["oauth-operator-grace-3600"]));
+        let condition = &policy["conditions"][0];
+        assert_eq!(condition["condition"], "client-attributes");
+        let attributes: Value =
+            serde_json::from_str(condition["configuration"]["attributes"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(
+            attributes,
+            json!([{"key": GRACE_ATTRIBUTE, "value": "3600"}])
+        );
     }
 
     #[test]

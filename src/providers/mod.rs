@@ -30,6 +30,9 @@ pub struct DesiredClient {
     pub grant_types: Vec<String>,
     pub pkce_required: Option<bool>,
     pub consent_screen: Option<bool>,
+    /// `rotation.gracePeriod` in seconds: how long a rotated-out secret keeps working (only
+    /// where [`Capabilities::grace_period`]).
+    pub rotation_grace: Option<u64>,
 }
 
 /// A client as the provider reports it (never with its secret).
@@ -51,6 +54,12 @@ pub struct RemoteClient {
     pub consent_screen: bool,
     pub endpoints: Endpoints,
     pub created_at: Option<Timestamp>,
+    /// The grace period (seconds) the client is marked for at the server, where the backend
+    /// keeps rotated-out secrets valid ([`Capabilities::grace_period`]).
+    pub grace_period: Option<u64>,
+    /// Until when the server still accepts the client's previous secret (after a rotation with
+    /// a grace period).
+    pub previous_secret_expires_at: Option<Timestamp>,
 }
 
 /// A client together with a freshly issued secret (create and rotate only).
@@ -198,6 +207,9 @@ pub struct Capabilities {
     /// Whether a client can be registered with credentials the user gives
     /// (`spec.credentialsFrom`): the operator chooses the id and can set the secret.
     pub given_credentials: bool,
+    /// Whether the server keeps a rotated-out secret valid for a period
+    /// (`rotation.gracePeriod`): Keycloak's `secret-rotation` client-policy executor.
+    pub grace_period: bool,
 }
 
 /// The owner marker of a client registered with given credentials: it belongs to whoever
@@ -271,6 +283,26 @@ pub trait Backend: Send + Sync {
     /// A new secret for an existing client ([`Rotation::ServerEndpoint`]).
     async fn rotate_secret(&self, _id: &str) -> Result<IssuedClient, ProviderError> {
         Err(unsupported(self.name(), "rotate a secret in place"))
+    }
+
+    /// A new secret for an existing client, the previous one kept valid for `grace_secs`
+    /// seconds ([`Capabilities::grace_period`]). The answer's client reports until when
+    /// ([`RemoteClient::previous_secret_expires_at`]; `None` if the server did not keep it).
+    /// Whatever cannot be set up for the overlap fails before the secret is rotated.
+    async fn rotate_secret_with_grace(
+        &self,
+        _id: &str,
+        _grace_secs: u64,
+    ) -> Result<IssuedClient, ProviderError> {
+        Err(unsupported(
+            self.name(),
+            "keep a rotated-out secret valid for a grace period",
+        ))
+    }
+
+    /// Drops a rotated-out secret the server still holds once its grace period is over.
+    async fn forget_previous_secret(&self, _id: &str) -> Result<(), ProviderError> {
+        Ok(())
     }
 
     /// The client with this client id, found without the operator's own choice of object id

@@ -43,6 +43,11 @@ const JVM_OPTS: &str = "-XX:TieredStopAtLevel=1 -XX:-UsePerfData";
 
 pub const ADMIN_USERNAME: &str = "testenv-admin";
 
+/// Preview features the tests use: `client-secret-rotation` (the `secret-rotation` client-policy
+/// executor behind `rotation.gracePeriod`; a default feature from Keycloak 26.8). A build
+/// option: the dev home's augmentation is made with it, so it is part of the dev home's key.
+pub const FEATURES: &str = "client-secret-rotation";
+
 /// A running Keycloak; killed on drop (its run home is deleted after the process).
 pub struct Keycloak {
     // Field order matters: the process is killed before its run home is removed.
@@ -107,6 +112,7 @@ impl Keycloak {
                 // should it come up, it inherits 127.0.0.1 and uses this free port, not 9000.
                 format!("--http-management-port={management_port}"),
                 "--hostname-strict=false".to_string(),
+                format!("--features={FEATURES}"),
             ])
             .env("JAVA_HOME", &java_home)
             .env("JAVA", &java)
@@ -576,8 +582,9 @@ fn dev_root() -> Result<PathBuf> {
     Ok(root)
 }
 
-/// Builds (once) the dev home for `dist`, keyed by the distribution's path and the mtime of
-/// its `lib/quarkus`, so a rebuilt distribution gets a new one. Call with the start lock held.
+/// Builds (once) the dev home for `dist`, keyed by the distribution's path, the mtime of its
+/// `lib/quarkus` and [`FEATURES`], so a rebuilt distribution (or another feature set) gets a
+/// new one. Call with the start lock held.
 fn prepare_dev_home(dist: &Path) -> Result<PathBuf> {
     let quarkus = dist.join("lib/quarkus");
     let mtime = std::fs::metadata(&quarkus)
@@ -586,7 +593,7 @@ fn prepare_dev_home(dist: &Path) -> Result<PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let key = format!("{}|{mtime}", dist.display());
+    let key = format!("{}|{mtime}|{FEATURES}", dist.display());
     let home = dev_root()?.join(format!("{:016x}", fnv1a(key.as_bytes())));
     let stamp = home.join(".testenv-ready");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == key) {
