@@ -58,6 +58,64 @@ impl Kind {
     }
 }
 
+/// Proves a Secret's credentials at `kind`'s server: `Ok(())` when a token is issued (Clerk:
+/// the authorization-code flow its clients use; elsewhere client_credentials).
+async fn token_with(kind: Kind, secret: &Secret) -> Result<std::result::Result<(), u16>> {
+    match kind {
+        Kind::Clerk => Ok(support::obtain_token(secret, FIRST_URI).await?.map(drop)),
+        _ => {
+            let d = data(secret);
+            let response = reqwest::Client::new()
+                .post(&d["TOKEN_URL"])
+                .basic_auth(&d["CLIENT_ID"], d.get("CLIENT_SECRET"))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await?;
+            if response.status().is_success() {
+                Ok(Ok(()))
+            } else {
+                Ok(Err(response.status().as_u16()))
+            }
+        }
+    }
+}
+
+/// A workload that reads the Secret afresh and obtains a token with whatever it holds, every
+/// 200 ms until stopped: (tokens obtained, failures with what the Secret held at the time).
+struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Result<(u32, Vec<String>)>>,
+}
+
+impl Poller {
+    fn start(kind: Kind, secrets: Api<Secret>, name: String) -> Poller {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failures) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let secret = secrets.get(&name).await?;
+                match token_with(kind, &secret).await {
+                    Ok(Ok(())) => ok += 1,
+                    Ok(Err(status)) => failures.push(format!(
+                        "HTTP {status} for client {}",
+                        data(&secret).get("CLIENT_ID").cloned().unwrap_or_default()
+                    )),
+                    Err(e) => failures.push(format!("{e:#}")),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok((ok, failures))
+        });
+        Poller { stop, task }
+    }
+
+    async fn finish(self) -> Result<(u32, Vec<String>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await?
+    }
+}
+
 /// One backend's server as a test sees it: setup, and the server's own view of its clients.
 struct Server {
     kind: Kind,
@@ -184,23 +242,7 @@ spec:
 
     /// Proves the Secret's credentials at the server: `Ok(())` when a token is issued.
     async fn token(&self, secret: &Secret) -> Result<std::result::Result<(), u16>> {
-        match self.kind {
-            Kind::Clerk => Ok(support::obtain_token(secret, FIRST_URI).await?.map(drop)),
-            _ => {
-                let d = data(secret);
-                let response = reqwest::Client::new()
-                    .post(&d["TOKEN_URL"])
-                    .basic_auth(&d["CLIENT_ID"], d.get("CLIENT_SECRET"))
-                    .form(&[("grant_type", "client_credentials")])
-                    .send()
-                    .await?;
-                if response.status().is_success() {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err(response.status().as_u16()))
-                }
-            }
-        }
+        token_with(self.kind, secret).await
     }
 
     async fn assert_token(&self, secret: &Secret) -> Result<()> {
@@ -1175,6 +1217,13 @@ async fn rotation_grace_period(kind: Kind) -> Result<()> {
     let _op = env.start_operator(&[])?;
     let extra = format!("  rotation: {{gracePeriod: {GRACE}s}}");
     let name = format!("{APP}-oauth");
+    if kind.dcr() {
+        // RFC 7591 servers rotate by a new client: the grace period is the old client's
+        // (row `rotation_new_client`), so it is accepted.
+        env.apply_app(&server.app_yaml(APP, &extra)).await?;
+        env.wait_ready(APP).await?;
+        return Ok(());
+    }
     if kind != Kind::Keycloak {
         env.apply_app(&server.app_yaml(APP, &extra)).await?;
         let refused = env.wait_reason(APP, "InvalidSpec").await?;
@@ -1307,6 +1356,181 @@ async fn rotation_grace_period(kind: Kind) -> Result<()> {
     Ok(())
 }
 
+/// Row: the two-client strategy (`rotation.strategy: NewClient` with `gracePeriod`; RFC 7591
+/// servers rotate this way anyway). A second client is registered, the Secret switched to it,
+/// and the old client keeps working until `retiringClientDeleteAt`, then is deleted. A
+/// workload polling the token endpoint with whatever the Secret holds never fails throughout.
+/// Where the operator chooses client ids (Hydra, Keycloak) the strategy is refused.
+async fn rotation_new_client(kind: Kind) -> Result<()> {
+    const GRACE: i64 = 20;
+    let server = Server::new(kind, "mx-newclient").await?;
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    // RFC 7591 servers rotate by a new client anyway (`rotationStrategy: Recreate`).
+    let strategy = if kind.dcr() {
+        ""
+    } else {
+        "strategy: NewClient, "
+    };
+    let extra = format!("  rotation: {{{strategy}gracePeriod: {GRACE}s}}");
+    let name = format!("{APP}-oauth");
+    if matches!(kind, Kind::Hydra | Kind::Keycloak) {
+        env.apply_app(&server.app_yaml(APP, &extra)).await?;
+        let refused = env.wait_reason(APP, "InvalidSpec").await?;
+        let message = ready_message(&refused);
+        assert!(
+            message.contains("NewClient"),
+            "{kind:?}: the condition names the strategy: {message}"
+        );
+        assert!(
+            env.secrets().get_opt(&name).await?.is_none(),
+            "nothing registered"
+        );
+        return Ok(());
+    }
+    env.apply_app(&server.app_yaml(APP, &extra)).await?;
+    let app = env.wait_ready(APP).await?;
+    let before = env.secrets().get(&name).await?;
+    let old_object = app
+        .status
+        .as_ref()
+        .and_then(|s| s.provider_object_id.clone())
+        .context("id")?;
+    let poller = Poller::start(kind, env.secrets(), name.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    env.rotate(APP, "n1").await?;
+    let after = env
+        .wait_secret(&name, |s| {
+            data(s)["CLIENT_ID"] != data(&before)["CLIENT_ID"]
+        })
+        .await?;
+    let switched = k8s_openapi::jiff::Timestamp::now().as_second();
+    let app = env
+        .wait_app(APP, "the old client retiring", |a: &OAuthApplication| {
+            a.status.as_ref().is_some_and(|s| {
+                s.retiring_client_id.as_deref() == Some(old_object.as_str())
+                    && s.retiring_client_delete_at.is_some()
+                    && s.last_rotation_token.as_deref() == Some("n1")
+            })
+        })
+        .await?;
+    let status = app.status.as_ref().context("status")?;
+    let delete_at = status
+        .retiring_client_delete_at
+        .as_ref()
+        .context("deleteAt")?
+        .0;
+    assert!(
+        (switched + GRACE - 5..=switched + GRACE + 2).contains(&delete_at.as_second()),
+        "the old client goes about {GRACE}s after the switch: {delete_at}, switched by {switched}"
+    );
+    assert_eq!(
+        status.client_id.as_deref(),
+        data(&after).get("CLIENT_ID").map(String::as_str)
+    );
+    env.wait_event(APP, "ClientReplaced").await?;
+    // During the grace period both credentials work.
+    server.assert_token(&before).await?;
+    server.assert_token(&after).await?;
+
+    // After it: the old client is gone, the new one stays.
+    env.wait_app(APP, "the old client deleted", |a: &OAuthApplication| {
+        a.status
+            .as_ref()
+            .is_some_and(|s| s.retiring_client_id.is_none())
+    })
+    .await?;
+    assert!(
+        k8s_openapi::jiff::Timestamp::now() >= delete_at,
+        "the old client lives out its grace period"
+    );
+    env.wait_event(APP, "RetiredClientDeleted").await?;
+    // (Clerk refuses a deleted client already at its authorize endpoint.)
+    assert!(
+        !matches!(server.token(&before).await, Ok(Ok(()))),
+        "the old client is refused after the period"
+    );
+    server.assert_token(&after).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (tokens, failures) = poller.finish().await?;
+    assert!(
+        failures.is_empty(),
+        "{kind:?}: the workload reading the Secret never failed ({tokens} tokens): {failures:?}"
+    );
+    assert!(tokens >= 20, "the workload kept polling: {tokens} tokens");
+    let app = env.apps().get(APP).await?;
+    assert_eq!(
+        server.clients_of(&uid(&app)?, &server.display(APP)).await?,
+        1,
+        "{kind:?}: one client once the old one is retired"
+    );
+    Ok(())
+}
+
+/// A kill right after Keycloak rotated with a grace period, before anything was staged: the
+/// next pass finds the rotation happened (Keycloak's current secret is no longer the Secret's,
+/// though the old one still authenticates during the overlap), reads the new secret back and
+/// delivers it with the old one as `CLIENT_SECRET_PREVIOUS`. It does not rotate again, which
+/// would have replaced Keycloak's one rotated-out secret and cut the old one off at once.
+#[tokio::test]
+async fn keycloak_grace_rotation_survives_a_kill_after_the_rotation() -> Result<()> {
+    let server = Server::new(Kind::Keycloak, "mx-grace-kill").await?;
+    let env = &server.env;
+    let (realm, admin) = server.realm()?;
+    grant_role(admin, realm, "manage-realm").await?;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-rotate")])?;
+    env.apply_app(&server.app_yaml(APP, "  rotation: {gracePeriod: 1h}"))
+        .await?;
+    let app = env.wait_ready(APP).await?;
+    let name = format!("{APP}-oauth");
+    let before = env.secrets().get(&name).await?;
+    env.rotate(APP, "k1").await?;
+    op.wait_abort("after-rotate", Duration::from_secs(60))
+        .await?;
+    drop(op);
+    let _op = env.start_operator(&[])?;
+    let after = env
+        .wait_secret(&name, |s| {
+            data(s)["CLIENT_SECRET"] != data(&before)["CLIENT_SECRET"]
+        })
+        .await?;
+    env.wait_app(APP, "rotation answered", |a: &OAuthApplication| {
+        a.status.as_ref().is_some_and(|s| {
+            s.last_rotation_token.as_deref() == Some("k1") && s.previous_secret_expires_at.is_some()
+        })
+    })
+    .await?;
+    assert!(
+        data(&after).get("CLIENT_SECRET_PREVIOUS") == data(&before).get("CLIENT_SECRET"),
+        "the old secret is kept as the previous one"
+    );
+    server.assert_token(&after).await?;
+    server.assert_token(&before).await?;
+    // One rotation: Keycloak's rotated-out secret is the original one.
+    let id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.provider_object_id.clone())
+        .context("id")?;
+    let rotated: Value = admin
+        .request(
+            reqwest::Method::GET,
+            &format!("/{realm}/clients/{id}/client-secret/rotated"),
+        )
+        .await?
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert!(
+        rotated["value"].as_str() == data(&before).get("CLIENT_SECRET").map(String::as_str),
+        "rotated once: Keycloak's previous secret is the original"
+    );
+    Ok(())
+}
+
 /// One test per (backend, row).
 macro_rules! matrix {
     ($($row:ident),* $(,)?) => {
@@ -1332,6 +1556,7 @@ matrix!(
     scheduled_rotation,
     credentials_from,
     rotation_grace_period,
+    rotation_new_client,
 );
 
 /// The README's backend x feature table names every row of this matrix.

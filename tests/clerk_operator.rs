@@ -933,6 +933,130 @@ async fn a_resync_that_finds_nothing_changed_writes_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Scheduled rotation at scale: 20 applications with `rotation.period: 60s` created together
+/// rotate on schedule (never before `nextRotationAt`, and soon after), spread out by their
+/// uid offsets, every new secret valid at Clerk, and the backend API never sees more than the
+/// provider's request budget in any window (nor a 429 from Clerk's own limit).
+#[tokio::test]
+async fn scheduled_rotations_at_scale_are_spread_and_within_the_budget() -> Result<()> {
+    const APPS: usize = 20;
+    const BUDGET: usize = 16;
+    const WINDOW: i64 = 5;
+    let env = Env::new("sched-scale").await?;
+    // Clerk's own limit above the budget: a 429 would mean the budget leaked.
+    env.clerk.set_rate_limit(Some(clerk_emulator::RateLimit {
+        requests: 20,
+        window: Duration::from_secs(WINDOW as u64),
+    }));
+    let budget = serde_json::json!({"spec": {"requestBudget": {"requests": BUDGET, "periodSeconds": WINDOW}}});
+    kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+        .patch("clerk", &PatchParams::default(), &Patch::Merge(&budget))
+        .await?;
+    let _op = env.start_operator(&[])?;
+    let names: Vec<String> = (0..APPS).map(|i| format!("sched{i}")).collect();
+    for name in &names {
+        env.apply_app(&app_yaml(name, "  rotation: {period: 60s}"))
+            .await?;
+    }
+    let mut due = Vec::new();
+    for name in &names {
+        let app = env.wait_ready(name).await?;
+        let next = app
+            .status
+            .as_ref()
+            .and_then(|s| s.next_rotation_at.as_ref())
+            .map(|t| t.0.as_second())
+            .ok_or_else(|| anyhow::anyhow!("{name}: nextRotationAt"))?;
+        due.push(next);
+    }
+    // Every application rotates once, on its own schedule.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    let mut rotated = vec![None; APPS];
+    while rotated.iter().any(Option::is_none) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not every application rotated: {rotated:?}"
+        );
+        for (i, name) in names.iter().enumerate() {
+            if rotated[i].is_none() {
+                let app = env.apps().get(name).await?;
+                rotated[i] = app
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.secret_rotated_at.as_ref())
+                    .map(|t| t.0.as_second());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (i, at) in rotated.iter().enumerate() {
+        let at = at.unwrap_or_default();
+        assert!(
+            (due[i]..=due[i] + 20).contains(&at),
+            "{}: rotated at {at}, due at {}",
+            names[i],
+            due[i]
+        );
+    }
+    // Spread: the uid offsets (up to a tenth of the period) keep them apart.
+    let (first, last) = (
+        due.iter().min().copied().unwrap_or_default(),
+        due.iter().max().copied().unwrap_or_default(),
+    );
+    assert!(
+        last - first >= 3,
+        "due times spread over {}s only",
+        last - first
+    );
+    // Every rotated secret works at Clerk.
+    for name in &names {
+        let secret = env
+            .wait_secret(&format!("{name}-oauth"), |s| {
+                s.annotations()
+                    .contains_key("oauth-operator.dev/secret-rotated-at")
+            })
+            .await?;
+        let d = data(&secret);
+        assert!(
+            env.clerk
+                .secret_is_valid(&d["CLIENT_ID"], &d["CLIENT_SECRET"]),
+            "{name}: the rotated secret is valid at Clerk"
+        );
+    }
+    // Within the budget in every window, as Clerk saw the requests arrive.
+    let mut arrivals: Vec<i64> = env
+        .clerk
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/"))
+        .map(|r| r.timestamp.timestamp_millis())
+        .collect();
+    arrivals.sort_unstable();
+    let busiest = arrivals
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            arrivals[i..]
+                .iter()
+                .take_while(|u| **u < t + WINDOW * 1000)
+                .count()
+        })
+        .max()
+        .unwrap_or_default();
+    assert!(
+        busiest <= BUDGET,
+        "{busiest} requests in one {WINDOW}s window, budget {BUDGET}"
+    );
+    let throttled = env
+        .clerk
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(429))
+        .count();
+    assert_eq!(throttled, 0, "no 429 from Clerk");
+    Ok(())
+}
+
 /// The sum of the operator's metric lines that start with `prefix` (every label set).
 async fn metric_sum(op: &support::Operator, prefix: &str) -> Result<f64> {
     let metrics = op.get("/metrics").await?.1;

@@ -164,15 +164,35 @@ pub struct RotationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('30s')").message("rotation.period must be at least 30s"))]
     pub period: Option<kube::core::Duration>,
-    /// After a rotation the previous client secret keeps working for this long, where the
-    /// server can hold two secrets (Keycloak, with its `client-secret-rotation` feature): the
-    /// Secret carries it under `<clientSecret key>_PREVIOUS` until then, and
-    /// `status.previousSecretExpiresAt` says when it stops working. Refused where the server
-    /// invalidates the old secret at once (Clerk, Hydra, RFC 7591). At least `1s`, at most
-    /// `8760h`, and shorter than `period`.
+    /// After a rotation the old credentials keep working for this long. With `strategy:
+    /// InPlace`, where the server can hold two secrets (Keycloak, with its
+    /// `client-secret-rotation` feature): the Secret carries the previous secret under
+    /// `<clientSecret key>_PREVIOUS` until then, and `status.previousSecretExpiresAt` says when
+    /// it stops working; refused where the server invalidates the old secret at once (Clerk,
+    /// Hydra). With `strategy: NewClient` (and at RFC 7591 servers, which rotate by a new
+    /// client): the replaced client is deleted this long after the Secret switched to the new
+    /// one (`status.retiringClientDeleteAt`). At least `1s`, at most `8760h`, and shorter than
+    /// `period`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("rotation.gracePeriod must be between 1s and 8760h"))]
     pub grace_period: Option<kube::core::Duration>,
+    /// How a new secret is obtained. `InPlace` (default): the client keeps its id and gets a
+    /// new secret. `NewClient`: a second client with new credentials is registered, the Secret
+    /// switched to it, and the old client deleted (after `gracePeriod`); the client id changes
+    /// (`status.clientId`, a `ClientReplaced` event). For servers that invalidate an old
+    /// secret at once (Clerk); RFC 7591 servers always rotate this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RotationStrategyKind>,
+}
+
+/// See [`RotationSpec::strategy`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum RotationStrategyKind {
+    /// A new secret for the same client (the default).
+    #[default]
+    InPlace,
+    /// A new client with new credentials; the old one is deleted after `gracePeriod`.
+    NewClient,
 }
 
 /// A redirect URI (validated by CEL in the CRD and again by the operator).
@@ -409,6 +429,10 @@ pub struct OAuthApplicationStatus {
     /// new one's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retiring_client_id: Option<String>,
+    /// When the retiring client is deleted (`rotation.gracePeriod` after the Secret switched
+    /// away from it): its credentials work until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_client_delete_at: Option<Time>,
     /// With `spec.credentialsFrom`: the `resourceVersion` of that Secret when the provider was
     /// last given (or shown to hold) its credentials. A new version is pushed to the provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -40,11 +40,11 @@ use crate::api::conditions::{
 };
 use crate::api::{
     ClientType, DeletionPolicy, DriftPolicy, OAuthApplication, OAuthApplicationStatus,
-    PendingRegistration, RecordedSecretKeys,
+    PendingRegistration, RecordedSecretKeys, RotationStrategyKind,
 };
 use crate::providers::{
     DesiredClient, DriftSource, GIVEN_OWNER, Identity, IssuedClient, OwnerMarker, ProviderError,
-    Registration, RemoteClient, Rotation, generate_secret,
+    Registration, RemoteClient, Rotation, SecretSource, generate_secret,
 };
 use crate::telemetry::{ErrorLabels, ReconcileLabels};
 
@@ -290,17 +290,29 @@ async fn apply(
         )));
     }
     // 2. desired client (pure) and what the backend can represent
-    let desired = desired_client(app)?;
+    let mut desired = desired_client(app)?;
     provider
         .client
         .check_supported(&desired)
         .map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    if desired.rotation_grace.is_some() && !provider.client.capabilities().grace_period {
+    let caps = rotation_capabilities(app, &provider)?;
+    let grace = desired.rotation_grace;
+    if !caps.grace_period {
+        // Here the overlap (if any) is the retiring client's, not a second secret's.
+        desired.rotation_grace = None;
+    }
+    if grace.is_some() && !caps.grace_period && caps.rotation != Rotation::Recreate {
         return Err(Error::InvalidSpec(format!(
             "rotation.gracePeriod: {} ({}) invalidates a client's old secret the moment it rotates, so rotation there \
-             is immediate; remove rotation.gracePeriod (consumers then need the new secret at once)",
+             is immediate; remove rotation.gracePeriod, or set rotation.strategy: NewClient to keep the old client \
+             working for the grace period{}",
             provider.key,
-            provider.client.name()
+            provider.client.name(),
+            if new_client_supported(&provider) {
+                ""
+            } else {
+                " (where the server chooses client ids; not at this backend)"
+            }
         )));
     }
     let secret_name = app.secret_name();
@@ -506,10 +518,12 @@ async fn apply(
                 client_secret: Some(s.client_secret),
                 staged: true,
                 rotation_token: s.rotation_token,
-                // A rotation with an overlap: the server says until when (read just now).
-                previous_until: (s.rotated && desired.rotation_grace.is_some())
-                    .then_some(remote.previous_secret_expires_at)
-                    .flatten(),
+                // A rotation with an overlap: the server says until when.
+                previous_until: if s.rotated {
+                    fresh_previous_until(pass, &remote.id).await?
+                } else {
+                    None
+                },
                 rotated: s.rotated,
             });
         } else {
@@ -553,7 +567,7 @@ async fn apply(
         CredentialsStep::Recover | CredentialsStep::Rotate => {
             let source = new_secret(
                 step,
-                &provider.client.capabilities(),
+                &caps,
                 remote.public,
                 rotation_requested || rotation_due,
                 issued_at_server,
@@ -577,6 +591,8 @@ async fn apply(
                         retire(app, ctx, &provider, &earlier).await?;
                     }
                     status.retiring_client_id = Some(remote.id.clone());
+                    // Its grace period starts when the Secret has switched away from it.
+                    status.retiring_client_delete_at = None;
                     let (client, mut hand) =
                         register(pass, writer, status, existing.as_ref()).await?;
                     hand.rotated = step == CredentialsStep::Rotate;
@@ -662,15 +678,16 @@ async fn apply(
             }
             // A previous secret whose grace period is over goes from the Secret (and the
             // server): it no longer works. Status or, if status was lost, the Secret says when.
-            let previous_until = status
-                .previous_secret_expires_at
+            // The Secret's own record first: status may lag a rotation whose status write
+            // failed (or be lost), and is brought in line with it.
+            let in_secret = existing
                 .as_ref()
-                .map(|t| t.0)
-                .or_else(|| {
-                    existing
-                        .as_ref()
-                        .and_then(|s| previous_in_secret(s, &previous_secret_key(&keys)))
-                });
+                .and_then(|s| previous_in_secret(s, &previous_secret_key(&keys)));
+            if let Some(t) = in_secret {
+                status.previous_secret_expires_at = Some(Time(t));
+            }
+            let previous_until =
+                in_secret.or(status.previous_secret_expires_at.as_ref().map(|t| t.0));
             if let (Some(until), Some(current)) = (previous_until, &existing)
                 && until <= now()
             {
@@ -687,7 +704,11 @@ async fn apply(
                     )
                     .await;
                 }
-                if let Err(e) = provider.client.forget_previous_secret(&remote.id).await {
+                // Only what the server itself no longer accepts.
+                let server_done = remote.previous_secret_expires_at.is_none_or(|t| t <= now());
+                if server_done
+                    && let Err(e) = provider.client.forget_previous_secret(&remote.id).await
+                {
                     // It no longer works there either; dropping it is tidiness, retried after
                     // the next rotation at the latest.
                     warn!(app = %ObjectRef::from_obj(app), error = %e, "could not drop the expired previous secret at the provider");
@@ -707,23 +728,66 @@ async fn apply(
         remote
     };
 
-    // A client replaced by a new registration goes once the Secret holds the new one.
+    // A client replaced by a new registration goes once the Secret holds the new one, and,
+    // with `rotation.gracePeriod`, once that period has passed since (its credentials work
+    // until then).
     if let Some(old) = status.retiring_client_id.clone() {
         if old != remote.id {
-            retire(app, ctx, &provider, &old).await?;
-            ctx.event(
-                app,
-                EventType::Normal,
-                "ClientReplaced",
-                "Rotate",
-                format!(
-                    "{} cannot rotate a secret: registered client {} with new credentials and wrote them to Secret {secret_name}; the old client {old} is retired (the client id changed)",
-                    provider.key, remote.client_id
-                ),
-            )
-            .await;
+            let delete_at = match &status.retiring_client_delete_at {
+                Some(t) => t.0,
+                None => {
+                    let at = now()
+                        .checked_add(SignedDuration::from_secs(
+                            i64::try_from(grace.unwrap_or(0)).unwrap_or(i64::MAX),
+                        ))
+                        .unwrap_or_else(|_| now());
+                    status.retiring_client_delete_at = Some(Time(at));
+                    let why = if caps.rotation == provider.client.capabilities().rotation {
+                        format!("{} cannot rotate a secret", provider.key)
+                    } else {
+                        "rotation.strategy: NewClient".to_string()
+                    };
+                    let when = if grace.is_some() {
+                        format!("keeps working until {at} (rotation.gracePeriod), then is deleted")
+                    } else {
+                        "is deleted now".to_string()
+                    };
+                    ctx.event(
+                        app,
+                        EventType::Normal,
+                        "ClientReplaced",
+                        "Rotate",
+                        format!(
+                            "{why}: registered client {} with new credentials and wrote them to Secret {secret_name}; the old client {old} {when} (the client id changed)",
+                            remote.client_id
+                        ),
+                    )
+                    .await;
+                    at
+                }
+            };
+            if delete_at <= now() {
+                retire(app, ctx, &provider, &old).await?;
+                if grace.is_some() {
+                    ctx.event(
+                        app,
+                        EventType::Normal,
+                        "RetiredClientDeleted",
+                        "Rotate",
+                        format!(
+                            "the grace period of client {old} ended: deleted it at {}",
+                            provider.key
+                        ),
+                    )
+                    .await;
+                }
+                status.retiring_client_id = None;
+                status.retiring_client_delete_at = None;
+            }
+        } else {
+            status.retiring_client_id = None;
+            status.retiring_client_delete_at = None;
         }
-        status.retiring_client_id = None;
     }
 
     // 6. status
@@ -753,9 +817,15 @@ async fn apply(
     );
     writer.write(status).await?;
     let mut requeue = ctx.resync_delay();
-    if let Some(until) = &status.previous_secret_expires_at {
-        // Back when the previous secret's grace period ends, to remove it.
-        let left = std::time::Duration::try_from(now().duration_until(until.0)).unwrap_or_default();
+    if let Some(until) = status
+        .previous_secret_expires_at
+        .iter()
+        .chain(&status.retiring_client_delete_at)
+        .map(|t| t.0)
+        .min()
+    {
+        // Back when a grace period ends (a previous secret, a retiring client), to remove it.
+        let left = std::time::Duration::try_from(now().duration_until(until)).unwrap_or_default();
         requeue = requeue.min(left + std::time::Duration::from_secs(1));
     }
     if let Some(at) = next_rotation_at {
@@ -764,6 +834,47 @@ async fn apply(
         requeue = requeue.min(until + std::time::Duration::from_secs(1));
     }
     Ok(Action::requeue(requeue))
+}
+
+/// Whether a second client can be registered beside the current one (`rotation.strategy:
+/// NewClient`): where the server chooses the client id (Clerk, RFC 7591). Where the operator
+/// chooses it (`oauth-operator-<uid>`), a second client would need a second id scheme.
+fn new_client_supported(provider: &ResolvedProvider) -> bool {
+    provider.client.capabilities().identity == Identity::ServerAssigned
+}
+
+/// The backend's capabilities as this application rotates: `rotation.strategy: NewClient`
+/// makes every new secret a new client.
+fn rotation_capabilities(
+    app: &OAuthApplication,
+    provider: &ResolvedProvider,
+) -> Result<crate::providers::Capabilities> {
+    let mut caps = provider.client.capabilities();
+    let strategy = app
+        .spec
+        .rotation
+        .as_ref()
+        .and_then(|r| r.strategy)
+        .unwrap_or_default();
+    if strategy == RotationStrategyKind::NewClient {
+        if !new_client_supported(provider) {
+            return Err(Error::InvalidSpec(format!(
+                "rotation.strategy: NewClient is not supported by {} ({}): the operator chooses its client ids, so a \
+                 second client beside the current one is not possible yet{}",
+                provider.key,
+                provider.client.name(),
+                if caps.grace_period {
+                    "; this server keeps the previous secret itself: use rotation.gracePeriod with strategy InPlace"
+                } else {
+                    ""
+                }
+            )));
+        }
+        caps.rotation = Rotation::Recreate;
+        // The overlap comes from the old client, not from a second secret.
+        caps.grace_period = false;
+    }
+    Ok(caps)
 }
 
 /// When the next scheduled rotation is due (see [`next_rotation`]), for a confidential client
@@ -848,11 +959,31 @@ async fn secret_still_works(
     let Some(value) = data_value(secret, &keys.client_secret) else {
         return Ok(false);
     };
+    if pass.provider.client.capabilities().secret_source == SecretSource::IssuedReadable {
+        // The server's current secret decides: during a grace period a rotated-out secret
+        // still authenticates, so a token would not tell whether the rotation happened.
+        let current = pass.provider.client.read_secret(&remote.id).await?;
+        return Ok(current.is_some_and(|c| c.expose_secret() == value));
+    }
     Ok(pass
         .provider
         .client
         .proves_possession(remote, &SecretString::from(value))
         .await?)
+}
+
+/// With a grace period in place (Keycloak): until when the server accepts the secret a
+/// rotation replaced, read fresh from the server (a listed snapshot may predate the rotation).
+async fn fresh_previous_until(pass: Pass<'_>, id: &str) -> Result<Option<Timestamp>> {
+    if pass.desired.rotation_grace.is_none() {
+        return Ok(None);
+    }
+    Ok(pass
+        .provider
+        .client
+        .get(id)
+        .await?
+        .previous_secret_expires_at)
 }
 
 /// Checks the existing client against the spec: a PATCH after a spec change, drift
@@ -1596,12 +1727,18 @@ async fn read_secret_back(
             ),
         }));
     }
+    // A rotation found to have happened unrecorded: its overlap, if any, still holds.
+    let previous_until = if rotated {
+        fresh_previous_until(pass, &remote.id).await?
+    } else {
+        None
+    };
     Ok(InHand {
         client_secret: value,
         staged: false,
         rotation_token: pass.rotate_token.map(str::to_string),
         rotated,
-        previous_until: None,
+        previous_until,
     })
 }
 
@@ -1729,7 +1866,11 @@ async fn deliver(
         let at = rotated_at.map(|t| t.to_string());
         // With a grace period, the secret this one replaces stays in the Secret while the
         // server still accepts it.
+        // Only a secret of this same client (an in-place rotation keeps the id).
         let replaced = existing
+            .filter(|s| {
+                data_value(s, &keys.client_id).as_deref() == Some(remote.client_id.as_str())
+            })
             .and_then(|s| s.data.as_ref())
             .and_then(|d| d.get(&keys.client_secret))
             .filter(|old| {
@@ -1758,6 +1899,25 @@ async fn deliver(
             },
         )
         .await?;
+        let cut_short = existing
+            .and_then(|s| previous_in_secret(s, &previous_key))
+            .filter(|t| *t > now() && hand.rotated);
+        if let Some(was) = cut_short {
+            // The server keeps one previous secret: the one before is dead now.
+            pass.ctx
+                .event(
+                    app,
+                    EventType::Warning,
+                    "PreviousSecretCutShort",
+                    "Rotate",
+                    format!(
+                        "a rotation during the grace period of the previous secret of {} (valid until {was}) ended it: \
+                         the server keeps one previous secret, now the one just replaced",
+                        remote.client_id
+                    ),
+                )
+                .await;
+        }
         status.previous_secret_expires_at = previous.map(|(_, until)| Time(until));
         if hand.rotated && pass.desired.rotation_grace.is_some() && hand.previous_until.is_none() {
             pass.ctx.metrics.lifecycle_event("grace_not_kept");

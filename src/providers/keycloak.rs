@@ -22,6 +22,7 @@ use super::{
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
+use k8s_openapi::jiff::Timestamp;
 
 const BACKEND: &str = "keycloak";
 /// Where the owner's uid is kept in the client's attributes.
@@ -35,10 +36,22 @@ pub const GRACE_ATTRIBUTE: &str = "oauth-operator.dev/rotation-grace";
 /// Set by Keycloak's `secret-rotation` executor: until when (epoch seconds) the rotated-out
 /// secret is still accepted.
 const ROTATED_EXPIRATION_ATTRIBUTE: &str = "client.secret.rotated.expiration.time";
+/// The rotated-out secret itself (Keycloak's attribute).
+const ROTATED_SECRET_ATTRIBUTE: &str = "client.secret.rotated";
 /// The lifetime the `secret-rotation` executor gives a client's current secret. Keycloak
-/// refuses an expired current secret, so this is long; it is added to the current time in a
-/// 32-bit integer by Keycloak 26.x, so it is not longer (five years).
+/// refuses an expired current secret, so this is long; Keycloak 26.x adds it to the current
+/// time in a 32-bit integer, so it is at most five years and ends a year before that overflows
+/// (see [`current_secret_lifetime`]).
 const CURRENT_SECRET_LIFETIME_SECS: u64 = 5 * 365 * 24 * 3600;
+
+/// [`CURRENT_SECRET_LIFETIME_SECS`], cut so that `now + lifetime` stays a year clear of
+/// `i32::MAX` (Keycloak 26.x), and at least a day.
+fn current_secret_lifetime(now_epoch: i64) -> u64 {
+    let room = i64::from(i32::MAX) - now_epoch - 366 * 24 * 3600;
+    u64::try_from(room)
+        .unwrap_or(0)
+        .clamp(24 * 3600, CURRENT_SECRET_LIFETIME_SECS)
+}
 const PAGE_SIZE: usize = 200;
 /// Renew the admin token this long before Keycloak says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(15);
@@ -296,6 +309,55 @@ fn representation(desired: &DesiredClient, id: &str, client_id: &str, owner_uid:
     rep
 }
 
+/// `desired`, except that while a rotated-out secret is still valid the client keeps the grace
+/// period it was rotated with: Keycloak drops the rotated secret on an update that no longer
+/// matches its policy, so a changed (or removed) `gracePeriod` waits for the overlap to end.
+fn keeping_overlap(desired: &DesiredClient, current: &RemoteClient) -> DesiredClient {
+    let open = current
+        .previous_secret_expires_at
+        .is_some_and(|t| t > Timestamp::now());
+    match current.grace_period {
+        Some(g) if open => DesiredClient {
+            rotation_grace: Some(g),
+            ..desired.clone()
+        },
+        _ => desired.clone(),
+    }
+}
+
+/// Whether a client profile or policy of the realm named like ours for `secs` still does what
+/// the operator wrote it for (Keycloak may add fields to what it answers; only what matters is
+/// compared).
+fn grace_item_intact(kind: &str, item: &Value, secs: u64) -> bool {
+    let number = |v: &Value| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    if kind == "profiles" {
+        return item["executors"].as_array().is_some_and(|executors| {
+            executors.iter().any(|e| {
+                e["executor"] == "secret-rotation"
+                    && number(&e["configuration"]["rotated-expiration-period"]) == Some(secs)
+            })
+        });
+    }
+    let name = format!("oauth-operator-grace-{secs}");
+    let selects = item["conditions"].as_array().is_some_and(|conditions| {
+        conditions.len() == 1
+            && conditions[0]["condition"] == "client-attributes"
+            && conditions[0]["configuration"]["is-negative-logic"] != true
+            && conditions[0]["configuration"]["attributes"]
+                .as_str()
+                .and_then(|a| serde_json::from_str::<Value>(a).ok())
+                == Some(json!([{"key": GRACE_ATTRIBUTE, "value": secs.to_string()}]))
+    });
+    item["enabled"] == true
+        && selects
+        && item["profiles"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| *x == name))
+}
+
 /// The value of [`GRACE_ATTRIBUTE`].
 fn grace_value(grace: Option<u64>) -> String {
     grace.map_or_else(|| "none".to_string(), |g| g.to_string())
@@ -303,8 +365,9 @@ fn grace_value(grace: Option<u64>) -> String {
 
 /// The client profile and policy that keep a rotated-out secret valid for `secs` seconds at
 /// clients marked with that grace period: `(profile, policy)`.
-fn grace_policy(secs: u64) -> (Value, Value) {
+fn grace_policy(secs: u64, now_epoch: i64) -> (Value, Value) {
     let name = format!("oauth-operator-grace-{secs}");
+    let lifetime = current_secret_lifetime(now_epoch).max(secs);
     let profile = json!({
         "name": name,
         "description": format!("oauth-operator: a rotated-out client secret stays valid for {secs} s"),
@@ -312,9 +375,9 @@ fn grace_policy(secs: u64) -> (Value, Value) {
             "executor": "secret-rotation",
             // All three keys: Keycloak before 26.8 fails on a missing one.
             "configuration": {
-                "expiration-period": CURRENT_SECRET_LIFETIME_SECS,
+                "expiration-period": lifetime,
                 "rotated-expiration-period": secs,
-                "remaining-rotation-period": secs.min(CURRENT_SECRET_LIFETIME_SECS),
+                "remaining-rotation-period": secs,
             },
         }],
     });
@@ -539,7 +602,7 @@ impl KeycloakClient {
         let previous_until = attribute(ROTATED_EXPIRATION_ATTRIBUTE)
             .parse::<i64>()
             .ok()
-            .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t).ok());
+            .and_then(|t| Timestamp::from_second(t).ok());
         RemoteClient {
             id: app.id,
             client_id: app.client_id,
@@ -568,16 +631,17 @@ impl KeycloakClient {
     /// and only ours is added; nothing else in them is changed.
     async fn ensure_grace_policy(&self, secs: u64) -> Result<(), ProviderError> {
         let _one_at_a_time = self.policies.lock().await;
-        let (profile, policy) = grace_policy(secs);
+        let (profile, policy) = grace_policy(secs, Timestamp::now().as_second());
         let name = profile["name"].clone();
         let hint = |e: ProviderError| match e {
+            // 401 is the operator's own credential (reported as it is); 403 the missing role.
             ProviderError::Unauthorized {
                 operation,
-                status,
+                status: 403,
                 message,
             } => ProviderError::Unauthorized {
+                status: 403,
                 operation,
-                status,
                 message: format!(
                     "rotation.gracePeriod needs a client policy in realm {}: give the operator's service account the \
                      realm-management role manage-realm (or see the README for the policy to create by hand): {message}",
@@ -594,32 +658,49 @@ impl KeycloakClient {
         };
         for (kind, item) in [("profiles", profile), ("policies", policy)] {
             let url = self.url(&["client-policies", kind]);
-            let (mut current, _): (Value, _) = self
-                .call("get_client_policies", Method::GET, url.clone(), None)
+            let read = || async {
+                let (mut current, _): (Value, _) = self
+                    .call("get_client_policies", Method::GET, url.clone(), None)
+                    .await
+                    .map_err(hint)?;
+                Ok::<_, ProviderError>(
+                    current
+                        .get_mut(kind)
+                        .and_then(Value::as_array_mut)
+                        .map(std::mem::take)
+                        .unwrap_or_default(),
+                )
+            };
+            let mut list = read().await?;
+            if !list.iter().any(|p| p["name"] == name) {
+                list.push(item);
+                self.call_empty(
+                    "set_client_policies",
+                    Method::PUT,
+                    url.clone(),
+                    Some(&json!({ kind: list })),
+                )
                 .await
                 .map_err(hint)?;
-            let list = current
-                .get_mut(kind)
-                .and_then(Value::as_array_mut)
-                .map(std::mem::take)
-                .unwrap_or_default();
-            if let Some(present) = list.iter().find(|p| p["name"] == name) {
-                // Ours, and as it should be (a hand edit of it is left alone but reported).
-                if *present != item && kind == "profiles" {
-                    tracing::warn!(realm = self.realm(), profile = %name, "the grace-period client profile differs from the operator's");
-                }
-                continue;
+                // Read back: a concurrent writer of the list (an admin, another provider on
+                // this realm) may have replaced it in between.
+                list = read().await?;
             }
-            let mut list = list;
-            list.push(item);
-            self.call_empty(
-                "set_client_policies",
-                Method::PUT,
-                url,
-                Some(&json!({ kind: list })),
-            )
-            .await
-            .map_err(hint)?;
+            // Rotating now is safe only if ours is there and as the operator wrote it: a
+            // disabled or edited one would make the rotation drop the old secret at once.
+            let present = list.iter().find(|p| p["name"] == name);
+            if !present.is_some_and(|p| grace_item_intact(kind, p, secs)) {
+                return Err(ProviderError::Rejected {
+                    operation: "set_client_policies",
+                    status: 409,
+                    message: format!(
+                        "the client {kind} {name} in realm {} is missing, disabled or changed by someone else, so a \
+                         rotation would not keep the previous secret; nothing was rotated: restore it, or delete it and \
+                         the operator writes it again",
+                        self.realm()
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -643,6 +724,11 @@ impl KeycloakClient {
             return Ok(());
         }
         attributes.insert(GRACE_ATTRIBUTE.into(), want);
+        // Secrets are not sent back: Keycloak keeps what an update leaves out.
+        attributes.remove(ROTATED_SECRET_ATTRIBUTE);
+        if let Some(o) = rep.as_object_mut() {
+            o.remove("secret");
+        }
         self.call_empty("update", Method::PUT, url, Some(&rep))
             .await
     }
@@ -856,7 +942,7 @@ impl Backend for KeycloakClient {
         if set(&grants) != set(&remote.grant_types) {
             fields.push("grantTypes");
         }
-        if desired.rotation_grace != remote.grace_period {
+        if keeping_overlap(desired, remote).rotation_grace != remote.grace_period {
             fields.push("rotation.gracePeriod");
         }
         diff_flags(desired, remote, &mut fields);
@@ -959,6 +1045,7 @@ impl Backend for KeycloakClient {
         owner_uid: &str,
     ) -> Result<RemoteClient, ProviderError> {
         let current = self.get(id).await?;
+        let desired = &keeping_overlap(desired, &current);
         let rep = representation(desired, id, &current.client_id, owner_uid);
         self.call_empty(
             "update",
@@ -1007,13 +1094,20 @@ impl Backend for KeycloakClient {
         // policy matching this client, Keycloak's rotation drops the old secret at once.
         self.ensure_grace_policy(grace_secs).await?;
         self.mark_grace(id, grace_secs).await?;
+        // Keycloak counts the period from its own "now", which is not before this.
+        let earliest = Timestamp::now()
+            .checked_add(Duration::from_secs(grace_secs))
+            .ok();
         let issued = self.rotate_secret(id).await?;
         // The executor recorded until when the old secret is accepted.
         let client = match self.get(id).await {
             Ok(client) => client,
-            // The new secret is in hand and must be delivered: the expiry is read again by a
-            // later pass.
-            Err(_) => issued.client,
+            // The new secret is in hand and must be delivered: the expiry is taken as its
+            // earliest possible value.
+            Err(_) => RemoteClient {
+                previous_secret_expires_at: earliest,
+                ..issued.client
+            },
         };
         Ok(IssuedClient {
             client,
@@ -1050,6 +1144,7 @@ impl Backend for KeycloakClient {
         secret: &SecretString,
     ) -> Result<RemoteClient, ProviderError> {
         let current = self.get(id).await?;
+        let desired = &keeping_overlap(desired, &current);
         let mut rep = representation(desired, id, &current.client_id, owner_uid);
         rep["secret"] = json!(secret.expose_secret());
         self.call_empty(
@@ -1166,11 +1261,34 @@ mod tests {
         assert_eq!(rep["attributes"][GRACE_ATTRIBUTE], "3600");
     }
 
+    /// What the operator writes is intact; disabled, re-targeted or re-timed is not.
+    #[test]
+    fn a_changed_grace_policy_is_not_taken_for_ours() {
+        let (profile, policy) = grace_policy(60, 1_796_000_000);
+        assert!(grace_item_intact("profiles", &profile, 60));
+        assert!(grace_item_intact("policies", &policy, 60));
+        assert!(!grace_item_intact("profiles", &profile, 61));
+        let mut disabled = policy.clone();
+        disabled["enabled"] = json!(false);
+        assert!(!grace_item_intact("policies", &disabled, 60));
+        let mut negated = policy.clone();
+        negated["conditions"][0]["configuration"]["is-negative-logic"] = json!(true);
+        assert!(!grace_item_intact("policies", &negated, 60));
+        let mut other = policy.clone();
+        other["conditions"][0]["configuration"]["attributes"] =
+            json!(json!([{"key": GRACE_ATTRIBUTE, "value": "7"}]).to_string());
+        assert!(!grace_item_intact("policies", &other, 60));
+        let mut retimed = profile.clone();
+        retimed["executors"][0]["configuration"]["rotated-expiration-period"] = json!("5");
+        assert!(!grace_item_intact("profiles", &retimed, 60));
+    }
+
     /// The policy selects exactly the clients marked with its period, and the executor gets
     /// every key Keycloak before 26.8 needs, within its bounds.
     #[test]
     fn grace_policy_selects_clients_by_their_period() {
-        let (profile, policy) = grace_policy(3600);
+        let now = 1_796_000_000;
+        let (profile, policy) = grace_policy(3600, now);
         assert_eq!(profile["name"], "oauth-operator-grace-3600");
         let executor = &profile["executors"][0];
         assert_eq!(executor["executor"], "secret-rotation");
@@ -1178,8 +1296,13 @@ mod tests {
         let lifetime = config["expiration-period"].as_u64().unwrap();
         assert_eq!(config["rotated-expiration-period"], 3600);
         assert!(config["remaining-rotation-period"].as_u64().unwrap() <= lifetime);
-        // Added to Keycloak's 32-bit "now" (seconds) it stays clear of overflow for years.
-        assert!(lifetime + 1_800_000_000 < i32::MAX as u64);
+        // Added to Keycloak's 32-bit "now" (seconds) it stays a year clear of overflow.
+        assert_eq!(lifetime, CURRENT_SECRET_LIFETIME_SECS);
+        let year = 366 * 24 * 3600;
+        assert!(now as u64 + lifetime + year <= i32::MAX as u64);
+        let later = 2_000_000_000;
+        assert!(later as u64 + current_secret_lifetime(later) + year <= i32::MAX as u64);
+        assert_eq!(current_secret_lifetime(2_140_000_000), 24 * 3600);
         assert_eq!(policy["enabled"], true);
         assert_eq!(policy["profiles"], json!(["oauth-operator-grace-3600"]));
         let condition = &policy["conditions"][0];
