@@ -1430,6 +1430,18 @@ async fn rotation_new_client(kind: Kind) -> Result<()> {
         data(&after).get("CLIENT_ID").map(String::as_str)
     );
     env.wait_event(APP, "ClientReplaced").await?;
+    // The Secret records the retiring client too (a reset status does not lose it).
+    let recorded = env
+        .wait_secret(&name, |s| {
+            s.annotations().get("oauth-operator.dev/retiring-client-id") == Some(&old_object)
+        })
+        .await?;
+    assert_eq!(
+        recorded
+            .annotations()
+            .get("oauth-operator.dev/retiring-client-delete-at"),
+        Some(&delete_at.to_string())
+    );
     // During the grace period both credentials work.
     server.assert_token(&before).await?;
     server.assert_token(&after).await?;
@@ -1446,6 +1458,11 @@ async fn rotation_new_client(kind: Kind) -> Result<()> {
         "the old client lives out its grace period"
     );
     env.wait_event(APP, "RetiredClientDeleted").await?;
+    env.wait_secret(&name, |s| {
+        !s.annotations()
+            .contains_key("oauth-operator.dev/retiring-client-id")
+    })
+    .await?;
     // (Clerk refuses a deleted client already at its authorize endpoint.)
     assert!(
         !matches!(server.token(&before).await, Ok(Ok(()))),
@@ -1528,6 +1545,73 @@ async fn keycloak_grace_rotation_survives_a_kill_after_the_rotation() -> Result<
         rotated["value"].as_str() == data(&before).get("CLIENT_SECRET").map(String::as_str),
         "rotated once: Keycloak's previous secret is the original"
     );
+    Ok(())
+}
+
+/// A kill right after a `NewClient` rotation staged the new client's credentials: the next
+/// pass delivers them as a rotation (`secretRotatedAt`, so a schedule is not repeated), and the
+/// old client keeps its grace period (it still works, and is deleted only at
+/// `retiringClientDeleteAt`), leaving one client.
+#[tokio::test]
+async fn clerk_new_client_rotation_survives_a_kill_after_staging() -> Result<()> {
+    let server = Server::new(Kind::Clerk, "mx-nc-kill").await?;
+    let env = &server.env;
+    let extra = "  rotation: {strategy: NewClient, gracePeriod: 15s}";
+    let name = format!("{APP}-oauth");
+    let before = {
+        let _op = env.start_operator(&[])?;
+        env.apply_app(&server.app_yaml(APP, extra)).await?;
+        env.wait_ready(APP).await?;
+        env.secrets().get(&name).await?
+    };
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-stage")])?;
+    env.rotate(APP, "k1").await?;
+    op.wait_abort("after-stage", Duration::from_secs(60))
+        .await?;
+    drop(op);
+    let _op = env.start_operator(&[])?;
+    let after = env
+        .wait_secret(&name, |s| {
+            data(s)["CLIENT_ID"] != data(&before)["CLIENT_ID"]
+        })
+        .await?;
+    let app = env
+        .wait_app(
+            APP,
+            "delivered as a rotation, the old client retiring",
+            |a: &OAuthApplication| {
+                a.status.as_ref().is_some_and(|s| {
+                    s.secret_rotated_at.is_some()
+                        && s.retiring_client_delete_at.is_some()
+                        && s.last_rotation_token.as_deref() == Some("k1")
+                })
+            },
+        )
+        .await?;
+    let delete_at = app
+        .status
+        .as_ref()
+        .and_then(|s| s.retiring_client_delete_at.as_ref())
+        .context("deleteAt")?
+        .0;
+    assert!(
+        delete_at > k8s_openapi::jiff::Timestamp::now(),
+        "the grace period is kept"
+    );
+    server.assert_token(&before).await?;
+    server.assert_token(&after).await?;
+    env.wait_app(APP, "the old client deleted", |a: &OAuthApplication| {
+        a.status
+            .as_ref()
+            .is_some_and(|s| s.retiring_client_id.is_none())
+    })
+    .await?;
+    assert!(k8s_openapi::jiff::Timestamp::now() >= delete_at);
+    assert_eq!(
+        server.clients_of(&uid(&app)?, &server.display(APP)).await?,
+        1
+    );
+    server.assert_token(&after).await?;
     Ok(())
 }
 

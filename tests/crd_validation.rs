@@ -107,8 +107,8 @@ async fn invalid_applications_are_rejected_at_apply() -> Result<()> {
         ),
         (
             "gracebeyondperiod",
-            serde_json::json!({"providerRef": {"name": "keycloak"}, "rotation": {"period": "24h", "gracePeriod": "24h"}}),
-            "rotation.gracePeriod must be shorter than rotation.period",
+            serde_json::json!({"providerRef": {"name": "keycloak"}, "rotation": {"period": "24h", "gracePeriod": "22h"}}),
+            "rotation.gracePeriod must be at most nine tenths of rotation.period",
         ),
         (
             "shortperiod",

@@ -52,9 +52,11 @@ pub struct OAuthApplicationSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("providerRef is immutable"))]
     pub provider_ref: ProviderRef,
 
-    /// Name shown to users (e.g. on the consent screen). Defaults to `<namespace>/<name>`.
+    /// Name shown to users (e.g. on the consent screen). Defaults to `<namespace>/<name>`. No
+    /// control characters (line breaks, tabs, bidirectional overrides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[\\x00-\\x1f\\x7f\\x{202a}-\\x{202e}\\x{2066}-\\x{2069}]')").message("displayName must not contain control characters or bidirectional overrides"))]
     pub display_name: Option<String>,
 
     /// Redirect URIs: absolute, no fragment, no wildcard, `https` except `http` on a loopback
@@ -156,7 +158,7 @@ impl CredentialsFrom {
 /// Rotation of the client secret: on a schedule, and with an overlap.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.period) || !has(self.gracePeriod) || duration(self.gracePeriod) < duration(self.period)").message("rotation.gracePeriod must be shorter than rotation.period (the server keeps one previous secret)"))]
+#[x_kube(validation = Rule::new("!has(self.period) || !has(self.gracePeriod) || duration(self.gracePeriod).getSeconds() * 10 <= duration(self.period).getSeconds() * 9").message("rotation.gracePeriod must be at most nine tenths of rotation.period (a scheduled rotation may come a tenth early; one previous secret or old client at a time)"))]
 pub struct RotationSpec {
     /// Rotate the client secret once per period (a Go duration, e.g. `2160h`; at least `30s`).
     /// Each application rotates up to a tenth of the period early, by an offset fixed by its
@@ -171,8 +173,8 @@ pub struct RotationSpec {
     /// it stops working; refused where the server invalidates the old secret at once (Clerk,
     /// Hydra). With `strategy: NewClient` (and at RFC 7591 servers, which rotate by a new
     /// client): the replaced client is deleted this long after the Secret switched to the new
-    /// one (`status.retiringClientDeleteAt`). At least `1s`, at most `8760h`, and shorter than
-    /// `period`.
+    /// one (`status.retiringClientDeleteAt`). At least `1s`, at most `8760h`, and at most
+    /// nine tenths of `period`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("rotation.gracePeriod must be between 1s and 8760h"))]
     pub grace_period: Option<kube::core::Duration>,

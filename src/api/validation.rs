@@ -8,6 +8,14 @@ use url::{Host, Url};
 /// `isURL` comes from the Kubernetes CEL URL library.
 pub const REDIRECT_URI_RULES: &[(&str, &str)] = &[
     (
+        "self.matches('^[!-~]+$')",
+        "must be printable ASCII without spaces: give an internationalized host in punycode (xn--) and percent-encode the rest",
+    ),
+    (
+        "!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')",
+        "must not contain user information (user:password@)",
+    ),
+    (
         "self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*:') && isURL(self)",
         "must be an absolute URI",
     ),
@@ -31,6 +39,12 @@ pub const REDIRECT_URI_RULES: &[(&str, &str)] = &[
 pub enum RedirectUriError {
     #[error("{uri:?} is not an absolute URI: {reason}")]
     NotAbsolute { uri: String, reason: String },
+    #[error(
+        "{0:?} must be printable ASCII without spaces: give an internationalized host in punycode (xn--) and percent-encode the rest"
+    )]
+    NotAscii(String),
+    #[error("{0:?} must not contain user information (user:password@)")]
+    UserInfo(String),
     #[error("{0:?} must not contain a fragment (RFC 9700)")]
     Fragment(String),
     #[error("{0:?} must not contain a wildcard (RFC 9700)")]
@@ -45,6 +59,11 @@ pub enum RedirectUriError {
 /// apps: absolute, no fragment, no wildcard, `https` except loopback `http` and private-use
 /// (reverse domain name) schemes.
 pub fn validate_redirect_uri(uri: &str) -> Result<(), RedirectUriError> {
+    // Checked on the raw text: the URL parser would turn a Unicode host into punycode (a
+    // look-alike hidden from whoever reads the spec) and drop control characters.
+    if uri.is_empty() || !uri.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+        return Err(RedirectUriError::NotAscii(uri.escape_debug().to_string()));
+    }
     if uri.contains('*') {
         return Err(RedirectUriError::Wildcard(uri.to_string()));
     }
@@ -55,6 +74,9 @@ pub fn validate_redirect_uri(uri: &str) -> Result<(), RedirectUriError> {
         uri: uri.to_string(),
         reason: e.to_string(),
     })?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(RedirectUriError::UserInfo(uri.to_string()));
+    }
     match parsed.scheme() {
         "https" if parsed.host().is_some() => Ok(()),
         "http" if is_loopback(parsed.host()) => Ok(()),
@@ -99,6 +121,37 @@ mod tests {
         ] {
             assert_eq!(validate_redirect_uri(ok), Ok(()), "{ok}");
         }
+    }
+
+    #[test]
+    fn rejects_hidden_characters_and_user_information() {
+        for bad in [
+            "https://аpple.example.com/cb", // Cyrillic а: a look-alike host
+            "https://app.example.com/c b",
+            "https://app.example.com/cb\n",
+            "https://app.example.com/\u{202e}bc",
+        ] {
+            assert!(
+                matches!(
+                    validate_redirect_uri(bad),
+                    Err(RedirectUriError::NotAscii(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            validate_redirect_uri("https://user:pw@app.example.com/cb"),
+            Err(RedirectUriError::UserInfo(_))
+        ));
+        assert!(matches!(
+            validate_redirect_uri("https://evil.example@app.example.com/cb"),
+            Err(RedirectUriError::UserInfo(_))
+        ));
+        // Punycode is explicit, and accepted.
+        assert_eq!(
+            validate_redirect_uri("https://xn--bcher-kva.example/cb"),
+            Ok(())
+        );
     }
 
     #[test]

@@ -29,8 +29,9 @@ use super::plan::{
 use super::resolve::{ResolvedProvider, provider_key, resolve_provider};
 use super::secret::{
     CLIENT_ID_ANNOTATION, KeyNames, PREVIOUS_EXPIRES_ANNOTATION, PROVIDER_OBJECT_ID_ANNOTATION,
-    ROTATED_AT_ANNOTATION, ROTATION_TOKEN_ANNOTATION, Written, build_secret, create_secret,
-    data_value, drop_previous_secret, dry_run_write, heal_secret, is_owned_by, previous_secret_key,
+    RETIRING_CLIENT_ANNOTATION, RETIRING_DELETE_AT_ANNOTATION, ROTATED_AT_ANNOTATION,
+    ROTATION_TOKEN_ANNOTATION, Written, annotate_retiring, build_secret, create_secret, data_value,
+    drop_previous_secret, dry_run_write, heal_secret, is_owned_by, previous_secret_key,
     put_client_secret, reconcile_metadata, release_secret, write_rotated_secret,
 };
 use super::staging::{Staged, Staging};
@@ -585,17 +586,56 @@ async fn apply(
                     // a new one registered (pending protocol), and the old deleted once the
                     // Secret holds the new credentials (below). A client still retiring from
                     // an earlier replacement goes first: one slot, never overwritten.
-                    if let Some(earlier) = status.retiring_client_id.clone()
-                        && earlier != remote.id
-                    {
-                        retire(app, ctx, &provider, &earlier).await?;
+                    let in_secret = existing
+                        .as_ref()
+                        .and_then(|s| s.annotations().get(PROVIDER_OBJECT_ID_ANNOTATION))
+                        .cloned();
+                    match status.retiring_client_id.clone() {
+                        Some(earlier)
+                            if earlier != remote.id && in_secret.as_ref() == Some(&earlier) =>
+                        {
+                            // The Secret still holds the client being retired: the one
+                            // registered since never reached it, and its secret is gone. That
+                            // one goes; the Secret's client stays until it is replaced.
+                            retire(app, ctx, &provider, &remote.id).await?;
+                        }
+                        Some(earlier) if earlier != remote.id => {
+                            let until = status
+                                .retiring_client_delete_at
+                                .as_ref()
+                                .map(|t| t.0)
+                                .filter(|t| *t > now());
+                            if let Some(until) = until
+                                && step == CredentialsStep::Rotate
+                            {
+                                // One client retires at a time: the next rotation waits.
+                                return Err(Error::RegistrationPending(format!(
+                                    "the rotation waits until client {earlier}, replaced by the previous rotation, is \
+                                     deleted at {until} (rotation.gracePeriod)"
+                                )));
+                            }
+                            if retire(app, ctx, &provider, &earlier).await?
+                                && let Some(until) = until
+                            {
+                                ctx.event(
+                                    app,
+                                    EventType::Warning,
+                                    "RetiringClientCutShort",
+                                    "Recover",
+                                    format!(
+                                        "Secret {secret_name} lost its credentials while client {earlier} was retiring (until \
+                                         {until}); deleted it now to register a new client"
+                                    ),
+                                )
+                                .await;
+                            }
+                            status.retiring_client_id = Some(remote.id.clone());
+                        }
+                        _ => status.retiring_client_id = Some(remote.id.clone()),
                     }
-                    status.retiring_client_id = Some(remote.id.clone());
                     // Its grace period starts when the Secret has switched away from it.
                     status.retiring_client_delete_at = None;
-                    let (client, mut hand) =
-                        register(pass, writer, status, existing.as_ref()).await?;
-                    hand.rotated = step == CredentialsStep::Rotate;
+                    let (client, hand) = register(pass, writer, status, existing.as_ref()).await?;
                     remote = client;
                     hand
                 }
@@ -731,6 +771,19 @@ async fn apply(
     // A client replaced by a new registration goes once the Secret holds the new one, and,
     // with `rotation.gracePeriod`, once that period has passed since (its credentials work
     // until then).
+    if status.retiring_client_id.is_none()
+        && let Some(current) = &existing
+        && let Some(id) = current.annotations().get(RETIRING_CLIENT_ANNOTATION)
+        && *id != remote.id
+    {
+        // Status was reset while a client was retiring: the Secret's record brings it back.
+        status.retiring_client_id = Some(id.clone());
+        status.retiring_client_delete_at = current
+            .annotations()
+            .get(RETIRING_DELETE_AT_ANNOTATION)
+            .and_then(|t| t.parse().ok())
+            .map(Time);
+    }
     if let Some(old) = status.retiring_client_id.clone() {
         if old != remote.id {
             let delete_at = match &status.retiring_client_delete_at {
@@ -742,6 +795,10 @@ async fn apply(
                         ))
                         .unwrap_or_else(|_| now());
                     status.retiring_client_delete_at = Some(Time(at));
+                    if grace.is_some() {
+                        annotate_retiring(&secrets, &secret_name, Some((&old, &at.to_string())))
+                            .await?;
+                    }
                     let why = if caps.rotation == provider.client.capabilities().rotation {
                         format!("{} cannot rotate a secret", provider.key)
                     } else {
@@ -767,8 +824,8 @@ async fn apply(
                 }
             };
             if delete_at <= now() {
-                retire(app, ctx, &provider, &old).await?;
-                if grace.is_some() {
+                let deleted = retire(app, ctx, &provider, &old).await?;
+                if deleted && grace.is_some() {
                     ctx.event(
                         app,
                         EventType::Normal,
@@ -780,6 +837,13 @@ async fn apply(
                         ),
                     )
                     .await;
+                }
+                if existing
+                    .as_ref()
+                    .is_some_and(|s| s.annotations().contains_key(RETIRING_CLIENT_ANNOTATION))
+                    || grace.is_some()
+                {
+                    annotate_retiring(&secrets, &secret_name, None).await?;
                 }
                 status.retiring_client_id = None;
                 status.retiring_client_delete_at = None;
@@ -1205,7 +1269,10 @@ async fn register(
         }
     };
     pass.crash_point("after-create");
-    let hand = stage(pass, &issued.client, issued.client_secret, false).await;
+    // A registration that replaces a client (a rotation by a new client) is a rotation to
+    // consumers and to the schedule, also when a later pass delivers it from staging.
+    let rotated = status.retiring_client_id.is_some();
+    let hand = stage(pass, &issued.client, issued.client_secret, rotated).await;
     pass.crash_point("after-stage");
     record_id(app, writer, status, &issued.client, hand.staged).await?;
     pass.crash_point("after-record");
@@ -1437,6 +1504,14 @@ async fn resolve_pending(
         return resolve_unmarked(pass, writer, status, existing, &pending).await;
     }
     let mut candidates = provider.client.find_by_owner_marker(&pending.name).await?;
+    // The client a rotation is replacing, and the one the Secret holds credentials of, stay
+    // until the Secret moves on (one whose rename never happened still carries the tag).
+    let in_secret = existing
+        .and_then(|s| s.annotations().get(PROVIDER_OBJECT_ID_ANNOTATION))
+        .cloned();
+    candidates.retain(|c| {
+        status.retiring_client_id.as_ref() != Some(&c.id) && in_secret.as_ref() != Some(&c.id)
+    });
     candidates.sort_by_key(|c| (c.created_at.is_none(), c.created_at));
     if let Some((orphan, duplicates)) = candidates.split_first() {
         for duplicate in duplicates {
@@ -2112,39 +2187,43 @@ async fn cleanup(
 /// Deletes a client replaced by a new registration. Only one this application owns (by the
 /// owner marker) is touched; one the server will never delete (no management access, 401,
 /// 405) is reported and let go rather than retried forever.
+/// Returns whether it was deleted now (not: gone before, another owner's, or left at a server
+/// that will not delete it).
 async fn retire(
     app: &OAuthApplication,
     ctx: &Context,
     provider: &ResolvedProvider,
     old: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let owned = match provider.client.get(old).await {
         Ok(remote) => remote.owner_uid.is_none_or(|o| o == owner_uid(app)),
         Err(ProviderError::NotFound { .. } | ProviderError::Unsupported(_)) => {
             ctx.inventory.remove(&provider.server, old).await;
-            return Ok(()); // deleted before
+            return Ok(false); // deleted before
         }
         Err(e @ (ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. })) => {
             left_at_provider(app, ctx, old, &e).await;
-            return Ok(());
+            return Ok(false);
         }
         Err(e) => return Err(e.into()),
     };
     if !owned {
         warn!(client = %old, "the replaced client names another owner: left alone");
-        return Ok(());
+        return Ok(false);
     }
-    match provider.client.delete(old).await {
+    let deleted = match provider.client.delete(old).await {
         Ok(()) => {
             ctx.metrics.lifecycle_event("client_replaced");
+            true
         }
         Err(e @ (ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. })) => {
             left_at_provider(app, ctx, old, &e).await;
+            false
         }
         Err(e) => return Err(e.into()),
-    }
+    };
     ctx.inventory.remove(&provider.server, old).await;
-    Ok(())
+    Ok(deleted)
 }
 
 async fn left_at_provider(app: &OAuthApplication, ctx: &Context, old: &str, e: &ProviderError) {

@@ -24,6 +24,17 @@ pub fn desired_client(app: &OAuthApplication) -> Result<DesiredClient> {
             problems.push(format!("{scope:?} is not a valid scope token"));
         }
     }
+    if spec.display_name.as_deref().is_some_and(|n| {
+        n.chars().any(|c| {
+            c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        })
+    }) {
+        problems.push(
+            "displayName must not contain control characters or bidirectional overrides".into(),
+        );
+    }
     let public = spec.client_type == ClientType::Public;
     if public
         && spec
@@ -58,10 +69,11 @@ pub fn desired_client(app: &OAuthApplication) -> Result<DesiredClient> {
             problems.push("rotation.gracePeriod must be between 1s and 8760h".into());
         }
         if let (Some(g), Some(p)) = (grace, period)
-            && g >= p
+            && g.as_secs() * 10 > p.as_secs() * 9
         {
             problems.push(
-                "rotation.gracePeriod must be shorter than rotation.period (the server keeps one previous secret)"
+                "rotation.gracePeriod must be at most nine tenths of rotation.period (a scheduled rotation may come a \
+                 tenth early; one previous secret or old client at a time)"
                     .into(),
             );
         }
@@ -177,9 +189,9 @@ spec:
         assert_eq!(d.rotation_grace, None);
         for (rotation, client_type, part) in [
             (
-                "{period: 1h, gracePeriod: 1h}",
+                "{period: 1h, gracePeriod: 55m}",
                 "confidential",
-                "shorter than rotation.period",
+                "nine tenths of rotation.period",
             ),
             ("{gracePeriod: 0s}", "confidential", "between 1s and 8760h"),
             (

@@ -51,6 +51,37 @@ pub struct Written<'a> {
     pub previous: Option<(&'a [u8], &'a str)>,
 }
 
+/// A client replaced by a new one (`rotation.strategy: NewClient`, RFC 7591) that still works
+/// until its deletion: recorded on the Secret too, so a reset status does not leave it behind.
+pub const RETIRING_CLIENT_ANNOTATION: &str = "oauth-operator.dev/retiring-client-id";
+pub const RETIRING_DELETE_AT_ANNOTATION: &str = "oauth-operator.dev/retiring-client-delete-at";
+
+/// Records (`Some((provider object id, delete at))`) or clears the retiring client on the
+/// Secret (its annotations only).
+pub async fn annotate_retiring(
+    api: &Api<Secret>,
+    name: &str,
+    retiring: Option<(&str, &str)>,
+) -> Result<()> {
+    let (id, at) = match retiring {
+        Some((id, at)) => (serde_json::json!(id), serde_json::json!(at)),
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+    };
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        RETIRING_CLIENT_ANNOTATION: id,
+        RETIRING_DELETE_AT_ANNOTATION: at,
+    }}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // No Secret: nothing to record on.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Resolved key names.
 pub struct KeyNames {
     pub client_id: String,
