@@ -24,7 +24,8 @@ testenv:
 ## (test logs go to target/tmp/oauth-operator-*, cleared here; a failing test prints its directory)
 test: testenv crds-check fault-check
 	rm -rf "$${CARGO_TARGET_DIR:-target}"/tmp/oauth-operator-*
-	$(CARGO) test --workspace --all-targets --no-fail-fast $(TEST_FEATURES)
+	rc=0; $(CARGO) test --workspace --all-targets --no-fail-fast $(TEST_FEATURES) || rc=$$?; \
+	  scripts/leak-scan.sh "$${CARGO_TARGET_DIR:-target}/tmp" || rc=1; exit $$rc
 
 fmt:
 	$(CARGO) fmt --all

@@ -676,6 +676,7 @@ async fn allow_any_client_scope(admin: &KeycloakAdmin, realm: &str) -> Result<()
 
 /// The initial access token Secret of a `dynamicRegistration` provider.
 async fn create_token_secret(env: &Env, token: &str) -> Result<()> {
+    support::seen(token);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "dcr-token"}, "stringData": {"token": token},
     }))?;
@@ -693,6 +694,7 @@ async fn service_account(admin: &KeycloakAdmin, realm: &str) -> Result<(String, 
         .create_service_account_client(realm, client_id)
         .await?;
     grant_role(admin, realm, "manage-clients").await?;
+    support::seen(&secret);
     Ok((client_id.to_string(), secret))
 }
 

@@ -266,6 +266,15 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
+        // Events are logged too (they are part of what the leak scan of the tests reads).
+        tracing::info!(
+            reason,
+            action,
+            note = event.note.as_deref().unwrap_or_default(),
+            object = reference.name.as_deref().unwrap_or_default(),
+            namespace = reference.namespace.as_deref().unwrap_or_default(),
+            "event"
+        );
         if let Err(e) = self.recorder.publish(&event, reference).await {
             tracing::warn!(error = %e, reason, "failed to publish event");
         }

@@ -516,6 +516,22 @@ impl Backend for ClerkClient {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever Clerk answers (any JSON shape, cut short, noise) is parsed or refused,
+        /// never a panic, and a client that parses maps to a `RemoteClient`.
+        #[test]
+        fn any_answer_is_parsed_or_refused(v in crate::providers::arbitrary::json(),
+                                           body in crate::providers::arbitrary::body()) {
+            if let Ok(app) = serde_json::from_value::<ClerkApp>(v.clone()) {
+                let _ = app.into_remote();
+            }
+            let _ = serde_json::from_value::<ClerkAppList>(v);
+            let _ = serde_json::from_slice::<ClerkApp>(&body);
+            let _ = ClerkErrorBodies.message(StatusCode::BAD_REQUEST, &body);
+            let _ = ClerkErrorBodies.is_not_found(&body);
+        }
+    }
+
     fn desired() -> DesiredClient {
         DesiredClient {
             name: "team/app".into(),

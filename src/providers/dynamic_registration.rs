@@ -833,6 +833,20 @@ impl Backend for DynamicRegistrationClient {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever an RFC 7591 server answers is parsed or refused, never a panic.
+        #[test]
+        fn any_answer_is_parsed_or_refused(v in crate::providers::arbitrary::json(),
+                                           body in crate::providers::arbitrary::body()) {
+            if let Ok(info) = serde_json::from_value::<ClientInformation>(v) {
+                let _ = backend().remote(info);
+            }
+            let _ = serde_json::from_slice::<ClientInformation>(&body);
+            let _ = DcrErrorBodies.message(StatusCode::BAD_REQUEST, &body);
+            let _ = DcrErrorBodies.is_not_found(&body);
+        }
+    }
+
     fn desired() -> DesiredClient {
         DesiredClient {
             name: "team/web".into(),

@@ -225,13 +225,13 @@ impl HttpEndpoint {
             let status = response.status();
             self.count(operation, status.as_str());
             let headers = response.headers().clone();
-            let bytes = response
-                .bytes()
+            let bytes = read_capped(response, MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|e| ProviderError::Unavailable {
+                .map_err(|message| ProviderError::Unavailable {
                     operation,
+                    // The request was carried out, whatever its answer said.
                     outcome_unknown: true,
-                    message: format!("reading response: {}", e.without_url()),
+                    message,
                 })?;
             tracing::debug!(
                 status = status.as_u16(),
@@ -277,10 +277,10 @@ impl HttpEndpoint {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized {
                 operation,
                 status: status.as_u16(),
-                message: errors.message(status, body),
+                message: bounded(errors.message(status, body)),
             },
             s if s.is_client_error() => {
-                let message = errors.message(s, body);
+                let message = bounded(errors.message(s, body));
                 if is_serialization_failure(&message) {
                     // Hydra answers a database transaction that lost a race (SQLSTATE 40001,
                     // rolled back: nothing was written) with a 400: retried, not a rejection.
@@ -305,7 +305,7 @@ impl HttpEndpoint {
                     s,
                     StatusCode::NOT_IMPLEMENTED | StatusCode::SERVICE_UNAVAILABLE
                 ),
-                message: format!("HTTP {}: {}", s.as_u16(), errors.message(s, body)),
+                message: format!("HTTP {}: {}", s.as_u16(), bounded(errors.message(s, body))),
             },
         }
     }
@@ -323,9 +323,92 @@ impl HttpEndpoint {
     }
 }
 
+/// The largest provider answer read (a page of a paginated list is far smaller): a bigger
+/// one is an error, not an allocation.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The longest provider message carried into an error (and so into a condition or a log).
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// Reads a response body of at most `cap` bytes.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(format!("the answer is larger than {cap} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading response: {}", e.without_url()))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("the answer is larger than {cap} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A provider's message, cut to [`MAX_MESSAGE_CHARS`] characters.
+fn bounded(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((at, _)) => format!("{}... (cut)", &message[..at]),
+        None => message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback server that answers one request with `body` (no Content-Length when
+    /// `chunked`), for the body cap.
+    async fn serve_once(body: Vec<u8>, declared: bool) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let head = if declared {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_string()
+            };
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn answers_beyond_the_cap_are_refused_not_read() {
+        for declared in [true, false] {
+            let url = serve_once(vec![b'x'; 5000], declared).await;
+            let response = reqwest::get(&url).await.unwrap();
+            let err = read_capped(response, 4096).await.unwrap_err();
+            assert!(err.contains("larger than 4096 bytes"), "{err}");
+            let url = serve_once(vec![b'y'; 4096], declared).await;
+            let response = reqwest::get(&url).await.unwrap();
+            assert_eq!(read_capped(response, 4096).await.unwrap().len(), 4096);
+        }
+    }
+
+    proptest::proptest! {
+        /// Any provider message is cut to a bounded length on a character boundary.
+        #[test]
+        fn messages_are_bounded(message in ".{0,3000}") {
+            let cut = bounded(message.clone());
+            proptest::prop_assert!(cut.chars().count() <= MAX_MESSAGE_CHARS + 10);
+            if message.chars().count() <= MAX_MESSAGE_CHARS {
+                proptest::prop_assert_eq!(cut, message);
+            }
+        }
+    }
 
     #[test]
     fn a_lost_transaction_race_is_transient() {

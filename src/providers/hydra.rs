@@ -507,3 +507,43 @@ impl Backend for HydraClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> HydraClient {
+        let metrics = Arc::new(Metrics::default());
+        let budget = crate::api::RequestBudget {
+            requests: 10,
+            period_seconds: 1,
+        };
+        HydraClient::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:4445",
+            "http://127.0.0.1:4444",
+            Arc::new(RequestBudgetLimiter::new(
+                &budget,
+                "test".into(),
+                metrics.clone(),
+            )),
+            metrics,
+        )
+        .expect("a valid Hydra client")
+    }
+
+    proptest::proptest! {
+        /// Whatever Hydra answers is parsed or refused, never a panic.
+        #[test]
+        fn any_answer_is_parsed_or_refused(v in crate::providers::arbitrary::json(),
+                                           body in crate::providers::arbitrary::body()) {
+            if let Ok(app) = serde_json::from_value::<HydraApp>(v.clone()) {
+                let _ = client().remote(app);
+            }
+            let _ = serde_json::from_value::<Vec<HydraApp>>(v);
+            let _ = serde_json::from_slice::<HydraApp>(&body);
+            let _ = HydraErrorBodies.message(StatusCode::BAD_REQUEST, &body);
+            let _ = HydraErrorBodies.is_not_found(&body);
+        }
+    }
+}

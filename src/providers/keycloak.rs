@@ -1221,6 +1221,23 @@ impl Backend for KeycloakClient {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever Keycloak answers is parsed or refused, never a panic; the attributes
+        /// the operator reads (grace, rotated-secret expiry) may hold anything.
+        #[test]
+        fn any_answer_is_parsed_or_refused(v in crate::providers::arbitrary::json(),
+                                           body in crate::providers::arbitrary::body()) {
+            let _ = serde_json::from_value::<KeycloakApp>(v.clone());
+            let _ = serde_json::from_value::<Vec<KeycloakApp>>(v.clone());
+            let _ = serde_json::from_value::<Credential>(v.clone());
+            let _ = grace_item_intact("profiles", &v, 60);
+            let _ = grace_item_intact("policies", &v, 60);
+            let _ = serde_json::from_slice::<KeycloakApp>(&body);
+            let _ = KeycloakErrorBodies.message(StatusCode::BAD_REQUEST, &body);
+            let _ = KeycloakErrorBodies.is_not_found(&body);
+        }
+    }
+
     fn desired() -> DesiredClient {
         DesiredClient {
             name: "web".into(),

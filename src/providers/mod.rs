@@ -442,3 +442,85 @@ pub fn generate_secret() -> SecretString {
 }
 
 pub type SharedBackend = Arc<dyn Backend>;
+
+/// Arbitrary provider answers for the property tests of each backend's parsing: JSON values
+/// of any shape, biased towards the field names the backends read (so that some parse and
+/// reach the mapping code), and arbitrary bytes (truncated or not JSON at all).
+#[cfg(test)]
+pub(crate) mod arbitrary {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const FIELDS: &[&str] = &[
+        "id",
+        "client_id",
+        "clientId",
+        "name",
+        "client_name",
+        "redirect_uris",
+        "redirectUris",
+        "scopes",
+        "scope",
+        "grant_types",
+        "public",
+        "publicClient",
+        "attributes",
+        "metadata",
+        "created_at",
+        "client_secret",
+        "secret",
+        "registration_access_token",
+        "registration_client_uri",
+        "error",
+        "errors",
+        "error_description",
+        "errorMessage",
+        "message",
+        "code",
+        "data",
+        "total_count",
+        "pkce_required",
+        "consent_screen_enabled",
+        "defaultClientScopes",
+        "client.secret.rotated.expiration.time",
+        "oauth-operator.dev/rotation-grace",
+        "oauth-operator.dev/owner-uid",
+    ];
+
+    pub fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(
+                    (prop::sample::select(FIELDS).prop_map(str::to_string), inner),
+                    0..10
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Bytes as a server might send them: a JSON value cut anywhere, or noise.
+    pub fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (json(), any::<prop::sample::Index>()).prop_map(|(v, cut)| {
+                let bytes = serde_json::to_vec(&v).unwrap_or_default();
+                let at = if bytes.is_empty() {
+                    0
+                } else {
+                    cut.index(bytes.len() + 1)
+                };
+                bytes[..at.min(bytes.len())].to_vec()
+            }),
+            prop::collection::vec(any::<u8>(), 0..200),
+        ]
+    }
+}

@@ -75,6 +75,7 @@ impl Env {
             clerk,
             log_dir,
         };
+        seen(env.clerk.secret_key());
         env.create_provider("clerk", "clerk-admin").await?;
         Ok(env)
     }
@@ -260,13 +261,52 @@ pub fn ready(app: &OAuthApplication) -> Option<(String, String)> {
 }
 
 pub fn data(secret: &Secret) -> BTreeMap<String, String> {
-    secret
+    let data: BTreeMap<String, String> = secret
         .data
         .clone()
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
-        .collect()
+        .collect();
+    for (key, value) in &data {
+        if SECRET_KEYS.iter().any(|k| key.eq_ignore_ascii_case(k)) {
+            seen(value);
+        }
+    }
+    data
+}
+
+/// Data keys whose values are credentials (client secrets, registration access tokens, admin
+/// keys): every value a test reads under one is recorded for the suite-wide leak scan.
+const SECRET_KEYS: &[&str] = &[
+    "CLIENT_SECRET",
+    "CLIENT_SECRET_PREVIOUS",
+    "clientSecret",
+    "secretKey",
+    "registrationAccessToken",
+    "token",
+];
+
+/// Records a secret value the suite handled, for `scripts/leak-scan.sh` (run by `make test`
+/// after every test binary): no operator log line of the whole run may contain one. Values
+/// shorter than 12 characters are not distinctive enough to scan for.
+pub fn seen(value: &str) {
+    if value.len() < 12 || value.contains('\n') {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oauth-operator-secrets-seen");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let file = dir.join(format!("{}.txt", std::process::id()));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
+        use std::io::Write as _;
+        let _ = writeln!(f, "{value}");
+    }
 }
 
 pub struct Operator {
