@@ -1057,6 +1057,85 @@ async fn scheduled_rotations_at_scale_are_spread_and_within_the_budget() -> Resu
     Ok(())
 }
 
+/// One permanently failing provider leaves the applications of another untouched: eight
+/// applications of a healthy Clerk converge as fast while eight of a Clerk that answers every
+/// request with a 500 keep failing (and back off) as before it existed; the broken ones say
+/// `ProviderUnavailable` and no healthy one waits for them.
+#[tokio::test]
+async fn a_failing_provider_does_not_slow_down_the_others() -> Result<()> {
+    let env = Env::new("isolation").await?;
+    let broken = clerk_emulator::Emulator::start(clerk_emulator::EmulatorConfig::default())?;
+    broken.inject_fault(clerk_emulator::Fault {
+        method: None,
+        route: None,
+        times: u32::MAX,
+        action: clerk_emulator::FaultAction::Status {
+            status: 500,
+            code: None,
+            message: None,
+            retry_after: None,
+        },
+    });
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "broken-admin"},
+        "stringData": {"secretKey": broken.secret_key()},
+    }))?;
+    env.secrets()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let provider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+        "metadata": {"name": "broken"},
+        "spec": {"clerk": {"baseUrl": broken.base_url(), "secretKeyRef": {"name": "broken-admin"}}},
+    }))?;
+    kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &provider)
+        .await?;
+    let _op = env.start_operator(&[])?;
+    let converge = |prefix: &'static str| {
+        let env = &env;
+        async move {
+            let start = tokio::time::Instant::now();
+            let names: Vec<String> = (0..8).map(|i| format!("{prefix}{i}")).collect();
+            for name in &names {
+                env.apply_app(&app_yaml(name, "")).await?;
+            }
+            for name in &names {
+                env.wait_ready(name).await?;
+            }
+            anyhow::Ok(start.elapsed())
+        }
+    };
+    // Warm up (first list, first token), then the baseline with the broken provider idle.
+    converge("warm").await?;
+    let alone = converge("alone").await?;
+    for i in 0..8 {
+        let name = format!("bad{i}");
+        env.apply_app(&app_yaml(&name, "").replace("{name: clerk}", "{name: broken}"))
+            .await?;
+    }
+    for i in 0..8 {
+        env.wait_reason(&format!("bad{i}"), "ProviderUnavailable")
+            .await?;
+    }
+    let beside = converge("beside").await?;
+    assert!(
+        beside <= alone * 2 + Duration::from_secs(3),
+        "eight applications took {beside:?} beside a failing provider, {alone:?} alone"
+    );
+    for i in 0..8 {
+        let app = env.apps().get(&format!("bad{i}")).await?;
+        assert_ne!(
+            ready(&app).map(|(s, _)| s).as_deref(),
+            Some("True"),
+            "nothing is registered at a provider that fails"
+        );
+    }
+    assert!(broken.apps().is_empty(), "the broken Clerk holds no client");
+    println!("converged alone in {alone:?}, beside a failing provider in {beside:?}");
+    Ok(())
+}
+
 /// The sum of the operator's metric lines that start with `prefix` (every label set).
 async fn metric_sum(op: &support::Operator, prefix: &str) -> Result<f64> {
     let metrics = op.get("/metrics").await?.1;
