@@ -63,20 +63,7 @@ impl Kind {
 async fn token_with(kind: Kind, secret: &Secret) -> Result<std::result::Result<(), u16>> {
     match kind {
         Kind::Clerk => Ok(support::obtain_token(secret, FIRST_URI).await?.map(drop)),
-        _ => {
-            let d = data(secret);
-            let response = reqwest::Client::new()
-                .post(&d["TOKEN_URL"])
-                .basic_auth(&d["CLIENT_ID"], d.get("CLIENT_SECRET"))
-                .form(&[("grant_type", "client_credentials")])
-                .send()
-                .await?;
-            if response.status().is_success() {
-                Ok(Ok(()))
-            } else {
-                Ok(Err(response.status().as_u16()))
-            }
-        }
+        _ => Ok(support::client_credentials_token(secret).await?.map(drop)),
     }
 }
 
@@ -1175,12 +1162,7 @@ async fn credentials_from(kind: Kind) -> Result<()> {
         .delete("vault-creds", &DeleteParams::default())
         .await?;
     let app = env.wait_reason(APP, "CredentialsSourceMissing").await?;
-    let message = app
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.message.clone())
-        .context("Ready")?;
+    let message = support::ready_message(&app);
     assert!(
         message.contains("keep the credentials last given"),
         "{message}"
@@ -1194,15 +1176,6 @@ async fn credentials_from(kind: Kind) -> Result<()> {
     server.assert_token(&kept).await?;
     assert_eq!(server.clients_with_id(&client_id).await?, 1);
     Ok(())
-}
-
-/// The Ready condition's message.
-fn ready_message(app: &OAuthApplication) -> String {
-    app.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
 }
 
 /// Row: rotation with an overlap (`rotation.gracePeriod`). At Keycloak the previous secret
@@ -1229,7 +1202,7 @@ async fn rotation_grace_period(kind: Kind) -> Result<()> {
     if kind != Kind::Keycloak {
         env.apply_app(&server.app_yaml(APP, &extra)).await?;
         let refused = env.wait_reason(APP, "InvalidSpec").await?;
-        let message = ready_message(&refused);
+        let message = support::ready_message(&refused);
         assert!(
             message.contains("rotation.gracePeriod") && message.contains("immediate"),
             "{kind:?}: the condition says rotation there is immediate: {message}"
@@ -1254,7 +1227,7 @@ async fn rotation_grace_period(kind: Kind) -> Result<()> {
     // does not happen (the old secret would otherwise die at once).
     env.rotate(APP, "g0").await?;
     let refused = env.wait_reason(APP, "CredentialsRejected").await?;
-    let message = ready_message(&refused);
+    let message = support::ready_message(&refused);
     assert!(
         message.contains("manage-realm"),
         "the condition names the role: {message}"
@@ -1379,7 +1352,7 @@ async fn rotation_new_client(kind: Kind) -> Result<()> {
     if matches!(kind, Kind::Hydra | Kind::Keycloak) {
         env.apply_app(&server.app_yaml(APP, &extra)).await?;
         let refused = env.wait_reason(APP, "InvalidSpec").await?;
-        let message = ready_message(&refused);
+        let message = support::ready_message(&refused);
         assert!(
             message.contains("NewClient"),
             "{kind:?}: the condition names the strategy: {message}"
@@ -1686,12 +1659,7 @@ async fn dynamic_registration_without_recreate_refuses_rotation() -> Result<()> 
     let before = env.secrets().get(&name).await?;
     env.rotate(APP, "r1").await?;
     let refused = env.wait_reason(APP, "InvalidSpec").await?;
-    let message = refused
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.message.clone())
-        .context("Ready")?;
+    let message = support::ready_message(&refused);
     assert!(
         message.contains("rotationStrategy: Recreate"),
         "the condition names the fix: {message}"

@@ -244,12 +244,7 @@ async fn every_bad_input_meets_its_expected_outcome() -> Result<()> {
         loop {
             let app = apps.get(&case.name).await?;
             let status = ready(&app);
-            let message = app
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
+            let message = support::ready_message(&app);
             if status
                 .as_ref()
                 .is_some_and(|(s, r)| s == "False" && r == reason)

@@ -44,21 +44,7 @@ async fn hydra_env(prefix: &str) -> Result<(Env, &'static Hydra)> {
 
 /// A client_credentials token with the Secret's credentials, or the token endpoint's status.
 async fn token(secret: &Secret) -> Result<Result<String, u16>> {
-    let d = data(secret);
-    let response = reqwest::Client::new()
-        .post(&d["TOKEN_URL"])
-        .basic_auth(&d["CLIENT_ID"], d.get("CLIENT_SECRET"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        return Ok(Err(response.status().as_u16()));
-    }
-    let body: serde_json::Value = response.json().await?;
-    Ok(Ok(body["access_token"]
-        .as_str()
-        .context("access_token")?
-        .to_string()))
+    support::client_credentials_token(secret).await
 }
 
 async fn hydra_client(hydra: &Hydra, id: &str) -> Result<Option<serde_json::Value>> {

@@ -120,12 +120,7 @@ spec:
         .patch("web", &PatchParams::default(), &Patch::Merge(&keys))
         .await?;
     let app = env.wait_reason("web", "InvalidSpec").await?;
-    let message = app
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = support::ready_message(&app);
     assert!(message.contains("keys cannot change"), "{message}");
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let now = env.secrets().get("web-oauth").await?;

@@ -313,15 +313,20 @@ fn representation(desired: &DesiredClient, id: &str, client_id: &str, owner_uid:
 /// period it was rotated with: Keycloak drops the rotated secret on an update that no longer
 /// matches its policy, so a changed (or removed) `gracePeriod` waits for the overlap to end.
 fn keeping_overlap(desired: &DesiredClient, current: &RemoteClient) -> DesiredClient {
+    DesiredClient {
+        rotation_grace: grace_to_keep(desired, current),
+        ..desired.clone()
+    }
+}
+
+/// The grace period [`keeping_overlap`] gives the client.
+fn grace_to_keep(desired: &DesiredClient, current: &RemoteClient) -> Option<u64> {
     let open = current
         .previous_secret_expires_at
         .is_some_and(|t| t > Timestamp::now());
     match current.grace_period {
-        Some(g) if open => DesiredClient {
-            rotation_grace: Some(g),
-            ..desired.clone()
-        },
-        _ => desired.clone(),
+        Some(g) if open => Some(g),
+        _ => desired.rotation_grace,
     }
 }
 
@@ -942,7 +947,7 @@ impl Backend for KeycloakClient {
         if set(&grants) != set(&remote.grant_types) {
             fields.push("grantTypes");
         }
-        if keeping_overlap(desired, remote).rotation_grace != remote.grace_period {
+        if grace_to_keep(desired, remote) != remote.grace_period {
             fields.push("rotation.gracePeriod");
         }
         diff_flags(desired, remote, &mut fields);

@@ -260,6 +260,35 @@ pub fn ready(app: &OAuthApplication) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone()))
 }
 
+/// The `Ready` condition's message (empty without one).
+pub fn ready_message(app: &OAuthApplication) -> String {
+    app.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// A client_credentials token with the Secret's credentials (`CLIENT_ID`, `CLIENT_SECRET`,
+/// `TOKEN_URL`), or the token endpoint's HTTP status when it refuses.
+pub async fn client_credentials_token(secret: &Secret) -> Result<Result<String, u16>> {
+    let d = data(secret);
+    let response = reqwest::Client::new()
+        .post(&d["TOKEN_URL"])
+        .basic_auth(&d["CLIENT_ID"], d.get("CLIENT_SECRET"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        return Ok(Err(response.status().as_u16()));
+    }
+    let body: serde_json::Value = response.json().await?;
+    Ok(Ok(body["access_token"]
+        .as_str()
+        .context("access_token")?
+        .to_string()))
+}
+
 pub fn data(secret: &Secret) -> BTreeMap<String, String> {
     let data: BTreeMap<String, String> = secret
         .data
