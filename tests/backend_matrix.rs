@@ -1335,7 +1335,8 @@ async fn rotation_grace_period(kind: Kind) -> Result<()> {
 /// servers rotate this way anyway). A second client is registered, the Secret switched to it,
 /// and the old client keeps working until `retiringClientDeleteAt`, then is deleted. A
 /// workload polling the token endpoint with whatever the Secret holds never fails throughout.
-/// Where the operator chooses client ids (Hydra, Keycloak) the strategy is refused.
+/// At Hydra the new client gets the second id scheme (`oauth-operator-<uid>-r2`). Keycloak
+/// refuses the strategy (it keeps the previous secret in place: `gracePeriod` alone).
 async fn rotation_new_client(kind: Kind) -> Result<()> {
     const GRACE: i64 = 20;
     let server = Server::new(kind, "mx-newclient").await?;
@@ -1349,7 +1350,7 @@ async fn rotation_new_client(kind: Kind) -> Result<()> {
     };
     let extra = format!("  rotation: {{{strategy}gracePeriod: {GRACE}s}}");
     let name = format!("{APP}-oauth");
-    if matches!(kind, Kind::Hydra | Kind::Keycloak) {
+    if kind == Kind::Keycloak {
         env.apply_app(&server.app_yaml(APP, &extra)).await?;
         let refused = env.wait_reason(APP, "InvalidSpec").await?;
         let message = support::ready_message(&refused);
@@ -1404,6 +1405,13 @@ async fn rotation_new_client(kind: Kind) -> Result<()> {
         status.client_id.as_deref(),
         data(&after).get("CLIENT_ID").map(String::as_str)
     );
+    if kind == Kind::Hydra {
+        assert_eq!(
+            status.client_id.as_deref(),
+            Some(format!("oauth-operator-{}-r2", uid(&app)?).as_str()),
+            "Hydra: the replacement has the next id of the second scheme"
+        );
+    }
     env.wait_event(APP, "ClientReplaced").await?;
     // The Secret records the retiring client too (a reset status does not lose it).
     let recorded = env
@@ -1587,6 +1595,266 @@ async fn clerk_new_client_rotation_survives_a_kill_after_staging() -> Result<()>
         1
     );
     server.assert_token(&after).await?;
+    Ok(())
+}
+
+/// Kills during a `NewClient` rotation at Hydra, where the operator chooses the new client's
+/// id (`-r2`) and secret: right after the new secret was staged (before the create), then, on
+/// the pass that resumes it, right after the create (before the Secret was switched). The
+/// resumed registration reuses the recorded id and the staged secret: one new client, no
+/// third one, the Secret switched once to credentials that work, and a workload polling with
+/// whatever the Secret holds never fails throughout (the Secret keeps the old, working
+/// credentials until the new client exists). A second rotation counts on to `-r3`.
+#[tokio::test]
+async fn hydra_new_client_rotation_survives_kills() -> Result<()> {
+    const GRACE: i64 = 10;
+    let server = Server::new(Kind::Hydra, "mx-nc-hkill").await?;
+    let env = &server.env;
+    let extra = format!("  rotation: {{strategy: NewClient, gracePeriod: {GRACE}s}}");
+    let name = format!("{APP}-oauth");
+    let (app, before) = {
+        let _op = env.start_operator(&[])?;
+        env.apply_app(&server.app_yaml(APP, &extra)).await?;
+        (env.wait_ready(APP).await?, env.secrets().get(&name).await?)
+    };
+    let uid = uid(&app)?;
+    let first = format!("oauth-operator-{uid}");
+    assert_eq!(data(&before)["CLIENT_ID"], first);
+    let poller = Poller::start(Kind::Hydra, env.secrets(), name.clone());
+
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-stage")])?;
+    env.rotate(APP, "k1").await?;
+    op.wait_abort("after-stage", Duration::from_secs(60))
+        .await?;
+    drop(op);
+    // (Compared without printing: the values are secrets.)
+    assert!(
+        data(&env.secrets().get(&name).await?) == data(&before),
+        "the Secret keeps the working credentials while the new client does not exist"
+    );
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-create")])?;
+    op.wait_abort("after-create", Duration::from_secs(60))
+        .await?;
+    drop(op);
+    assert_eq!(
+        server.clients_of(&uid, &server.display(APP)).await?,
+        2,
+        "the new client was created once, beside the old one"
+    );
+    assert!(
+        data(&env.secrets().get(&name).await?) == data(&before),
+        "the Secret is switched only after the create is recorded"
+    );
+
+    let _op = env.start_operator(&[])?;
+    let second = format!("{first}-r2");
+    let after = env
+        .wait_secret(&name, |s| data(s)["CLIENT_ID"] == second)
+        .await?;
+    let app = env
+        .wait_app(
+            APP,
+            "delivered as a rotation, the old client retiring",
+            |a: &OAuthApplication| {
+                a.status.as_ref().is_some_and(|s| {
+                    s.secret_rotated_at.is_some()
+                        && s.retiring_client_id.as_deref() == Some(first.as_str())
+                        && s.retiring_client_delete_at.is_some()
+                        && s.last_rotation_token.as_deref() == Some("k1")
+                })
+            },
+        )
+        .await?;
+    assert_eq!(
+        app.status.as_ref().and_then(|s| s.client_id.as_deref()),
+        Some(second.as_str())
+    );
+    // Resumed from what was recorded and staged, not taken for a client that went missing
+    // (which only a rotation request would answer, and a schedule would not).
+    let reasons: Vec<String> = env
+        .event_reasons(APP)
+        .await?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert!(
+        !reasons.iter().any(|r| r == "ClientRecreated"),
+        "the interrupted replacement was resumed: {reasons:?}"
+    );
+    server.assert_token(&before).await?;
+    server.assert_token(&after).await?;
+    env.wait_app(APP, "the old client deleted", |a: &OAuthApplication| {
+        a.status
+            .as_ref()
+            .is_some_and(|s| s.retiring_client_id.is_none())
+    })
+    .await?;
+    assert!(
+        !matches!(server.token(&before).await, Ok(Ok(()))),
+        "the old client is refused after the period"
+    );
+    assert_eq!(server.clients_of(&uid, &server.display(APP)).await?, 1);
+
+    // The next rotation counts on; the Secret again switches only to a client that exists.
+    env.rotate(APP, "k2").await?;
+    let third = format!("{first}-r3");
+    let latest = env
+        .wait_secret(&name, |s| data(s)["CLIENT_ID"] == third)
+        .await?;
+    server.assert_token(&latest).await?;
+    server.assert_token(&after).await?;
+    env.wait_app(APP, "the second client deleted", |a: &OAuthApplication| {
+        a.status.as_ref().is_some_and(|s| {
+            s.retiring_client_id.is_none() && s.last_rotation_token.as_deref() == Some("k2")
+        })
+    })
+    .await?;
+    assert_eq!(server.clients_of(&uid, &server.display(APP)).await?, 1);
+    let (tokens, failures) = poller.finish().await?;
+    assert!(
+        failures.is_empty(),
+        "the workload reading the Secret never failed ({tokens} tokens): {failures:?}"
+    );
+    assert!(tokens >= 20, "the workload kept polling: {tokens} tokens");
+    Ok(())
+}
+
+/// Drops the whole status, as a backup restored without it would.
+async fn reset_status(env: &Env, name: &str) -> Result<()> {
+    let reset = json!({"status": null});
+    env.apps()
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&reset))
+        .await?;
+    anyhow::ensure!(env.apps().get(name).await?.status.is_none());
+    Ok(())
+}
+
+/// Status lost during and after a `NewClient` rotation at Hydra. A kill right after the new
+/// client's secret was staged, then a reset status: the staged copy names the client it
+/// replaces and that it may not exist yet, so the rotation is finished (the new client
+/// created with the staged secret, the old one retired), not dropped or taken for a lost
+/// client. A reset once the Secret holds the new client: the client the Secret names is found
+/// again (not the first id, still retiring), no secret is replaced, and the retiring client
+/// is still deleted on time (the Secret records it). Then an `Orphan` deletion after a kill
+/// at the same point keeps the Secret with the current, working credentials, never the
+/// staged ones of a client that may not exist.
+#[tokio::test]
+async fn hydra_new_client_rotation_survives_status_resets() -> Result<()> {
+    const GRACE: i64 = 15;
+    let server = Server::new(Kind::Hydra, "mx-nc-reset").await?;
+    let env = &server.env;
+    let extra = format!(
+        "  rotation: {{strategy: NewClient, gracePeriod: {GRACE}s}}\n  deletionPolicy: Orphan"
+    );
+    let name = format!("{APP}-oauth");
+    let (app, before) = {
+        let _op = env.start_operator(&[])?;
+        env.apply_app(&server.app_yaml(APP, &extra)).await?;
+        (env.wait_ready(APP).await?, env.secrets().get(&name).await?)
+    };
+    let uid = uid(&app)?;
+    let first = format!("oauth-operator-{uid}");
+    let second = format!("{first}-r2");
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-stage")])?;
+    env.rotate(APP, "s1").await?;
+    op.wait_abort("after-stage", Duration::from_secs(60))
+        .await?;
+    drop(op);
+    reset_status(env, APP).await?;
+
+    let op = env.start_operator(&[])?;
+    let after = env
+        .wait_secret(&name, |s| data(s)["CLIENT_ID"] == second)
+        .await?;
+    let app = env
+        .wait_app(
+            APP,
+            "the rotation finished, the old client retiring",
+            |a: &OAuthApplication| {
+                a.status.as_ref().is_some_and(|s| {
+                    s.client_id.as_deref() == Some(second.as_str())
+                        && s.retiring_client_id.as_deref() == Some(first.as_str())
+                        && s.retiring_client_delete_at.is_some()
+                })
+            },
+        )
+        .await?;
+    let delete_at = app
+        .status
+        .as_ref()
+        .and_then(|s| s.retiring_client_delete_at.as_ref())
+        .context("deleteAt")?
+        .0;
+    server.assert_token(&before).await?;
+    server.assert_token(&after).await?;
+    env.wait_secret(&name, |s| {
+        s.annotations().get("oauth-operator.dev/retiring-client-id") == Some(&first)
+    })
+    .await?;
+    drop(op);
+
+    reset_status(env, APP).await?;
+    let op = env.start_operator(&[])?;
+    env.wait_app(
+        APP,
+        "the Secret's client found again",
+        |a: &OAuthApplication| {
+            a.status.as_ref().is_some_and(|s| {
+                s.client_id.as_deref() == Some(second.as_str())
+                    && s.retiring_client_id.as_deref() == Some(first.as_str())
+            })
+        },
+    )
+    .await?;
+    env.wait_ready(APP).await?;
+    assert!(
+        data(&env.secrets().get(&name).await?) == data(&after),
+        "no secret was replaced"
+    );
+    server.assert_token(&after).await?;
+    server.assert_token(&before).await?;
+    env.wait_app(APP, "the old client deleted", |a: &OAuthApplication| {
+        a.status
+            .as_ref()
+            .is_some_and(|s| s.retiring_client_id.is_none())
+    })
+    .await?;
+    assert!(
+        k8s_openapi::jiff::Timestamp::now() >= delete_at,
+        "the old client lived out its grace period"
+    );
+    assert!(!matches!(server.token(&before).await, Ok(Ok(()))));
+    assert_eq!(server.clients_of(&uid, &server.display(APP)).await?, 1);
+    let reasons: Vec<String> = env
+        .event_reasons(APP)
+        .await?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    for wrong in ["ClientRecreated", "SecretRecovered", "SecretRotated"] {
+        assert!(
+            reasons.iter().filter(|r| *r == wrong).count() <= usize::from(wrong == "SecretRotated"),
+            "{wrong}: {reasons:?}"
+        );
+    }
+    drop(op);
+
+    // An Orphan deletion after a kill between staging and the create.
+    let current = env.secrets().get(&name).await?;
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-stage")])?;
+    env.rotate(APP, "s2").await?;
+    op.wait_abort("after-stage", Duration::from_secs(60))
+        .await?;
+    drop(op);
+    env.apps().delete(APP, &Default::default()).await?;
+    let _op = env.start_operator(&[])?;
+    env.wait_gone(APP).await?;
+    let kept = env.secrets().get(&name).await?;
+    assert!(
+        data(&kept) == data(&current),
+        "the kept Secret holds the credentials of the client it names"
+    );
+    server.assert_token(&kept).await?;
     Ok(())
 }
 

@@ -182,12 +182,16 @@ pub struct RotationSpec {
     /// new secret. `NewClient`: a second client with new credentials is registered, the Secret
     /// switched to it, and the old client deleted (after `gracePeriod`); the client id changes
     /// (`status.clientId`, a `ClientReplaced` event). For servers that invalidate an old
-    /// secret at once (Clerk); RFC 7591 servers always rotate this way.
+    /// secret at once (Clerk, Hydra: `oauth-operator-<uid>-r2`, `-r3`, ...); RFC 7591 servers
+    /// always rotate this way. Refused at Keycloak, which keeps the previous secret itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<RotationStrategyKind>,
 }
 
-/// See [`RotationSpec::strategy`].
+/// How a new secret is obtained: `InPlace` (default), a new secret for the same client;
+/// `NewClient`, a second client with new credentials, the Secret switched to it and the old
+/// client deleted after `gracePeriod` (the client id changes). `NewClient` at Clerk and Hydra;
+/// refused at Keycloak, which keeps the previous secret itself (use `gracePeriod`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum RotationStrategyKind {
     /// A new secret for the same client (the default).

@@ -312,7 +312,7 @@ async fn apply(
             if new_client_supported(&provider) {
                 ""
             } else {
-                " (where the server chooses client ids; not at this backend)"
+                " (not at this backend)"
             }
         )));
     }
@@ -426,23 +426,47 @@ async fn apply(
                 let s = staged.as_ref().ok_or_else(invariant)?;
                 status.provider_object_id = Some(s.provider_object_id.clone());
                 status.client_id = Some(s.client_id.clone());
-                status.pending_registration = None;
+                if s.pending_create {
+                    // Staged before its create (a client replacing the current one, with an
+                    // id and secret the operator chose): until the client is found the
+                    // registration stays pending (repeating the create is idempotent) and the
+                    // client it replaces retiring; the staged copy says so also when status
+                    // was reset.
+                    if status
+                        .pending_registration
+                        .as_ref()
+                        .is_none_or(|p| p.name != s.client_id)
+                    {
+                        status.pending_registration = Some(PendingRegistration {
+                            name: s.client_id.clone(),
+                            started_at: Time(now()),
+                            unanswered_at: None,
+                        });
+                    }
+                    if status.retiring_client_id.is_none() {
+                        status.retiring_client_id = s.replaces.clone();
+                    }
+                } else {
+                    status.pending_registration = None;
+                }
                 status.credentials_in_flight_since = Some(Time(now()));
                 writer.write(status).await?;
-                ctx.event(
-                    app,
-                    EventType::Normal,
-                    "CredentialsResumed",
-                    "Register",
-                    format!(
-                        "an interrupted pass left new credentials of client {} staged; recorded the client and writing them to Secret {secret_name}",
-                        s.client_id
-                    ),
-                )
-                .await;
+                if !s.pending_create {
+                    ctx.event(
+                        app,
+                        EventType::Normal,
+                        "CredentialsResumed",
+                        "Register",
+                        format!(
+                            "an interrupted pass left new credentials of client {} staged; recorded the client and writing them to Secret {secret_name}",
+                            s.client_id
+                        ),
+                    )
+                    .await;
+                }
                 facts.staged_unrecorded = false;
                 facts.recorded_id = true;
-                facts.pending_registration = false;
+                facts.pending_registration = s.pending_create;
                 facts.remote = Lookup::NotYet;
             }
             IdentityStep::Sync => {
@@ -901,10 +925,10 @@ async fn apply(
 }
 
 /// Whether a second client can be registered beside the current one (`rotation.strategy:
-/// NewClient`): where the server chooses the client id (Clerk, RFC 7591). Where the operator
-/// chooses it (`oauth-operator-<uid>`), a second client would need a second id scheme.
+/// NewClient`): where the server chooses the client id (Clerk, RFC 7591), or where the
+/// operator has a second id scheme for it (Hydra: `oauth-operator-<uid>-r<n>`).
 fn new_client_supported(provider: &ResolvedProvider) -> bool {
-    provider.client.capabilities().identity == Identity::ServerAssigned
+    provider.client.capabilities().new_client
 }
 
 /// The backend's capabilities as this application rotates: `rotation.strategy: NewClient`
@@ -923,8 +947,8 @@ fn rotation_capabilities(
     if strategy == RotationStrategyKind::NewClient {
         if !new_client_supported(provider) {
             return Err(Error::InvalidSpec(format!(
-                "rotation.strategy: NewClient is not supported by {} ({}): the operator chooses its client ids, so a \
-                 second client beside the current one is not possible yet{}",
+                "rotation.strategy: NewClient is not supported by {} ({}): it cannot hold a second client for this \
+                 application beside the current one{}",
                 provider.key,
                 provider.client.name(),
                 if caps.grace_period {
@@ -1298,6 +1322,13 @@ async fn register(
 /// Secret is written with the new secret, and only then the client is created. A repeat (after
 /// a crash, or a lost answer) reuses the Secret's secret, and a create that finds the id taken
 /// goes on only if the client there carries this application's uid.
+///
+/// A client that replaces the current one (`rotation.strategy: NewClient`; the current one is
+/// then `status.retiringClientId`) gets the backend's next replacement id, and its secret is
+/// staged in the operator's namespace instead of written to the Secret before the create: the
+/// Secret keeps the current, working credentials until the new client exists, and is switched
+/// by [`deliver`] after the create. A repeat reuses the id recorded as pending and the staged
+/// secret.
 async fn register_chosen(
     pass: Pass<'_>,
     writer: &mut StatusWriter<'_>,
@@ -1313,24 +1344,65 @@ async fn register_chosen(
         ..
     } = pass;
     let uid = owner_uid(app);
-    let id = provider
+    let first = provider
         .client
         .chosen_client_id(uid)
         .ok_or_else(invariant)?;
-    let object_id = provider
-        .client
-        .chosen_object_id(uid)
-        .ok_or_else(invariant)?;
+    let replacing = status.retiring_client_id.clone();
+    let (id, object_id) = match &replacing {
+        None => (
+            first,
+            provider
+                .client
+                .chosen_object_id(uid)
+                .ok_or_else(invariant)?,
+        ),
+        Some(old) => {
+            let next = |current: &str| {
+                provider
+                    .client
+                    .replacement_client_id(uid, current)
+                    .ok_or_else(invariant)
+            };
+            let id = match &status.pending_registration {
+                // A replacement already under way chose its id: the same again.
+                Some(p) if p.name != *old && p.name.starts_with(first.as_str()) => p.name.clone(),
+                _ => {
+                    // Never the client whose credentials the Secret holds: a create that met
+                    // it would set a new secret on a client in use.
+                    let in_secret =
+                        existing.and_then(|s| data_value(s, &KeyNames::for_app(app).client_id));
+                    let id = next(old)?;
+                    if in_secret.as_deref() == Some(id.as_str()) {
+                        next(&id)?
+                    } else {
+                        id
+                    }
+                }
+            };
+            (id.clone(), id)
+        }
+    };
     // Hydra: the operator makes the secret, and the Secret holds it before the server does.
     // Keycloak: the server makes it and keeps it readable, so it is read after the create.
     let generates =
         registration_flow(&provider.client.capabilities()) == RegistrationFlow::SecretFirst;
+    let stage_first = generates && replacing.is_some() && !desired.public;
     let keys = KeyNames::for_app(app);
-    // The secret an unfinished registration already wrote, else a new one.
-    let held = existing
-        .filter(|s| data_value(s, &keys.client_id).as_deref() == Some(id.as_str()))
-        .and_then(|s| data_value(s, &keys.client_secret))
-        .map(SecretString::from);
+    // The secret an unfinished registration already wrote (staged, for a replacement), else a
+    // new one.
+    let held = if stage_first {
+        pass.staging
+            .load()
+            .await?
+            .filter(|s| s.provider_object_id == object_id && s.client_id == id)
+            .map(|s| s.client_secret)
+    } else {
+        existing
+            .filter(|s| data_value(s, &keys.client_id).as_deref() == Some(id.as_str()))
+            .and_then(|s| data_value(s, &keys.client_secret))
+            .map(SecretString::from)
+    };
     let client_secret = if desired.public || !generates {
         None
     } else {
@@ -1365,23 +1437,42 @@ async fn register_chosen(
         client_secret: keys.client_secret.clone(),
     });
     writer.write(status).await?;
-    // Then the Secret: the secret exists in the cluster before the server knows it.
-    let secret_holds_it = existing.is_some() && (held.is_some() || desired.public);
-    if generates && !secret_holds_it {
-        store_credentials(
-            app,
-            secrets,
-            existing,
-            &planned,
-            Written {
-                client_secret: client_secret.as_ref(),
-                rotation_token: pass.rotate_token,
-                ..Written::default()
-            },
-        )
-        .await?;
+    if stage_first {
+        // Then the staged copy: the secret exists in the cluster before the server knows it,
+        // and the Secret still holds the client being replaced.
+        if held.is_none() {
+            pass.staging
+                .store(&Staged {
+                    client_id: id.clone(),
+                    provider_object_id: object_id.clone(),
+                    rotation_token: pass.rotate_token.map(str::to_string),
+                    rotated: true,
+                    pending_create: true,
+                    replaces: replacing.clone(),
+                    client_secret: client_secret.clone().ok_or_else(invariant)?,
+                })
+                .await?;
+        }
+        pass.crash_point("after-stage");
+    } else {
+        // Then the Secret: the secret exists in the cluster before the server knows it.
+        let secret_holds_it = existing.is_some() && (held.is_some() || desired.public);
+        if generates && !secret_holds_it {
+            store_credentials(
+                app,
+                secrets,
+                existing,
+                &planned,
+                Written {
+                    client_secret: client_secret.as_ref(),
+                    rotation_token: pass.rotate_token,
+                    ..Written::default()
+                },
+            )
+            .await?;
+        }
+        pass.crash_point("after-secret");
     }
-    pass.crash_point("after-secret");
     let registration = Registration {
         owner_uid: uid,
         client_id: Some(&id),
@@ -1398,9 +1489,14 @@ async fn register_chosen(
         "Registered",
         "Register",
         format!(
-            "registered client {} at {}; its credentials are in Secret {}",
+            "registered client {} at {}{}; its credentials {} Secret {}",
             issued.client.client_id,
             provider.key,
+            replacing
+                .as_deref()
+                .map(|old| format!(" to replace client {old}"))
+                .unwrap_or_default(),
+            if stage_first { "go to" } else { "are in" },
             app.secret_name()
         ),
     )
@@ -1414,9 +1510,10 @@ async fn register_chosen(
         issued.client,
         InHand {
             client_secret,
-            staged: false,
+            staged: stage_first,
             rotation_token: pass.rotate_token.map(str::to_string),
-            rotated: false,
+            // A new client replacing one is a rotation to consumers and to the schedule.
+            rotated: replacing.is_some(),
             previous_until: None,
         },
     ))
@@ -1659,16 +1756,29 @@ async fn look_up_from_secret(
     let Pass {
         app, ctx, provider, ..
     } = pass;
-    if let Some(id) = provider.client.chosen_object_id(owner_uid(app)) {
+    if let Some(first) = provider.client.chosen_object_id(owner_uid(app)) {
         // The id is derived from the uid and the client carries the uid: that is the proof.
-        let remote = match provider.client.get(&id).await {
-            Ok(remote) if remote.owner_uid.as_deref() == Some(owner_uid(app)) => remote,
-            Ok(_) | Err(ProviderError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        record_id(app, writer, status, &remote, false).await?;
-        ctx.metrics.lifecycle_event("client_relinked");
-        return Ok(Some(remote));
+        // The Secret names the client it was written for, which after a rotation by a new
+        // client is a replacement (`-r2`, ...): that one first, while the first may still be
+        // retiring. Only ids of this application's scheme are looked at.
+        let written_for = secret
+            .annotations()
+            .get(PROVIDER_OBJECT_ID_ANNOTATION)
+            .filter(|id| **id != first && id.starts_with(first.as_str()))
+            .cloned();
+        for id in written_for.into_iter().chain([first]) {
+            let remote = match provider.client.get(&id).await {
+                Ok(remote) if remote.owner_uid.as_deref() == Some(owner_uid(app)) => remote,
+                Ok(_) | Err(ProviderError::NotFound { .. } | ProviderError::Unsupported(_)) => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            record_id(app, writer, status, &remote, false).await?;
+            ctx.metrics.lifecycle_event("client_relinked");
+            return Ok(Some(remote));
+        }
+        return Ok(None);
     }
     let note = secret.annotations();
     let (Some(object_id), Some(client_id)) = (
@@ -1738,6 +1848,8 @@ async fn stage(
                 provider_object_id: client.id.clone(),
                 rotation_token: rotation_token.clone(),
                 rotated,
+                pending_create: false,
+                replaces: None,
                 client_secret: value.clone(),
             };
             match pass.staging.store(&staged).await {
@@ -1847,6 +1959,8 @@ async fn issue(
             provider_object_id: remote.id.clone(),
             rotation_token: pass.rotate_token.map(str::to_string),
             rotated: true,
+            pending_create: false,
+            replaces: None,
             client_secret: value.clone(),
         };
         pass.staging.store(&staged).await?;
@@ -2150,7 +2264,8 @@ async fn cleanup(
     if let Some(secret) = existing {
         if keep_secret {
             // Credentials staged but never delivered are the client's only working ones: the
-            // Secret that is kept gets them.
+            // Secret that is kept gets them (only where it names that client: a replacement's,
+            // staged before its create, never reach the Secret of the client it replaces).
             let secret = match staging.load().await? {
                 Some(staged) => {
                     put_client_secret(

@@ -332,6 +332,7 @@ mod tests {
             owner_marker,
             given_credentials: identity == Identity::OperatorChosen,
             grace_period: false,
+            new_client: true,
         };
         [
             (

@@ -31,6 +31,8 @@ const CLIENT_ID: &str = "oauth-operator.dev/client-id";
 const OBJECT_ID: &str = "oauth-operator.dev/provider-object-id";
 const ROTATION_TOKEN: &str = "oauth-operator.dev/rotation-token";
 const ROTATED: &str = "oauth-operator.dev/rotated";
+const PENDING_CREATE: &str = "oauth-operator.dev/pending-create";
+const REPLACES: &str = "oauth-operator.dev/replaces";
 const SECRET_KEY: &str = "clientSecret";
 
 /// Credentials issued by a provider and not yet delivered to the consumer Secret.
@@ -41,6 +43,13 @@ pub struct Staged {
     pub rotation_token: Option<String>,
     /// Issued by a rotation (not by the create call).
     pub rotated: bool,
+    /// Staged before the client's create (an id and secret the operator chose, for a client
+    /// replacing the current one): the client may not exist, so these credentials may not
+    /// work yet.
+    pub pending_create: bool,
+    /// The client these credentials replace (`rotation.strategy: NewClient`), to be retired
+    /// once they are delivered; recorded here too, so a reset status does not lose it.
+    pub replaces: Option<String>,
     pub client_secret: SecretString,
 }
 
@@ -50,6 +59,8 @@ impl std::fmt::Debug for Staged {
             .field("client_id", &self.client_id)
             .field("provider_object_id", &self.provider_object_id)
             .field("rotation_token", &self.rotation_token)
+            .field("pending_create", &self.pending_create)
+            .field("replaces", &self.replaces)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +110,12 @@ impl Staging {
         }
         if staged.rotated {
             annotations.insert(ROTATED.to_string(), "true".to_string());
+        }
+        if staged.pending_create {
+            annotations.insert(PENDING_CREATE.to_string(), "true".to_string());
+        }
+        if let Some(old) = &staged.replaces {
+            annotations.insert(REPLACES.to_string(), old.clone());
         }
         Secret {
             metadata: ObjectMeta {
@@ -163,6 +180,8 @@ impl Staging {
             provider_object_id: object_id.clone(),
             rotation_token: note.get(ROTATION_TOKEN).cloned(),
             rotated: note.get(ROTATED).is_some_and(|v| v == "true"),
+            pending_create: note.get(PENDING_CREATE).is_some_and(|v| v == "true"),
+            replaces: note.get(REPLACES).cloned(),
             client_secret: SecretString::from(value),
         }))
     }
@@ -199,6 +218,8 @@ mod tests {
             provider_object_id: "oa_1".into(),
             rotation_token: None,
             rotated: false,
+            pending_create: false,
+            replaces: None,
             client_secret: SecretString::from("s3cr3t"),
         };
         assert!(!format!("{staged:?}").contains("s3cr3t"));

@@ -387,6 +387,7 @@ impl Backend for ClerkClient {
             owner_marker: OwnerMarker::TaggedName,
             given_credentials: false,
             grace_period: false,
+            new_client: true,
         }
     }
 

@@ -573,6 +573,7 @@ impl Backend for DynamicRegistrationClient {
             owner_marker: OwnerMarker::Unmarked,
             given_credentials: false,
             grace_period: false,
+            new_client: true,
         }
     }
 
@@ -1234,6 +1235,7 @@ mod tests {
                 owner_marker: OwnerMarker::Unmarked,
                 given_credentials: false,
                 grace_period: false,
+                new_client: true,
             }
         );
         assert!(b.endpoints().is_none(), "nothing discovered yet");

@@ -30,6 +30,20 @@ pub fn client_id_for(uid: &str) -> String {
     format!("oauth-operator-{uid}")
 }
 
+/// The client id of the client replacing `current` (`rotation.strategy: NewClient`): the
+/// application's id with a generation suffix, one more than `current`'s
+/// (`oauth-operator-<uid>` → `oauth-operator-<uid>-r2` → `-r3` ...). Derived, so a repeat
+/// chooses the same id; increasing, so an id is never reused for other credentials.
+pub fn replacement_id_for(uid: &str, current: &str) -> String {
+    let base = client_id_for(uid);
+    let generation = current
+        .strip_prefix(base.as_str())
+        .and_then(|rest| rest.strip_prefix("-r"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(1);
+    format!("{base}-r{}", generation.saturating_add(1))
+}
+
 /// Client ids the operator chose: anything else (e.g. from a tampered status) is refused
 /// before it reaches a URL.
 fn checked_id(id: &str) -> Result<&str, ProviderError> {
@@ -293,6 +307,10 @@ impl Backend for HydraClient {
         Some(client_id_for(uid))
     }
 
+    fn replacement_client_id(&self, uid: &str, current: &str) -> Option<String> {
+        Some(replacement_id_for(uid, current))
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             identity: Identity::OperatorChosen,
@@ -302,6 +320,7 @@ impl Backend for HydraClient {
             owner_marker: OwnerMarker::Metadata,
             given_credentials: true,
             grace_period: false,
+            new_client: true,
         }
     }
 
@@ -530,6 +549,30 @@ mod tests {
             metrics,
         )
         .expect("a valid Hydra client")
+    }
+
+    #[test]
+    fn replacement_ids_count_up_and_stay_valid() {
+        let uid = "0f8e6a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b";
+        let first = client_id_for(uid);
+        let second = replacement_id_for(uid, &first);
+        let third = replacement_id_for(uid, &second);
+        assert_eq!(second, format!("{first}-r2"));
+        assert_eq!(third, format!("{first}-r3"));
+        assert_eq!(
+            replacement_id_for(uid, &second),
+            second.replace("-r2", "-r3")
+        );
+        // Derived: the same current id always gives the same replacement.
+        assert_eq!(replacement_id_for(uid, &second), third);
+        // Anything not of this application's scheme starts again at the second generation,
+        // never at the first id (which may be the current one).
+        assert_eq!(replacement_id_for(uid, "elsewhere"), second);
+        assert_eq!(replacement_id_for(uid, &format!("{first}-rx")), second);
+        let last = replacement_id_for(uid, &format!("{first}-r{}", u64::MAX));
+        for id in [&second, &third, &last] {
+            assert!(checked_id(id).is_ok(), "{id}");
+        }
     }
 
     proptest::proptest! {

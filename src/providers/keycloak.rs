@@ -882,6 +882,7 @@ impl Backend for KeycloakClient {
             owner_marker: OwnerMarker::Metadata,
             given_credentials: true,
             grace_period: true,
+            new_client: false,
         }
     }
 

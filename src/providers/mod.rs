@@ -210,6 +210,10 @@ pub struct Capabilities {
     /// Whether the server keeps a rotated-out secret valid for a period
     /// (`rotation.gracePeriod`): Keycloak's `secret-rotation` client-policy executor.
     pub grace_period: bool,
+    /// Whether a second client can be registered beside the current one (`rotation.strategy:
+    /// NewClient`): where the server assigns ids, or where the operator has a second id scheme
+    /// for the replacement ([`Backend::replacement_client_id`], Hydra).
+    pub new_client: bool,
 }
 
 /// The owner marker of a client registered with given credentials: it belongs to whoever
@@ -264,6 +268,14 @@ pub trait Backend: Send + Sync {
     /// (Keycloak's internal id).
     fn chosen_object_id(&self, uid: &str) -> Option<String> {
         self.chosen_client_id(uid)
+    }
+
+    /// The client id of the client that replaces `current` (`rotation.strategy: NewClient`,
+    /// [`Identity::OperatorChosen`] with [`Capabilities::new_client`]): derived from `current`,
+    /// so that a repeat after a crash chooses the same one, and never one used before. Its
+    /// object id is the same.
+    fn replacement_client_id(&self, _uid: &str, _current: &str) -> Option<String> {
+        None
     }
 
     /// Sets the client's secret to `secret` ([`Rotation::OperatorSets`]); repeatable.
