@@ -89,8 +89,10 @@ sed "s#baseUrl: https://api.clerk.com/v1#baseUrl: $BASE_URL#" examples/clerk-pro
 "${KUBECTL[@]}" -n $NS apply -f examples/web-app.yaml >/dev/null
 
 echo "==> running the operator (logs: $STATE/operator.log)"
+# The example provider is namespaced: a tenant's provider reaches only public addresses
+# unless the operator allows more (the SSRF guard); the local emulator is on loopback.
 KUBECONFIG=$KUBECONFIG_FILE setsid "$BIN"/oauth-operator run --http-addr 127.0.0.1:0 \
-  --operator-namespace $NS >"$STATE/operator.log" 2>&1 &
+  --operator-namespace $NS ${PORT:+--provider-allowed-networks 127.0.0.1} >"$STATE/operator.log" 2>&1 &
 pids+=($!)
 OPERATOR_STARTED=1
 

@@ -93,7 +93,18 @@ struct RunArgs {
         default_value = "80/10s"
     )]
     default_request_budget: oauth_operator::api::RequestBudget,
+    /// Networks a namespaced OAuthProvider may reach although they are loopback, private,
+    /// link-local or otherwise special (comma-separated CIDRs or addresses, e.g.
+    /// `10.96.0.0/12` for in-cluster authorization servers). By default a namespaced provider
+    /// reaches public addresses only (the cloud metadata service, the apiserver and other
+    /// in-cluster services are out of a tenant's reach); a ClusterOAuthProvider is not
+    /// restricted.
+    #[arg(long, env = "OAUTH_OPERATOR_PROVIDER_ALLOWED_NETWORKS", default_value = "", value_parser = oauth_operator::providers::egress::parse_networks)]
+    provider_allowed_networks: Networks,
 }
+
+/// `--provider-allowed-networks` (a type of its own, so clap takes the list as one value).
+type Networks = Vec<ipnet::IpNet>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -131,6 +142,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         leader,
         concurrency: args.concurrency,
         default_request_budget: args.default_request_budget,
+        provider_allowed_networks: args.provider_allowed_networks,
         operator_namespace: args.operator_namespace,
         watch_namespace: args.watch_namespace,
         resync_interval: args.resync_interval.into(),

@@ -118,6 +118,7 @@ fn start_operator(
     cmd.args(["run", "--log-format", "json", "--resync-interval", "2s"])
         .args(["--http-addr", &format!("127.0.0.1:{}", free_port()?)])
         .args(["--watch-namespace", ns, "--operator-namespace", ns])
+        .args(["--provider-allowed-networks", "127.0.0.0/8,::1"])
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info,oauth_operator=debug");
     GuardedChild::spawn("oauth-operator", cmd, log)

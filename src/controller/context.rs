@@ -38,6 +38,9 @@ pub struct Config {
     pub concurrency: u16,
     /// The request budget of a provider whose spec sets none.
     pub default_request_budget: crate::api::RequestBudget,
+    /// Special networks (loopback, private, link-local, ...) a namespaced provider may reach
+    /// all the same (see [`crate::providers::egress`]).
+    pub provider_allowed_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             leader: None,
             concurrency: 16,
             default_request_budget: Default::default(),
+            provider_allowed_networks: Vec::new(),
         }
     }
 }

@@ -22,6 +22,8 @@ use crate::api::{
 };
 use crate::providers::clerk::ClerkClient;
 use crate::providers::dynamic_registration::{DcrSettings, DynamicRegistrationClient};
+use crate::providers::egress::{EgressPolicy, GuardedResolver};
+use crate::providers::http::ProviderHttp;
 use crate::providers::hydra::HydraClient;
 use crate::providers::keycloak::{KeycloakClient, KeycloakSettings};
 use crate::providers::{ProviderError, SharedBackend};
@@ -327,7 +329,8 @@ pub async fn provider_backend(
     {
         return Ok((client.clone(), server));
     }
-    let http = http_client(settings, ctx.config.provider_timeout).map_err(invalid)?;
+    let http = http_client(settings, ctx.config.provider_timeout, egress_for(ctx, key))
+        .map_err(invalid)?;
     let metrics = ctx.metrics.clone();
     let built: std::result::Result<SharedBackend, ProviderError> = match plan {
         Plan::Hydra(hydra) => {
@@ -383,11 +386,25 @@ fn invariant() -> Error {
     Error::Internal("credential values missing after they were read".into())
 }
 
-/// An HTTP client with timeouts and the provider's CA bundle added to the system roots.
+/// Where a provider's requests may go: a namespaced `OAuthProvider` is a tenant's, so public
+/// addresses only, and the networks the operator's `--provider-allowed-networks` names; a
+/// `ClusterOAuthProvider` is the administrators', so anywhere (see [`EgressPolicy`]).
+fn egress_for(ctx: &Context, key: &str) -> EgressPolicy {
+    if key.starts_with("OAuthProvider/") {
+        EgressPolicy::restricted(ctx.config.provider_allowed_networks.clone())
+    } else {
+        EgressPolicy::unrestricted()
+    }
+}
+
+/// An HTTP client with timeouts, the provider's CA bundle added to the system roots, and the
+/// egress policy (a restricted one resolves names through [`GuardedResolver`]).
 fn http_client(
     settings: &ProviderSettings,
     timeout: std::time::Duration,
-) -> std::result::Result<reqwest::Client, String> {
+    egress: EgressPolicy,
+) -> std::result::Result<ProviderHttp, String> {
+    let egress = Arc::new(egress);
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
@@ -403,9 +420,13 @@ fn http_client(
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder
+    if egress.is_restricted() {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver::new(egress.clone())));
+    }
+    let client = builder
         .build()
-        .map_err(|e| format!("building HTTP client: {e}"))
+        .map_err(|e| format!("building HTTP client: {e}"))?;
+    Ok(ProviderHttp { client, egress })
 }
 
 #[cfg(test)]
@@ -428,16 +449,18 @@ mod tests {
             request_budget: None,
         };
         let timeout = std::time::Duration::from_secs(1);
-        assert!(http_client(&settings("not a certificate"), timeout).is_err());
+        let open = EgressPolicy::unrestricted;
+        assert!(http_client(&settings("not a certificate"), timeout, open()).is_err());
         let bad_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(http_client(&settings(bad_pem), timeout).is_err());
+        assert!(http_client(&settings(bad_pem), timeout, open()).is_err());
         assert!(
             http_client(
                 &ProviderSettings {
                     tls: None,
                     ..settings("")
                 },
-                timeout
+                timeout,
+                EgressPolicy::restricted(Vec::new())
             )
             .is_ok()
         );

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::http::{ErrorBodies, HttpEndpoint, client_authenticates};
+use super::http::{ErrorBodies, HttpEndpoint, ProviderHttp, client_authenticates};
 use super::{
     Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
     ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
@@ -277,7 +277,7 @@ fn error_message(status: StatusCode, body: &[u8]) -> String {
 impl ClerkClient {
     /// `base_url` is the Backend API root (e.g. `https://api.clerk.com/v1`).
     pub fn new(
-        http: reqwest::Client,
+        http: impl Into<ProviderHttp>,
         base_url: &str,
         secret_key: SecretString,
         budget: Arc<RequestBudgetLimiter>,
@@ -291,7 +291,7 @@ impl ClerkClient {
         }
         Ok(Self {
             endpoint: HttpEndpoint {
-                http,
+                http: http.into(),
                 budget,
                 metrics,
                 backend: BACKEND,

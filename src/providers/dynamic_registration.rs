@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::discovery::{ServerMetadata, discover, well_known_urls};
-use super::http::{ErrorBodies, HttpEndpoint, body_error, client_authenticates};
+use super::http::{ErrorBodies, HttpEndpoint, ProviderHttp, body_error, client_authenticates};
 use super::{
     AccessStore, Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient,
     OwnerMarker, ProviderError, Registration, RegistrationAccess, RemoteClient,
@@ -339,7 +339,7 @@ fn no_access(client_id: &str) -> ProviderError {
 
 impl DynamicRegistrationClient {
     pub fn new(
-        http: reqwest::Client,
+        http: impl Into<ProviderHttp>,
         settings: DcrSettings,
         store: Arc<dyn AccessStore>,
         budget: Arc<RequestBudgetLimiter>,
@@ -364,7 +364,7 @@ impl DynamicRegistrationClient {
             .transpose()?;
         Ok(Self {
             endpoint: HttpEndpoint {
-                http,
+                http: http.into(),
                 budget,
                 metrics,
                 backend: BACKEND,

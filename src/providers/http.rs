@@ -12,6 +12,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use super::egress::{self, EgressPolicy};
 use super::{ProviderError, RequestBudgetLimiter};
 use crate::telemetry::{Metrics, OperationLabels, RequestLabels};
 
@@ -24,10 +25,59 @@ pub trait ErrorBodies: Send + Sync {
     fn message(&self, status: StatusCode, body: &[u8]) -> String;
 }
 
-/// One authorization server's HTTP side: the client (timeouts, TLS trust), the server's
-/// request budget and the metrics, labelled with the backend's name.
+/// The HTTP client of one provider and where its requests may go ([`EgressPolicy`]). It
+/// derefs to the `reqwest::Client` that builds requests; every request is sent by
+/// [`HttpEndpoint`] (or [`client_authenticates`]), which checks its URL against the policy.
+#[derive(Clone)]
+pub struct ProviderHttp {
+    pub client: reqwest::Client,
+    pub egress: Arc<EgressPolicy>,
+}
+
+impl From<reqwest::Client> for ProviderHttp {
+    /// Unrestricted (tests, and a `ClusterOAuthProvider`).
+    fn from(client: reqwest::Client) -> Self {
+        Self {
+            client,
+            egress: Arc::new(EgressPolicy::unrestricted()),
+        }
+    }
+}
+
+impl std::ops::Deref for ProviderHttp {
+    type Target = reqwest::Client;
+
+    fn deref(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+impl ProviderHttp {
+    /// Sends a request the egress policy permits; a refusal (an IP address in the URL, or a
+    /// name that resolves only to refused addresses) is [`ProviderError::Unsupported`] with
+    /// the reason: permanent until the provider changes, and no request left the operator.
+    async fn execute(
+        &self,
+        operation: &'static str,
+        request: reqwest::Request,
+    ) -> Result<Result<reqwest::Response, reqwest::Error>, ProviderError> {
+        self.egress
+            .check_url(request.url())
+            .map_err(|e| ProviderError::Unsupported(format!("{operation}: {e}")))?;
+        match self.client.execute(request).await {
+            Err(e) if e.is_connect() || e.is_request() => match egress::denial_in(&e) {
+                Some(reason) => Err(ProviderError::Unsupported(format!("{operation}: {reason}"))),
+                None => Ok(Err(e)),
+            },
+            other => Ok(other),
+        }
+    }
+}
+
+/// One authorization server's HTTP side: the client (timeouts, TLS trust, egress policy), the
+/// server's request budget and the metrics, labelled with the backend's name.
 pub struct HttpEndpoint {
-    pub http: reqwest::Client,
+    pub http: ProviderHttp,
     pub budget: Arc<RequestBudgetLimiter>,
     pub metrics: Arc<Metrics>,
     pub backend: &'static str,
@@ -89,13 +139,18 @@ pub async fn client_authenticates(
         message,
     };
     let _permit = endpoint.budget.acquire().await;
-    let response = endpoint
+    let request = endpoint
         .http
         .post(url)
         .basic_auth(client_id, Some(secret.expose_secret()))
         .form(&[("grant_type", "refresh_token"), ("refresh_token", &probe)])
-        .send()
+        .build()
+        .map_err(|e| unavailable(e.without_url().to_string()))?;
+    let response = endpoint
+        .http
+        .execute(OPERATION, request)
         .await
+        .inspect_err(|_| endpoint.count(OPERATION, "refused"))?
         .map_err(|e| unavailable(e.without_url().to_string()))?;
     let status = response.status();
     endpoint.count(OPERATION, status.as_str());
@@ -200,7 +255,14 @@ impl HttpEndpoint {
                 });
             }
             let start = Instant::now();
-            let result = self.http.execute(request).await;
+            let result = self
+                .http
+                .execute(operation, request)
+                .await
+                .inspect_err(|e| {
+                    self.count(operation, "refused");
+                    tracing::warn!(message = %e, "provider request not sent: egress policy");
+                })?;
             let elapsed = start.elapsed();
             self.metrics
                 .provider_request_duration

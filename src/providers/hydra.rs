@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::http::{ErrorBodies, HttpEndpoint, client_authenticates, next_page_token};
+use super::http::{ErrorBodies, HttpEndpoint, ProviderHttp, client_authenticates, next_page_token};
 use super::{
     Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
     ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
@@ -187,7 +187,7 @@ impl HydraClient {
     /// `admin_url`: the admin API root (e.g. `http://hydra-admin:4445`); `issuer`: the
     /// public issuer URL (`URLS_SELF_ISSUER`), which gives the endpoints in the Secret.
     pub fn new(
-        http: reqwest::Client,
+        http: impl Into<ProviderHttp>,
         admin_url: &str,
         issuer: &str,
         budget: Arc<RequestBudgetLimiter>,
@@ -202,7 +202,7 @@ impl HydraClient {
         }
         Ok(Self {
             endpoint: HttpEndpoint {
-                http,
+                http: http.into(),
                 budget,
                 metrics,
                 backend: BACKEND,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::discovery::{ServerMetadata, discover};
-use super::http::{ErrorBodies, HttpEndpoint, client_authenticates};
+use super::http::{ErrorBodies, HttpEndpoint, ProviderHttp, client_authenticates};
 use super::{
     Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
     ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
@@ -402,7 +402,7 @@ fn grace_policy(secs: u64, now_epoch: i64) -> (Value, Value) {
 
 impl KeycloakClient {
     pub fn new(
-        http: reqwest::Client,
+        http: impl Into<ProviderHttp>,
         settings: KeycloakSettings,
         budget: Arc<RequestBudgetLimiter>,
         metrics: Arc<Metrics>,
@@ -431,7 +431,7 @@ impl KeycloakClient {
         let issuer = issuer.to_string();
         Ok(Self {
             endpoint: HttpEndpoint {
-                http,
+                http: http.into(),
                 budget,
                 metrics,
                 backend: BACKEND,

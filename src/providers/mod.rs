@@ -4,6 +4,7 @@ pub mod budget;
 pub mod clerk;
 pub mod discovery;
 pub mod dynamic_registration;
+pub mod egress;
 pub mod http;
 pub mod hydra;
 pub mod keycloak;

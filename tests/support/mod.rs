@@ -127,6 +127,12 @@ impl Env {
             .iter()
             .find(|(k, _)| *k == "OAUTH_OPERATOR_RESYNC_INTERVAL")
             .map_or("2s", |(_, v)| *v);
+        // Every test server is on loopback, which a namespaced provider may reach only when
+        // allowed; tests of the guard itself name their own list.
+        let allowed = extra_env
+            .iter()
+            .find(|(k, _)| *k == "OAUTH_OPERATOR_PROVIDER_ALLOWED_NETWORKS")
+            .map_or("127.0.0.0/8,::1", |(_, v)| *v);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_oauth-operator"));
         cmd.args([
             "run",
@@ -138,6 +144,7 @@ impl Env {
             "15s",
         ])
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(["--provider-allowed-networks", allowed])
         .args([
             "--watch-namespace",
             &self.ns,
