@@ -54,6 +54,29 @@ fn the_leak_scan_finds_a_secret_in_an_operator_log_and_passes_a_clean_one() -> R
     // A short value ("short") is not scanned for: it would match ordinary words.
     std::fs::write(logs.join("operator-2.log"), "{\"msg\":\"a short note\"}\n")?;
     assert!(scan(&root)?.0, "short values are not scanned for");
+    // What the operator published beside its logs: its metrics page, and statuses and events
+    // as the apiserver holds them.
+    for (file, text) in [
+        (
+            "metrics-1.txt",
+            format!("oauth_operator_x{{client=\"{value}\"}} 1\n"),
+        ),
+        (
+            "objects-1.yaml",
+            format!("status:\n  conditions:\n  - message: got {value}\n"),
+        ),
+    ] {
+        std::fs::write(logs.join(file), &text)?;
+        let (ok, output) = scan(&root)?;
+        assert!(!ok && output.contains(file), "{file}: {output}");
+        assert!(!output.contains(value), "it never prints the value");
+        std::fs::write(logs.join(file), "clean\n")?;
+    }
+    let (ok, output) = scan(&root)?;
+    assert!(
+        ok && output.contains("1 metrics pages, 1 status and event captures"),
+        "{output}"
+    );
     std::fs::remove_dir_all(&root)?;
     Ok(())
 }

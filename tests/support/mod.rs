@@ -161,7 +161,12 @@ impl Env {
             cmd.env(k, v);
         }
         let child = GuardedChild::spawn("oauth-operator", cmd, &log)?;
-        Ok(Operator { child, log, port })
+        Ok(Operator {
+            child,
+            log,
+            port,
+            capture: (self.cp.kubeconfig_path().to_path_buf(), self.ns.clone()),
+        })
     }
 
     pub async fn apply_app(&self, yaml: &str) -> Result<OAuthApplication> {
@@ -349,6 +354,56 @@ pub struct Operator {
     pub child: GuardedChild,
     pub log: PathBuf,
     pub port: u16,
+    /// The kubeconfig and namespace whose objects are captured when it stops.
+    capture: (PathBuf, String),
+}
+
+impl Drop for Operator {
+    /// Captures what the operator published beside what it logged, for the suite-wide leak
+    /// scan (`scripts/leak-scan.sh`): its metrics, and the status of every object it writes
+    /// status to, with the namespace's events, as the apiserver holds them.
+    fn drop(&mut self) {
+        let dir = self.log.parent().map(Path::to_path_buf).unwrap_or_default();
+        if let Some(metrics) = scrape_metrics(self.port) {
+            let _ = std::fs::write(dir.join(format!("metrics-{}.txt", self.port)), metrics);
+        }
+        let (kubeconfig, ns) = &self.capture;
+        if let Ok(kubectl) = testenv::testenv_dir().map(|d| d.join("bin/kubectl"))
+            && let Ok(out) = std::process::Command::new(kubectl)
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args([
+                    "get",
+                    "oauthapplications,oauthproviders,clusteroauthproviders,events",
+                    "-n",
+                    ns,
+                    "-o",
+                    "yaml",
+                    "--request-timeout",
+                    "5s",
+                ])
+                .output()
+        {
+            let _ = std::fs::write(dir.join(format!("objects-{}.yaml", self.port)), out.stdout);
+        }
+    }
+}
+
+/// The operator's `/metrics` page, if it still answers (a plain blocking HTTP/1.0 GET).
+fn scrape_metrics(port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    Some(page)
 }
 
 impl Operator {
