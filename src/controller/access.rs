@@ -1,7 +1,12 @@
 //! Where the RFC 7592 management access of each dynamically registered client lives: a Secret
 //! in the operator's namespace per client (tenants cannot read it, so they cannot change a
 //! client behind the CRD's back), labelled with the uid of the application it was registered
-//! for, so that a registration whose id never reached status is found again.
+//! for, so that a registration whose id never reached status is found again, and annotated
+//! with the provider that saved it: only that provider uses it. Records are named by issuer
+//! and client id, and a tenant's `OAuthProvider` may name the same issuer as a
+//! `ClusterOAuthProvider`: without the binding, a tenant's server could answer a registration
+//! with another client's id and plant its own `registration_client_uri` for the cluster's
+//! provider, which is not restricted by the SSRF guard, to call.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +25,7 @@ pub const ACCESS_LABEL: &str = "oauth-operator.dev/registration-access";
 const OWNER_LABEL: &str = "oauth-operator.dev/owner-uid";
 const CLIENT_ID: &str = "oauth-operator.dev/client-id";
 const ISSUER: &str = "oauth-operator.dev/issuer";
+const PROVIDER: &str = "oauth-operator.dev/provider";
 const CLIENT_URI_KEY: &str = "registrationClientUri";
 const TOKEN_KEY: &str = "registrationAccessToken";
 
@@ -35,18 +41,25 @@ pub(super) fn fnv1a(parts: &[&str]) -> u64 {
     hash
 }
 
-/// The access records of one server (by issuer) in the operator's namespace.
+/// The access records of one provider (`OAuthProvider/<ns>/<name>` or
+/// `ClusterOAuthProvider/<name>`) at one server (by issuer) in the operator's namespace.
 pub struct SecretAccessStore {
     api: Api<Secret>,
     issuer: String,
+    provider: String,
 }
 
 impl SecretAccessStore {
-    pub fn new(client: Client, namespace: &str, issuer: &str) -> Self {
+    pub fn new(client: Client, namespace: &str, issuer: &str, provider: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             issuer: issuer.trim_end_matches('/').to_string(),
+            provider: provider.to_string(),
         }
+    }
+
+    fn is_ours(&self, annotations: &BTreeMap<String, String>) -> bool {
+        saved_by(annotations, &self.provider)
     }
 
     fn name(&self, client_id: &str) -> String {
@@ -60,7 +73,14 @@ impl SecretAccessStore {
         secret.labels().get(ACCESS_LABEL).map(String::as_str) == Some("true")
             && a.get(CLIENT_ID).map(String::as_str) == Some(client_id)
             && a.get(ISSUER) == Some(&self.issuer)
+            && self.is_ours(a)
     }
+}
+
+/// Whether a record was saved by `provider` (one from before the binding carries none: it was
+/// saved by whichever provider has used it since, and the next save binds it).
+fn saved_by(annotations: &BTreeMap<String, String>, provider: &str) -> bool {
+    annotations.get(PROVIDER).is_none_or(|p| p == provider)
 }
 
 fn failed(operation: &'static str, e: kube::Error) -> ProviderError {
@@ -133,6 +153,7 @@ impl AccessStore for SecretAccessStore {
                 annotations: Some(BTreeMap::from([
                     (CLIENT_ID.to_string(), client_id.to_string()),
                     (ISSUER.to_string(), self.issuer.clone()),
+                    (PROVIDER.to_string(), self.provider.clone()),
                 ])),
                 ..Default::default()
             },
@@ -193,6 +214,7 @@ impl AccessStore for SecretAccessStore {
             .items
             .iter()
             .filter(|s| s.annotations().get(ISSUER) == Some(&self.issuer))
+            .filter(|s| self.is_ours(s.annotations()))
             .filter_map(|s| s.annotations().get(CLIENT_ID).cloned())
             .collect())
     }
@@ -201,6 +223,29 @@ impl AccessStore for SecretAccessStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_serves_only_the_provider_that_saved_it() {
+        let with = |p: Option<&str>| {
+            let mut a = BTreeMap::from([(ISSUER.to_string(), "https://idp".to_string())]);
+            if let Some(p) = p {
+                a.insert(PROVIDER.to_string(), p.to_string());
+            }
+            a
+        };
+        let cluster = "ClusterOAuthProvider/shared";
+        let tenant = "OAuthProvider/team-a/idp";
+        assert!(saved_by(&with(Some(cluster)), cluster));
+        assert!(
+            !saved_by(&with(Some(tenant)), cluster),
+            "a tenant's record is not the cluster's"
+        );
+        assert!(!saved_by(&with(Some(cluster)), tenant));
+        assert!(
+            saved_by(&with(None), cluster),
+            "a record from before the binding"
+        );
+    }
 
     #[test]
     fn names_are_stable_and_separate_servers() {

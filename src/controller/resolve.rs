@@ -363,6 +363,7 @@ pub async fn provider_backend(
                 ctx.client.clone(),
                 &ctx.config.operator_namespace,
                 &dcr.issuer_url,
+                key,
             )),
             budget,
             metrics,
@@ -421,7 +422,10 @@ fn http_client(
         }
     }
     if egress.is_restricted() {
-        builder = builder.dns_resolver(Arc::new(GuardedResolver::new(egress.clone())));
+        // Through a proxy the proxy would resolve and connect, unchecked: direct only.
+        builder = builder
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver::new(egress.clone())));
     }
     let client = builder
         .build()

@@ -11,7 +11,9 @@
 //! [`GuardedResolver`], which drops every address the policy refuses (so a name that resolves,
 //! or re-resolves, to a metadata address is refused too), and a URL whose host is an IP
 //! address (which the HTTP client connects to without resolving) is checked by
-//! [`EgressPolicy::check_url`] before each request.
+//! [`EgressPolicy::check_url`] before each request. A restricted client never goes through
+//! an HTTP proxy from the environment (`HTTPS_PROXY`, ...): a proxy resolves and connects on
+//! its own, out of this check's sight.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,33 +22,34 @@ use ipnet::IpNet;
 
 /// The networks a restricted provider may not reach unless the allow-list names them.
 const SPECIAL: &[&str] = &[
-    "0.0.0.0/8",       // "this" network
-    "10.0.0.0/8",      // private
-    "100.64.0.0/10",   // shared address space (CGNAT; pod networks; 100.100.100.200 metadata)
-    "127.0.0.0/8",     // loopback
-    "169.254.0.0/16",  // link-local (169.254.169.254: the cloud metadata service)
-    "172.16.0.0/12",   // private
-    "192.0.0.0/24",    // IETF protocol assignments
-    "192.0.2.0/24",    // documentation
-    "192.88.99.0/24",  // 6to4 relay anycast
-    "192.168.0.0/16",  // private
-    "198.18.0.0/15",   // benchmarking
-    "198.51.100.0/24", // documentation
-    "203.0.113.0/24",  // documentation
-    "224.0.0.0/4",     // multicast
-    "240.0.0.0/4",     // reserved, broadcast
-    "::/128",          // unspecified
-    "::1/128",         // loopback
-    "::ffff:0:0/96",   // IPv4-mapped (checked as IPv4 instead, below)
-    "64:ff9b::/96",    // NAT64 (embeds IPv4)
-    "64:ff9b:1::/48",  // local NAT64
-    "100::/64",        // discard
-    "2001::/23",       // IETF protocol assignments (Teredo, ORCHID, ...)
-    "2001:db8::/32",   // documentation
-    "2002::/16",       // 6to4 (embeds IPv4)
-    "fc00::/7",        // unique local (fd00:ec2::254: a metadata service)
-    "fe80::/10",       // link-local
-    "ff00::/8",        // multicast
+    "0.0.0.0/8",        // "this" network
+    "10.0.0.0/8",       // private
+    "100.64.0.0/10",    // shared address space (CGNAT; pod networks; 100.100.100.200 metadata)
+    "127.0.0.0/8",      // loopback
+    "169.254.0.0/16",   // link-local (169.254.169.254: the cloud metadata service)
+    "172.16.0.0/12",    // private
+    "192.0.0.0/24",     // IETF protocol assignments
+    "192.0.2.0/24",     // documentation
+    "192.88.99.0/24",   // 6to4 relay anycast
+    "192.168.0.0/16",   // private
+    "198.18.0.0/15",    // benchmarking
+    "198.51.100.0/24",  // documentation
+    "203.0.113.0/24",   // documentation
+    "224.0.0.0/4",      // multicast
+    "240.0.0.0/4",      // reserved, broadcast
+    "168.63.129.16/32", // Azure's WireServer (host agent, in public space)
+    "::/96",            // unspecified, loopback, IPv4-compatible (deprecated; embeds IPv4)
+    "::ffff:0:0/96",    // IPv4-mapped (checked as IPv4 instead, below)
+    "64:ff9b::/96",     // NAT64 (embeds IPv4)
+    "64:ff9b:1::/48",   // local NAT64
+    "100::/64",         // discard
+    "2001::/23",        // IETF protocol assignments (Teredo, ORCHID, ...)
+    "2001:db8::/32",    // documentation
+    "2002::/16",        // 6to4 (embeds IPv4)
+    "fc00::/7",         // unique local (fd00:ec2::254: a metadata service)
+    "fe80::/10",        // link-local
+    "fec0::/10",        // site-local (deprecated)
+    "ff00::/8",         // multicast
 ];
 
 /// Which addresses a provider's requests may reach.
@@ -108,7 +111,7 @@ impl EgressPolicy {
         if self.permits(ip) {
             Ok(())
         } else {
-            Err(EgressDenied(denied(&ip.to_string(), ip)))
+            Err(EgressDenied(denied(ip)))
         }
     }
 }
@@ -123,11 +126,11 @@ fn special() -> &'static [IpNet] {
     })
 }
 
-fn denied(host: &str, ip: IpAddr) -> String {
+fn denied(ip: IpAddr) -> String {
     format!(
-        "{host} ({ip}) is a loopback, private, link-local or otherwise special address, which a namespaced \
-         OAuthProvider may not reach: use a ClusterOAuthProvider, or start the operator with \
-         --provider-allowed-networks naming that network"
+        "{ip} is a loopback, private, link-local or otherwise special address, which a namespaced OAuthProvider \
+         may not reach: use a ClusterOAuthProvider, or start the operator with --provider-allowed-networks naming \
+         that network"
     )
 }
 
@@ -168,11 +171,16 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let (permitted, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
                 found.into_iter().partition(|a| policy.permits(a.ip()));
-            match (permitted.is_empty(), refused.first()) {
-                (true, Some(first)) => Err(Box::new(EgressDenied(denied(&host, first.ip())))
-                    as Box<dyn std::error::Error + Send + Sync>),
-                _ => Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs),
+            if permitted.is_empty() && !refused.is_empty() {
+                // The address is not named: a tenant could otherwise map internal DNS.
+                return Err(Box::new(EgressDenied(format!(
+                    "{host} resolves only to loopback, private, link-local or otherwise special addresses, which a \
+                     namespaced OAuthProvider may not reach: use a ClusterOAuthProvider, or start the operator with \
+                     --provider-allowed-networks naming that network"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
+            Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -221,6 +229,10 @@ mod tests {
             "fd00:ec2::254",
             "fe80::1",
             "ff02::1",
+            "::a9fe:a9fe",
+            "::7f00:1",
+            "fec0::1",
+            "168.63.129.16",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(!policy.permits(ip), "{ip} is refused");
@@ -278,7 +290,12 @@ mod tests {
             Ok(_) => panic!("localhost is loopback"),
             Err(e) => e,
         };
-        assert!(denial_in(err.as_ref()).is_some(), "{err}");
+        let reason = denial_in(err.as_ref()).expect("a denial");
+        assert!(reason.starts_with("localhost resolves only to"), "{reason}");
+        assert!(
+            !reason.contains("127.0.0.1") && !reason.contains("::1"),
+            "the resolved address is not told: {reason}"
+        );
         let allowed = GuardedResolver::new(Arc::new(restricted("127.0.0.0/8, ::1")));
         let addrs: Vec<SocketAddr> = match allowed.resolve(name("localhost")).await {
             Ok(a) => a.collect(),
