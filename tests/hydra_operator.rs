@@ -323,3 +323,110 @@ async fn hydra_spec_change_during_a_crash_reaches_the_client() -> Result<()> {
     );
     Ok(())
 }
+
+/// A loopback proxy in front of Hydra's admin API that holds each create (`POST
+/// /admin/clients`) for `hold` before passing it on, whether or not the caller still waits:
+/// a create whose answer is lost and which commits after the caller gave up.
+async fn late_commit_proxy(upstream: String, hold: Duration) -> Result<String> {
+    use axum::body::{Body, to_bytes};
+    use axum::extract::Request;
+    use axum::response::Response;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let forward = move |request: Request| {
+        let upstream = upstream.clone();
+        async move {
+            // Carried on by its own task: the caller hanging up does not stop it.
+            let task = tokio::spawn(async move {
+                let (parts, body) = request.into_parts();
+                let body = to_bytes(body, 1 << 20).await.unwrap_or_default();
+                if parts.method == axum::http::Method::POST && parts.uri.path() == "/admin/clients"
+                {
+                    tokio::time::sleep(hold).await;
+                }
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let mut out = reqwest::Client::new()
+                    .request(parts.method.clone(), format!("{upstream}{path}"))
+                    .body(body.to_vec());
+                if let Some(ct) = parts.headers.get(axum::http::header::CONTENT_TYPE) {
+                    out = out.header(axum::http::header::CONTENT_TYPE, ct.clone());
+                }
+                match out.send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let bytes = r.bytes().await.unwrap_or_default();
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Body::from(bytes))
+                            .unwrap_or_default()
+                    }
+                    Err(_) => Response::builder()
+                        .status(502)
+                        .body(Body::empty())
+                        .unwrap_or_default(),
+                }
+            });
+            task.await.unwrap_or_default()
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// A create that times out and commits at Hydra only afterwards, with the application
+/// deleted in between: the deletion waits until such a create can no longer commit (twice
+/// the provider timeout after it went unanswered), then finds the client and deletes it. No
+/// client is left behind that nobody holds.
+#[tokio::test]
+async fn a_deletion_waits_for_a_create_that_may_still_commit() -> Result<()> {
+    let env = Env::new("hydra-late").await?;
+    let hydra = Hydra::shared()?;
+    let proxy = late_commit_proxy(hydra.admin_url().to_string(), Duration::from_secs(4)).await?;
+    let provider: OAuthProvider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+        "metadata": {"name": "hydra"},
+        "spec": {"hydra": {"adminUrl": proxy, "issuerUrl": hydra.issuer()}},
+    }))?;
+    Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &provider)
+        .await?;
+    let _op = env.start_operator(&[("OAUTH_OPERATOR_PROVIDER_TIMEOUT", "2s")])?;
+    let app = env
+        .apply_app(&app_yaml("late", "https://late.example.com/callback"))
+        .await?;
+    let uid = app.metadata.uid.clone().context("uid")?;
+    let id = format!("oauth-operator-{uid}");
+    env.wait_app("late", "the create unanswered", |a| {
+        a.status
+            .as_ref()
+            .and_then(|s| s.pending_registration.as_ref())
+            .is_some_and(|p| p.unanswered_at.is_some())
+    })
+    .await?;
+    assert!(
+        hydra_client(hydra, &id).await?.is_none(),
+        "not committed yet"
+    );
+    env.apps().delete("late", &DeleteParams::default()).await?;
+    env.wait_gone("late").await?;
+    // The held create has reached Hydra by now (4 s after it was sent).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        hydra_client(hydra, &id).await?.is_none(),
+        "the client the late create made was deleted"
+    );
+    let reasons = env.event_reasons("late").await?;
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, m)| m.contains("may still complete")),
+        "the deletion said why it waited: {reasons:?}"
+    );
+    Ok(())
+}

@@ -1479,7 +1479,24 @@ async fn register_chosen(
         client_secret: client_secret.as_ref(),
         given: false,
     };
-    let issued = provider.client.create(desired, &registration).await?;
+    let issued = match provider.client.create(desired, &registration).await {
+        Ok(issued) => issued,
+        Err(e) => {
+            if matches!(
+                e,
+                ProviderError::Unavailable {
+                    outcome_unknown: true,
+                    ..
+                }
+            ) && let Some(pending) = status.pending_registration.as_mut()
+            {
+                // The server may still commit it: a deletion must wait for that before it
+                // looks (see `delete_remote`). A repeat is idempotent either way.
+                pending.unanswered_at = Some(Time(now()));
+            }
+            return Err(e.into());
+        }
+    };
     pass.crash_point("after-create");
     status.pending_registration = None;
     ctx.metrics.lifecycle_event("client_registered");
@@ -2386,6 +2403,22 @@ async fn delete_remote(
     }
     let provider = resolve_provider(app, ctx).await?;
     let caps = provider.client.capabilities();
+    if caps.identity == Identity::OperatorChosen
+        && let Some(pending) = status
+            .pending_registration
+            .as_ref()
+            .filter(|p| p.unanswered_at.is_some())
+        && let Some(settle) = may_still_commit(ctx, pending)
+    {
+        // A create whose answer was lost may still commit: looking now could miss the client
+        // and leave it behind, held by nobody.
+        return Err(Error::RegistrationPending(format!(
+            "a create call at {} may still complete; deleting client {} once {}s have passed",
+            provider.key,
+            pending.name,
+            settle.as_secs()
+        )));
+    }
     if let Some(id) = &status.provider_object_id {
         let ours = match caps.owner_marker {
             // An id the operator chose may have been taken by someone else before we could
