@@ -1372,3 +1372,77 @@ async fn crash_after_secret_finishes_without_rotation() -> Result<()> {
     support::assert_token(&secret, "https://web.example.com/callback").await?;
     Ok(())
 }
+
+/// The admin credential follows only the URL its Secret is bound to. The first use binds the
+/// Secret to the provider's URL (annotation `oauth-operator.dev/credential-for`); the
+/// provider's URL then changed to another server (an attacker's loopback stand-in, as someone
+/// who may edit the provider but not read its Secret would) receives nothing, and the
+/// provider and its applications say why; once someone who may edit the Secret adds the new
+/// URL, the credential goes there.
+#[tokio::test]
+async fn a_credential_goes_only_to_the_url_its_secret_is_bound_to() -> Result<()> {
+    let env = Env::new("cred-bound").await?;
+    let attacker = clerk_emulator::Emulator::start(clerk_emulator::EmulatorConfig::default())?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "")).await?;
+    env.wait_ready("web").await?;
+    let credential = env.secrets().get("clerk-admin").await?;
+    let home = env.clerk.base_url();
+    assert_eq!(
+        credential
+            .annotations()
+            .get("oauth-operator.dev/credential-for"),
+        Some(&home),
+        "bound on first use"
+    );
+    let providers =
+        kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns);
+    let moved = serde_json::json!({"spec": {"clerk": {"baseUrl": attacker.base_url()}}});
+    providers
+        .patch("clerk", &PatchParams::default(), &Patch::Merge(&moved))
+        .await?;
+    env.apply_app(&app_yaml("next", "")).await?;
+    let refused = env.wait_reason("next", "CredentialNotBound").await?;
+    let message = support::ready_message(&refused);
+    assert!(
+        message.contains(&attacker.base_url()) && message.contains("credential-for"),
+        "{message}"
+    );
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let p = providers.get("clerk").await?;
+        let reason = p.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "CredentialsFound")
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        });
+        if reason == Some(("False".into(), "CredentialNotBound".into())) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "provider: {reason:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        attacker.requests().is_empty(),
+        "the new URL received nothing ({} requests)",
+        attacker.requests().len()
+    );
+    // The Secret's owner allows it: now the credential goes there (the stand-in refuses it).
+    let allow = serde_json::json!({"metadata": {"annotations": {
+        "oauth-operator.dev/credential-for": format!("{home} {}", attacker.base_url())}}});
+    env.secrets()
+        .patch(
+            "clerk-admin",
+            &PatchParams::default(),
+            &Patch::Merge(&allow),
+        )
+        .await?;
+    env.wait_reason("next", "CredentialsRejected").await?;
+    assert!(!attacker.requests().is_empty());
+    Ok(())
+}

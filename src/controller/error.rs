@@ -15,6 +15,10 @@ pub enum Error {
     NamespaceNotAllowed(String),
     #[error("{0}")]
     CredentialsMissing(String),
+    /// A provider's credential would go to a URL its Secret is not bound to (the provider's
+    /// URL changed): only someone who may edit that Secret can allow it.
+    #[error("{0}")]
+    CredentialNotBound(String),
     #[error("{0}")]
     SecretConflict(String),
     /// `spec.credentialsFrom` on a backend that issues its own credentials.
@@ -57,6 +61,7 @@ impl Error {
             Error::ProviderNotFound(_) => "ProviderNotFound",
             Error::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
             Error::CredentialsMissing(_) => "CredentialsMissing",
+            Error::CredentialNotBound(_) => "CredentialNotBound",
             Error::SecretConflict(_) => "SecretConflict",
             Error::CredentialsFromUnsupported(_) => "CredentialsFromUnsupported",
             Error::CredentialsSourceMissing(_) => "CredentialsSourceMissing",
@@ -94,6 +99,7 @@ impl Error {
                 | "ProviderRejected"
                 | "CredentialsRejected"
                 | "CredentialsMissing"
+                | "CredentialNotBound"
                 | "CredentialsFromUnsupported"
                 | "CredentialsNotAccepted"
         )
@@ -168,6 +174,7 @@ mod tests {
             Error::ClientMissing(x()),
             Error::NamespaceNotAllowed(x()),
             Error::CredentialsMissing(x()),
+            Error::CredentialNotBound(x()),
             Error::CredentialsFromUnsupported(x()),
             Error::CredentialsNotAccepted(x()),
             Error::Provider(ProviderError::Unsupported(x())),

@@ -152,13 +152,38 @@ pub async fn provider_client(
     )
 }
 
-/// The values read from a provider's credential Secret, and its resourceVersion.
+/// The annotation on a provider's credential Secret naming the URLs (space-separated) the
+/// credential may be sent to. Set to the provider's URL on first use; a provider whose URL
+/// changes sends nothing until someone who may edit that Secret adds the new URL (or removes
+/// the annotation, to bind it again on next use). Editing the provider is not enough: whoever
+/// may change an `OAuthProvider` but not read its Secret cannot redirect the credential to a
+/// server of theirs.
+pub const CREDENTIAL_FOR_ANNOTATION: &str = "oauth-operator.dev/credential-for";
+
+/// Whether a credential Secret with this `credential-for` annotation may be sent to
+/// `destination`: `Ok(true)` yes, `Ok(false)` not bound yet (bind it), `Err(bound)` it is
+/// bound elsewhere.
+fn bound_to(annotation: Option<&str>, destination: &str) -> std::result::Result<bool, String> {
+    let Some(bound) = annotation.filter(|a| !a.trim().is_empty()) else {
+        return Ok(false);
+    };
+    if bound.split_whitespace().any(|u| u == destination) {
+        Ok(true)
+    } else {
+        Err(bound.trim().to_string())
+    }
+}
+
+/// The values read from a provider's credential Secret, and its resourceVersion. The Secret
+/// must be bound to `destination`, the URL the credential goes to (see
+/// [`CREDENTIAL_FOR_ANNOTATION`]); a Secret bound to nothing yet is bound to it now.
 async fn read_credential(
     ctx: &Context,
     key: &str,
     namespace: &str,
     name: &str,
     keys: &[&str],
+    destination: &str,
 ) -> Result<(Option<String>, Vec<SecretString>)> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let credential = secrets.get_opt(name).await?.ok_or_else(|| {
@@ -166,6 +191,36 @@ async fn read_credential(
             "{key}: credential Secret {namespace}/{name} not found"
         ))
     })?;
+    let annotation = credential
+        .annotations()
+        .get(CREDENTIAL_FOR_ANNOTATION)
+        .map(String::as_str);
+    let credential = match bound_to(annotation, destination) {
+        Ok(true) => credential,
+        Ok(false) => {
+            // Trust on first use, conditional on the version read (a concurrent edit wins).
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": credential.resource_version(),
+                "annotations": {CREDENTIAL_FOR_ANNOTATION: destination}}});
+            let bound = secrets
+                .patch(
+                    name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await?;
+            tracing::info!(provider = key, secret = %format!("{namespace}/{name}"), %destination,
+                "bound the provider's credential Secret to its URL");
+            bound
+        }
+        Err(bound) => {
+            return Err(Error::CredentialNotBound(format!(
+                "{key}: the credential in Secret {namespace}/{name} is bound to {bound}, and the provider now names \
+                 {destination}: nothing is sent there until someone who may edit that Secret adds {destination} to \
+                 its annotation {CREDENTIAL_FOR_ANNOTATION} (space-separated URLs)"
+            )));
+        }
+    };
     let values = keys
         .iter()
         .map(|k| {
@@ -244,12 +299,14 @@ pub async fn provider_backend(
             .client_secret_key
             .as_deref()
             .unwrap_or(KEYCLOAK_DEFAULT_CLIENT_SECRET_KEY);
+        let destination = format!("{}/realms/{}", kc.base_url.trim_end_matches('/'), kc.realm);
         let (version, mut values) = read_credential(
             ctx,
             key,
             credential_namespace,
             &r.name,
             &[id_key, secret_key],
+            &destination,
         )
         .await?;
         (kc, version).hash(&mut hasher);
@@ -269,8 +326,17 @@ pub async fn provider_backend(
         let token = match &dcr.initial_access_token_ref {
             Some(r) => {
                 let k = r.key.as_deref().unwrap_or(INITIAL_ACCESS_TOKEN_DEFAULT_KEY);
+                // The token goes to the registration endpoint: the one given, else the one
+                // the issuer's discovery names.
+                let destination = dcr
+                    .registration_endpoint
+                    .as_deref()
+                    .unwrap_or(&dcr.issuer_url)
+                    .trim_end_matches('/')
+                    .to_string();
                 let (version, mut values) =
-                    read_credential(ctx, key, credential_namespace, &r.name, &[k]).await?;
+                    read_credential(ctx, key, credential_namespace, &r.name, &[k], &destination)
+                        .await?;
                 version.hash(&mut hasher);
                 Some(values.pop().ok_or_else(invariant)?)
             }
@@ -292,12 +358,19 @@ pub async fn provider_backend(
             .key
             .as_deref()
             .unwrap_or(CLERK_DEFAULT_SECRET_KEY_KEY);
+        let destination = clerk
+            .base_url
+            .as_deref()
+            .unwrap_or(CLERK_DEFAULT_BASE_URL)
+            .trim_end_matches('/')
+            .to_string();
         let (version, mut values) = read_credential(
             ctx,
             key,
             credential_namespace,
             &clerk.secret_key_ref.name,
             &[secret_key_key],
+            &destination,
         )
         .await?;
         (version, &clerk.base_url).hash(&mut hasher);
@@ -468,6 +541,26 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_credential_goes_only_where_its_secret_is_bound() {
+        let url = "https://api.clerk.com/v1";
+        assert_eq!(bound_to(None, url), Ok(false), "not bound yet");
+        assert_eq!(bound_to(Some("  "), url), Ok(false));
+        assert_eq!(bound_to(Some(url), url), Ok(true));
+        assert_eq!(
+            bound_to(Some("https://a.example https://api.clerk.com/v1"), url),
+            Ok(true),
+            "one of several"
+        );
+        assert_eq!(
+            bound_to(Some("https://api.clerk.com/v1"), "http://127.0.0.1:9/v1"),
+            Err("https://api.clerk.com/v1".to_string())
+        );
+        // A prefix or a longer URL is another destination.
+        assert!(bound_to(Some("https://api.clerk.com"), url).is_err());
+        assert!(bound_to(Some("https://api.clerk.com/v1/x"), url).is_err());
     }
 
     #[test]
