@@ -83,6 +83,10 @@ echo "==> installing CRDs and examples/"
 # (On stdin, not the command line, where `ps` would show a real Clerk key.)
 printf '%s' "$KEY" | "${KUBECTL[@]}" -n $NS create secret generic clerk-admin \
   --from-file=secretKey=/dev/stdin --dry-run=client -o yaml | "${KUBECTL[@]}" apply -f - >/dev/null
+# Where that key may be sent (the operator refuses to send a namespaced provider's
+# credential anywhere its Secret does not name).
+"${KUBECTL[@]}" -n $NS annotate --overwrite secret clerk-admin \
+  "oauth-operator.dev/credential-for=${BASE_URL%/}" >/dev/null
 sed "s#baseUrl: https://api.clerk.com/v1#baseUrl: $BASE_URL#" examples/clerk-provider.yaml \
   | awk 'BEGIN{skip=0} /^kind: Secret/{skip=1} /^---/{if(skip){skip=0; next}} !skip' \
   | "${KUBECTL[@]}" -n $NS apply -f - >/dev/null

@@ -125,7 +125,7 @@ impl Server {
             }
             Kind::DcrOidcProvider => {
                 let oidc = OidcProvider::shared()?;
-                create_token_secret(&env, oidc.initial_access_token()).await?;
+                create_token_secret(&env, oidc.initial_access_token(), &oidc.issuer()).await?;
                 json!({"dynamicRegistration": {"issuerUrl": oidc.issuer(),
                     "initialAccessTokenRef": {"name": "dcr-token"}, "rotationStrategy": "Recreate"}})
             }
@@ -144,7 +144,7 @@ impl Server {
                     .create_initial_access_token(&realm, 100, Duration::ZERO)
                     .await?;
                 allow_any_client_scope(&admin, &realm).await?;
-                create_token_secret(&env, &token).await?;
+                create_token_secret(&env, &token, &kc.issuer(&realm)).await?;
                 keycloak = Some((realm.clone(), admin));
                 json!({"dynamicRegistration": {"issuerUrl": kc.issuer(&realm),
                     "initialAccessTokenRef": {"name": "dcr-token"}, "rotationStrategy": "Recreate"}})
@@ -155,8 +155,9 @@ impl Server {
                 let realm = format!("mx-{}", env.ns);
                 admin.create_realm(&realm).await?;
                 let (client_id, secret) = service_account(&admin, &realm).await?;
+                let to = format!("{}/realms/{realm}", kc.base_url().trim_end_matches('/'));
                 let credential: Secret = serde_json::from_value(json!({
-                    "metadata": {"name": "keycloak-admin"},
+                    "metadata": {"name": "keycloak-admin", "annotations": support::credential_for(&to)},
                     "stringData": {"clientId": client_id, "clientSecret": secret},
                 }))?;
                 env.secrets()
@@ -662,10 +663,11 @@ async fn allow_any_client_scope(admin: &KeycloakAdmin, realm: &str) -> Result<()
 }
 
 /// The initial access token Secret of a `dynamicRegistration` provider.
-async fn create_token_secret(env: &Env, token: &str) -> Result<()> {
+async fn create_token_secret(env: &Env, token: &str, issuer: &str) -> Result<()> {
     support::seen(token);
     let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "dcr-token"}, "stringData": {"token": token},
+        "metadata": {"name": "dcr-token", "annotations": support::credential_for(issuer)},
+        "stringData": {"token": token},
     }))?;
     env.secrets()
         .create(&PostParams::default(), &secret)

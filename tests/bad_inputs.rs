@@ -151,9 +151,11 @@ async fn fixtures(env: &Env, hydra_port: u16) -> Result<()> {
             "metadata": {"name": "vault", "namespace": env.ns},
             "stringData": {"CLIENT_ID": "given-client", "CLIENT_SECRET": "given-secret-0123456789abcdef0123456789"}}),
         serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "emptykey-admin", "namespace": env.ns}, "stringData": {"secretKey": ""}}),
+            "metadata": {"name": "emptykey-admin", "namespace": env.ns,
+                "annotations": support::credential_for(&env.clerk.base_url())}, "stringData": {"secretKey": ""}}),
         serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "wrongkey-admin", "namespace": env.ns}, "stringData": {"other": "x"}}),
+            "metadata": {"name": "wrongkey-admin", "namespace": env.ns,
+                "annotations": support::credential_for(&env.clerk.base_url())}, "stringData": {"other": "x"}}),
     ];
     for o in objects {
         let s: Secret = serde_json::from_value(o)?;

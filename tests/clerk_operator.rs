@@ -755,7 +755,8 @@ async fn metrics_and_health() -> Result<()> {
 async fn provider_status_conditions() -> Result<()> {
     let env = Env::new("provstatus").await?;
     let wrong: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "wrong-key"}, "stringData": {"secretKey": "sk_test_wrong"}
+        "metadata": {"name": "wrong-key", "annotations": support::credential_for(&env.clerk.base_url())},
+        "stringData": {"secretKey": "sk_test_wrong"}
     }))?;
     env.secrets().create(&PostParams::default(), &wrong).await?;
     let bad: oauth_operator::api::OAuthProvider = serde_json::from_value(serde_json::json!({
@@ -1077,7 +1078,7 @@ async fn a_failing_provider_does_not_slow_down_the_others() -> Result<()> {
         },
     });
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "broken-admin"},
+        "metadata": {"name": "broken-admin", "annotations": support::credential_for(&broken.base_url())},
         "stringData": {"secretKey": broken.secret_key()},
     }))?;
     env.secrets()
@@ -1373,28 +1374,43 @@ async fn crash_after_secret_finishes_without_rotation() -> Result<()> {
     Ok(())
 }
 
-/// The admin credential follows only the URL its Secret is bound to. The first use binds the
-/// Secret to the provider's URL (annotation `oauth-operator.dev/credential-for`); the
-/// provider's URL then changed to another server (an attacker's loopback stand-in, as someone
-/// who may edit the provider but not read its Secret would) receives nothing, and the
-/// provider and its applications say why; once someone who may edit the Secret adds the new
-/// URL, the credential goes there.
+/// The admin credential goes only where its Secret says (annotation
+/// `oauth-operator.dev/credential-for`, set by whoever may edit the Secret). A namespaced
+/// provider naming a Secret without it gets nothing sent (so creating a provider cannot send
+/// a Secret one may not read to a server of one's own); a provider whose URL is changed to
+/// another server (an attacker's loopback stand-in) sends nothing there; the provider and its
+/// applications say why; once the Secret's owner adds the new URL, the credential goes there.
 #[tokio::test]
 async fn a_credential_goes_only_to_the_url_its_secret_is_bound_to() -> Result<()> {
     let env = Env::new("cred-bound").await?;
     let attacker = clerk_emulator::Emulator::start(clerk_emulator::EmulatorConfig::default())?;
+    let bare: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "someone-elses"}, "stringData": {"secretKey": "sk_test_not_for_you_0123456789"}}))?;
+    support::seen("sk_test_not_for_you_0123456789");
+    env.secrets().create(&PostParams::default(), &bare).await?;
+    let unbound = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+        "metadata": {"name": "unbound"},
+        "spec": {"clerk": {"baseUrl": attacker.base_url(), "secretKeyRef": {"name": "someone-elses"}}},
+    }))?;
+    kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &unbound)
+        .await?;
     let _op = env.start_operator(&[])?;
     env.apply_app(&app_yaml("web", "")).await?;
+    env.apply_app(&app_yaml("probe", "").replace("{name: clerk}", "{name: unbound}"))
+        .await?;
     env.wait_ready("web").await?;
-    let credential = env.secrets().get("clerk-admin").await?;
-    let home = env.clerk.base_url();
-    assert_eq!(
-        credential
-            .annotations()
-            .get("oauth-operator.dev/credential-for"),
-        Some(&home),
-        "bound on first use"
+    let refused = env.wait_reason("probe", "CredentialNotBound").await?;
+    let message = support::ready_message(&refused);
+    assert!(
+        message.contains(&format!(
+            "oauth-operator.dev/credential-for: {}",
+            attacker.base_url()
+        )),
+        "the condition names the annotation to set: {message}"
     );
+    let home = env.clerk.base_url();
     let providers =
         kube::Api::<oauth_operator::api::OAuthProvider>::namespaced(env.client.clone(), &env.ns);
     let moved = serde_json::json!({"spec": {"clerk": {"baseUrl": attacker.base_url()}}});
@@ -1444,5 +1460,33 @@ async fn a_credential_goes_only_to_the_url_its_secret_is_bound_to() -> Result<()
         .await?;
     env.wait_reason("next", "CredentialsRejected").await?;
     assert!(!attacker.requests().is_empty());
+
+    // A ClusterOAuthProvider's credential, in the operator's namespace (the administrators'),
+    // is bound to its provider's URL on first use.
+    let admin: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "cluster-admin"}, "stringData": {"secretKey": env.clerk.secret_key()}}))?;
+    env.secrets().create(&PostParams::default(), &admin).await?;
+    let cluster_name = format!("cred-{}", env.ns);
+    let cluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "ClusterOAuthProvider",
+        "metadata": {"name": cluster_name},
+        "spec": {"allowedNamespaces": {"names": [env.ns]},
+                 "clerk": {"baseUrl": home, "secretKeyRef": {"name": "cluster-admin"}}},
+    }))?;
+    kube::Api::<oauth_operator::api::ClusterOAuthProvider>::all(env.client.clone())
+        .create(&PostParams::default(), &cluster)
+        .await?;
+    env.apply_app(&app_yaml("viacluster", "").replace(
+        "{name: clerk}",
+        &format!("{{kind: ClusterOAuthProvider, name: {cluster_name}}}"),
+    ))
+    .await?;
+    env.wait_ready("viacluster").await?;
+    let bound = env.secrets().get("cluster-admin").await?;
+    assert_eq!(
+        bound.annotations().get("oauth-operator.dev/credential-for"),
+        Some(&home.trim_end_matches('/').to_string()),
+        "bound on first use"
+    );
     Ok(())
 }

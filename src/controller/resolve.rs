@@ -153,16 +153,18 @@ pub async fn provider_client(
 }
 
 /// The annotation on a provider's credential Secret naming the URLs (space-separated) the
-/// credential may be sent to. Set to the provider's URL on first use; a provider whose URL
-/// changes sends nothing until someone who may edit that Secret adds the new URL (or removes
-/// the annotation, to bind it again on next use). Editing the provider is not enough: whoever
-/// may change an `OAuthProvider` but not read its Secret cannot redirect the credential to a
-/// server of theirs.
+/// credential may be sent to. Someone who may edit the Secret sets it: whoever may create or
+/// change an `OAuthProvider` but not read a Secret must not be able to make the operator send
+/// that Secret's value to a server of theirs (the operator reads Secrets they cannot). So a
+/// namespaced provider's Secret without it is refused (`CredentialNotBound`, naming the URL to
+/// add); a `ClusterOAuthProvider`'s Secret, in the operator's namespace, is bound to its
+/// provider's URL on first use. A provider whose URL changes sends nothing until the new URL
+/// is added.
 pub const CREDENTIAL_FOR_ANNOTATION: &str = "oauth-operator.dev/credential-for";
 
 /// Whether a credential Secret with this `credential-for` annotation may be sent to
-/// `destination`: `Ok(true)` yes, `Ok(false)` not bound yet (bind it), `Err(bound)` it is
-/// bound elsewhere.
+/// `destination`: `Ok(true)` yes, `Ok(false)` not bound at all, `Err(bound)` it is bound
+/// elsewhere.
 fn bound_to(annotation: Option<&str>, destination: &str) -> std::result::Result<bool, String> {
     let Some(bound) = annotation.filter(|a| !a.trim().is_empty()) else {
         return Ok(false);
@@ -176,7 +178,8 @@ fn bound_to(annotation: Option<&str>, destination: &str) -> std::result::Result<
 
 /// The values read from a provider's credential Secret, and its resourceVersion. The Secret
 /// must be bound to `destination`, the URL the credential goes to (see
-/// [`CREDENTIAL_FOR_ANNOTATION`]); a Secret bound to nothing yet is bound to it now.
+/// [`CREDENTIAL_FOR_ANNOTATION`]); one bound to nothing yet is bound to it now only for a
+/// `ClusterOAuthProvider` (its key does not start with `OAuthProvider/`).
 async fn read_credential(
     ctx: &Context,
     key: &str,
@@ -191,36 +194,6 @@ async fn read_credential(
             "{key}: credential Secret {namespace}/{name} not found"
         ))
     })?;
-    let annotation = credential
-        .annotations()
-        .get(CREDENTIAL_FOR_ANNOTATION)
-        .map(String::as_str);
-    let credential = match bound_to(annotation, destination) {
-        Ok(true) => credential,
-        Ok(false) => {
-            // Trust on first use, conditional on the version read (a concurrent edit wins).
-            let patch = serde_json::json!({"metadata": {
-                "resourceVersion": credential.resource_version(),
-                "annotations": {CREDENTIAL_FOR_ANNOTATION: destination}}});
-            let bound = secrets
-                .patch(
-                    name,
-                    &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Merge(&patch),
-                )
-                .await?;
-            tracing::info!(provider = key, secret = %format!("{namespace}/{name}"), %destination,
-                "bound the provider's credential Secret to its URL");
-            bound
-        }
-        Err(bound) => {
-            return Err(Error::CredentialNotBound(format!(
-                "{key}: the credential in Secret {namespace}/{name} is bound to {bound}, and the provider now names \
-                 {destination}: nothing is sent there until someone who may edit that Secret adds {destination} to \
-                 its annotation {CREDENTIAL_FOR_ANNOTATION} (space-separated URLs)"
-            )));
-        }
-    };
     let values = keys
         .iter()
         .map(|k| {
@@ -239,7 +212,47 @@ async fn read_credential(
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((credential.resource_version(), values))
+    let annotation = credential
+        .annotations()
+        .get(CREDENTIAL_FOR_ANNOTATION)
+        .map(String::as_str);
+    let namespaced = key.starts_with("OAuthProvider/");
+    let version = match bound_to(annotation, destination) {
+        Ok(true) => credential.resource_version(),
+        Ok(false) if namespaced => {
+            return Err(Error::CredentialNotBound(format!(
+                "{key}: credential Secret {namespace}/{name} does not say where it may be sent: the operator sends a \
+                 namespaced provider's credential only to a URL its Secret names (so that editing a provider cannot \
+                 redirect a Secret one may not read); someone who may edit that Secret must annotate it with \
+                 {CREDENTIAL_FOR_ANNOTATION}: {destination}"
+            )));
+        }
+        Ok(false) => {
+            // A ClusterOAuthProvider's, in the operator's namespace: trust on first use,
+            // conditional on the version read (a concurrent edit wins).
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": credential.resource_version(),
+                "annotations": {CREDENTIAL_FOR_ANNOTATION: destination}}});
+            let bound = secrets
+                .patch(
+                    name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await?;
+            tracing::info!(provider = key, secret = %format!("{namespace}/{name}"), %destination,
+                "bound the provider's credential Secret to its URL");
+            bound.resource_version()
+        }
+        Err(bound) => {
+            return Err(Error::CredentialNotBound(format!(
+                "{key}: the credential in Secret {namespace}/{name} is bound to {bound}, and the provider now names \
+                 {destination}: nothing is sent there until someone who may edit that Secret adds {destination} to \
+                 its annotation {CREDENTIAL_FOR_ANNOTATION} (space-separated URLs)"
+            )));
+        }
+    };
+    Ok((version, values))
 }
 
 /// Tells two credentials apart in a map key without keeping the value: a hash keyed with

@@ -90,7 +90,7 @@ impl Env {
 
     pub async fn create_provider(&self, name: &str, secret_name: &str) -> Result<()> {
         let secret: Secret = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": secret_name},
+            "metadata": {"name": secret_name, "annotations": credential_for(&self.clerk.base_url())},
             "stringData": {"secretKey": self.clerk.secret_key()},
         }))?;
         self.secrets()
@@ -356,6 +356,12 @@ pub struct Operator {
     pub port: u16,
     /// The kubeconfig and namespace whose objects are captured when it stops.
     capture: (PathBuf, String),
+}
+
+/// The annotation that lets a namespaced provider send a credential Secret's value to `url`
+/// (its owner's consent: see `oauth-operator.dev/credential-for` in the README).
+pub fn credential_for(url: &str) -> serde_json::Value {
+    serde_json::json!({"oauth-operator.dev/credential-for": url.trim_end_matches('/')})
 }
 
 impl Drop for Operator {
