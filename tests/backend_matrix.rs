@@ -1533,6 +1533,26 @@ async fn keycloak_grace_rotation_survives_a_kill_after_the_rotation() -> Result<
     Ok(())
 }
 
+/// Starts the operator with crash point `point`, asks for a rotation with `token`, and waits
+/// until the operator dies there.
+async fn rotate_and_kill_at(env: &Env, token: &str, point: &str) -> Result<()> {
+    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", point)])?;
+    env.rotate(APP, token).await?;
+    op.wait_abort(point, Duration::from_secs(60)).await
+}
+
+/// The application `APP` with `extra` in its spec, Ready under an operator that is stopped
+/// again, and its Secret.
+async fn ready_with(server: &Server, extra: &str) -> Result<(OAuthApplication, Secret)> {
+    let env = &server.env;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&server.app_yaml(APP, extra)).await?;
+    Ok((
+        env.wait_ready(APP).await?,
+        env.secrets().get(&format!("{APP}-oauth")).await?,
+    ))
+}
+
 /// A kill right after a `NewClient` rotation staged the new client's credentials: the next
 /// pass delivers them as a rotation (`secretRotatedAt`, so a schedule is not repeated), and the
 /// old client keeps its grace period (it still works, and is deleted only at
@@ -1549,11 +1569,7 @@ async fn clerk_new_client_rotation_survives_a_kill_after_staging() -> Result<()>
         env.wait_ready(APP).await?;
         env.secrets().get(&name).await?
     };
-    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-stage")])?;
-    env.rotate(APP, "k1").await?;
-    op.wait_abort("after-stage", Duration::from_secs(60))
-        .await?;
-    drop(op);
+    rotate_and_kill_at(env, "k1", "after-stage").await?;
     let _op = env.start_operator(&[])?;
     let after = env
         .wait_secret(&name, |s| {
@@ -1614,21 +1630,13 @@ async fn hydra_new_client_rotation_survives_kills() -> Result<()> {
     let env = &server.env;
     let extra = format!("  rotation: {{strategy: NewClient, gracePeriod: {GRACE}s}}");
     let name = format!("{APP}-oauth");
-    let (app, before) = {
-        let _op = env.start_operator(&[])?;
-        env.apply_app(&server.app_yaml(APP, &extra)).await?;
-        (env.wait_ready(APP).await?, env.secrets().get(&name).await?)
-    };
+    let (app, before) = ready_with(&server, &extra).await?;
     let uid = uid(&app)?;
     let first = format!("oauth-operator-{uid}");
     assert_eq!(data(&before)["CLIENT_ID"], first);
     let poller = Poller::start(Kind::Hydra, env.secrets(), name.clone());
 
-    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-stage")])?;
-    env.rotate(APP, "k1").await?;
-    op.wait_abort("after-stage", Duration::from_secs(60))
-        .await?;
-    drop(op);
+    rotate_and_kill_at(env, "k1", "after-stage").await?;
     // (Compared without printing: the values are secrets.)
     assert!(
         data(&env.secrets().get(&name).await?) == data(&before),
@@ -1721,16 +1729,6 @@ async fn hydra_new_client_rotation_survives_kills() -> Result<()> {
     Ok(())
 }
 
-/// Drops the whole status, as a backup restored without it would.
-async fn reset_status(env: &Env, name: &str) -> Result<()> {
-    let reset = json!({"status": null});
-    env.apps()
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&reset))
-        .await?;
-    anyhow::ensure!(env.apps().get(name).await?.status.is_none());
-    Ok(())
-}
-
 /// Status lost during and after a `NewClient` rotation at Hydra. A kill right after the new
 /// client's secret was staged, then a reset status: the staged copy names the client it
 /// replaces and that it may not exist yet, so the rotation is finished (the new client
@@ -1749,20 +1747,12 @@ async fn hydra_new_client_rotation_survives_status_resets() -> Result<()> {
         "  rotation: {{strategy: NewClient, gracePeriod: {GRACE}s}}\n  deletionPolicy: Orphan"
     );
     let name = format!("{APP}-oauth");
-    let (app, before) = {
-        let _op = env.start_operator(&[])?;
-        env.apply_app(&server.app_yaml(APP, &extra)).await?;
-        (env.wait_ready(APP).await?, env.secrets().get(&name).await?)
-    };
+    let (app, before) = ready_with(&server, &extra).await?;
     let uid = uid(&app)?;
     let first = format!("oauth-operator-{uid}");
     let second = format!("{first}-r2");
-    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-stage")])?;
-    env.rotate(APP, "s1").await?;
-    op.wait_abort("after-stage", Duration::from_secs(60))
-        .await?;
-    drop(op);
-    reset_status(env, APP).await?;
+    rotate_and_kill_at(env, "s1", "after-stage").await?;
+    env.reset_status(APP).await?;
 
     let op = env.start_operator(&[])?;
     let after = env
@@ -1795,7 +1785,7 @@ async fn hydra_new_client_rotation_survives_status_resets() -> Result<()> {
     .await?;
     drop(op);
 
-    reset_status(env, APP).await?;
+    env.reset_status(APP).await?;
     let op = env.start_operator(&[])?;
     env.wait_app(
         APP,
@@ -1843,11 +1833,7 @@ async fn hydra_new_client_rotation_survives_status_resets() -> Result<()> {
 
     // An Orphan deletion after a kill between staging and the create.
     let current = env.secrets().get(&name).await?;
-    let mut op = env.start_operator(&[("OAUTH_OPERATOR_FAULT", "after-stage")])?;
-    env.rotate(APP, "s2").await?;
-    op.wait_abort("after-stage", Duration::from_secs(60))
-        .await?;
-    drop(op);
+    rotate_and_kill_at(env, "s2", "after-stage").await?;
     env.apps().delete(APP, &Default::default()).await?;
     let _op = env.start_operator(&[])?;
     env.wait_gone(APP).await?;

@@ -134,16 +134,6 @@ async fn allow_recorded_ids(env: &Env, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Drops the whole status, as a backup restored without it would.
-async fn reset_status(env: &Env, name: &str) -> Result<()> {
-    let reset = serde_json::json!({"status": null});
-    env.apps()
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&reset))
-        .await?;
-    anyhow::ensure!(env.apps().get(name).await?.status.is_none());
-    Ok(())
-}
-
 /// Case 1: the id is not durable before the client loses its tag. The status write that
 /// records the new client's id is refused: the Secret is not written from memory and the
 /// client keeps its uid-tagged name; the staged copy holds the secret. Once writes go through,
@@ -408,7 +398,7 @@ async fn case5_status_reset_finds_the_client_from_the_secret() -> Result<()> {
     let before = env.wait_ready("web").await?.status.context("status")?;
     // Reset while no operator runs (as a restore would): a pass in flight would write it back.
     op.child.kill();
-    reset_status(&env, "web").await?;
+    env.reset_status("web").await?;
     let mut op = env.start_operator(&[])?;
     env.wait_event("web", "ClientRelinked").await?;
     let after = env.wait_ready("web").await?.status.context("status")?;
@@ -422,7 +412,7 @@ async fn case5_status_reset_finds_the_client_from_the_secret() -> Result<()> {
 
     // Reset again, with a rotation token: the same client is rotated, none is added.
     op.child.kill();
-    reset_status(&env, "web").await?;
+    env.reset_status("web").await?;
     env.rotate("web", "after-reset").await?;
     let _op = env.start_operator(&[])?;
     env.wait_app("web", "rotated", |a| {
@@ -471,7 +461,7 @@ async fn case5_a_secret_pointing_at_another_client_proves_nothing() -> Result<()
     env.secrets()
         .patch("web-oauth", &PatchParams::default(), &Patch::Merge(&tamper))
         .await?;
-    reset_status(&env, "web").await?;
+    env.reset_status("web").await?;
     env.rotate("web", "steal").await?;
     let _op = env.start_operator(&[])?;
     // With a rotation asked for and no provable client, a new client is registered for web.
@@ -543,7 +533,7 @@ async fn case5_an_answered_rotation_token_survives_a_status_reset() -> Result<()
     .await?;
     env.wait_ready("web").await?;
     op.child.kill();
-    reset_status(&env, "web").await?;
+    env.reset_status("web").await?;
     let _op = env.start_operator(&[])?;
     env.wait_event("web", "ClientRelinked").await?;
     env.wait_ready("web").await?;

@@ -626,6 +626,16 @@ impl Env {
         Ok(())
     }
 
+    /// Drops the whole status, as a backup restored without it would.
+    pub async fn reset_status(&self, name: &str) -> Result<()> {
+        let reset = serde_json::json!({"status": null});
+        self.apps()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&reset))
+            .await?;
+        anyhow::ensure!(self.apps().get(name).await?.status.is_none());
+        Ok(())
+    }
+
     /// Asks for a rotation with a new token.
     pub async fn rotate(&self, name: &str, token: &str) -> Result<()> {
         self.annotate(name, "oauth-operator.dev/rotate", token)
