@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::process::{GuardedChild, free_port, testenv_dir};
+use crate::process::{GuardedChild, free_ports, testenv_dir};
 use crate::server_support::{
     StartupStats, new_log_path, process_tree_rss_kib, random_hex, shared_or_err, wait_ready,
 };
@@ -38,11 +38,7 @@ impl Hydra {
         if !bin.exists() {
             bail!("{} is missing: run `make testenv`", bin.display());
         }
-        let public_port = free_port()?;
-        let admin_port = free_port()?;
-        if public_port == admin_port {
-            bail!("free_port() returned {public_port} twice; retry");
-        }
+        let [public_port, admin_port] = free_ports()?;
         let public = format!("http://127.0.0.1:{public_port}");
         let log = new_log_path("hydra")?;
 

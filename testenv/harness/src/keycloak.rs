@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::process::{GuardedChild, free_port, testenv_dir};
+use crate::process::{GuardedChild, free_ports, testenv_dir};
 use crate::server_support::{
     RunDir, StartupStats, http_client, new_log_path, process_tree_rss_kib, random_hex,
     shared_or_err, wait_ready,
@@ -77,8 +77,7 @@ impl Keycloak {
             );
         }
         let java_home = java_home()?;
-        let port = free_port()?;
-        let management_port = free_port()?;
+        let [port, management_port] = free_ports()?;
         let admin_password = random_hex(16)?;
         let log = new_log_path("keycloak")?;
 

@@ -33,7 +33,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 use crate::certs::{CertAndKey, CertificateAuthority, service_account_signing_key};
-use crate::process::{GuardedChild, free_port, testenv_dir};
+use crate::process::{GuardedChild, free_ports, testenv_dir};
 
 /// Overrides how long etcd + kube-apiserver may take to become ready (seconds).
 pub const START_TIMEOUT_ENV: &str = "TESTENV_START_TIMEOUT_SECS";
@@ -166,7 +166,7 @@ impl ControlPlane {
         };
         write_file(&pki, "server-ca.crt", &server_ca_pem)?;
 
-        let [etcd_port, etcd_peer_port, apiserver_port] = distinct_free_ports()?;
+        let [etcd_port, etcd_peer_port, apiserver_port] = free_ports()?;
 
         let etcd_log = dir.join("etcd.log");
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -592,17 +592,6 @@ fn start_timeout() -> Result<Duration> {
 
 fn is_port_clash(err: &anyhow::Error) -> bool {
     format!("{err:#}").contains("address already in use")
-}
-
-fn distinct_free_ports() -> Result<[u16; 3]> {
-    let mut ports = Vec::with_capacity(3);
-    while ports.len() < 3 {
-        let port = free_port()?;
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    Ok([ports[0], ports[1], ports[2]])
 }
 
 /// The error with the last lines of a process log appended, so a failed start explains itself.

@@ -38,6 +38,21 @@ pub fn testenv_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// `N` distinct free ports: two calls of [`free_port`] may return the same port, since each
+/// releases it before returning.
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let mut ports = [0u16; N];
+    let mut found = 0;
+    while found < N {
+        let port = free_port()?;
+        if !ports[..found].contains(&port) {
+            ports[found] = port;
+            found += 1;
+        }
+    }
+    Ok(ports)
+}
+
 /// A free TCP port on 127.0.0.1 (bind to port 0, read it back, release it).
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding 127.0.0.1:0")?;
