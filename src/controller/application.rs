@@ -1348,6 +1348,7 @@ async fn register_chosen(
         .client
         .chosen_client_id(uid)
         .ok_or_else(invariant)?;
+    let keys = KeyNames::for_app(app);
     let replacing = status.retiring_client_id.clone();
     let (id, object_id) = match &replacing {
         None => (
@@ -1370,8 +1371,7 @@ async fn register_chosen(
                 _ => {
                     // Never the client whose credentials the Secret holds: a create that met
                     // it would set a new secret on a client in use.
-                    let in_secret =
-                        existing.and_then(|s| data_value(s, &KeyNames::for_app(app).client_id));
+                    let in_secret = existing.and_then(|s| data_value(s, &keys.client_id));
                     let id = next(old)?;
                     if in_secret.as_deref() == Some(id.as_str()) {
                         next(&id)?
@@ -1388,7 +1388,6 @@ async fn register_chosen(
     let generates =
         registration_flow(&provider.client.capabilities()) == RegistrationFlow::SecretFirst;
     let stage_first = generates && replacing.is_some() && !desired.public;
-    let keys = KeyNames::for_app(app);
     // The secret an unfinished registration already wrote (staged, for a replacement), else a
     // new one.
     let held = if stage_first {

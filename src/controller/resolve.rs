@@ -37,6 +37,13 @@ pub fn provider_key(kind: ProviderKind, namespace: &str, name: &str) -> String {
     }
 }
 
+/// Whether the provider with this key (see [`provider_key`]) is a namespaced `OAuthProvider`,
+/// written by a tenant, rather than a `ClusterOAuthProvider`, written by the administrators:
+/// what the SSRF guard and the credential binding go by.
+fn is_tenants(key: &str) -> bool {
+    key.starts_with("OAuthProvider/")
+}
+
 pub struct ResolvedProvider {
     /// `OAuthProvider/<ns>/<name>` or `ClusterOAuthProvider/<name>`: the key of the client
     /// cache and the name conditions and events use.
@@ -216,7 +223,7 @@ async fn read_credential(
         .annotations()
         .get(CREDENTIAL_FOR_ANNOTATION)
         .map(String::as_str);
-    let namespaced = key.starts_with("OAuthProvider/");
+    let namespaced = is_tenants(key);
     let version = match bound_to(annotation, destination) {
         Ok(true) => credential.resource_version(),
         Ok(false) if namespaced => {
@@ -477,7 +484,7 @@ fn invariant() -> Error {
 /// addresses only, and the networks the operator's `--provider-allowed-networks` names; a
 /// `ClusterOAuthProvider` is the administrators', so anywhere (see [`EgressPolicy`]).
 fn egress_for(ctx: &Context, key: &str) -> EgressPolicy {
-    if key.starts_with("OAuthProvider/") {
+    if is_tenants(key) {
         EgressPolicy::restricted(ctx.config.provider_allowed_networks.clone())
     } else {
         EgressPolicy::unrestricted()
