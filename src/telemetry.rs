@@ -88,6 +88,10 @@ pub struct Metrics {
     pub provider_requests: Family<RequestLabels, Counter>,
     pub provider_request_duration: Family<OperationLabels, Histogram>,
     pub rate_limit_wait_seconds: Family<ProviderLabels, Histogram>,
+    /// The delay before an application's next attempt after a failed pass: its own
+    /// exponential backoff (1 s, 2 s, 4 s ... 5 min, jittered), a provider's `Retry-After`, or
+    /// the resync interval for a permanent error.
+    pub retry_delay_seconds: Histogram,
     /// Notable lifecycle events: secret rotations, recoveries, adoptions, drift.
     pub lifecycle: Family<EventLabels, Counter>,
     /// 1 while this replica holds the leader lease (or runs without leader election).
@@ -114,6 +118,7 @@ impl Default for Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let lifecycle = Family::<EventLabels, Counter>::default();
+        let retry_delay_seconds = Histogram::new(exponential_buckets(0.5, 2.0, 12));
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -151,6 +156,11 @@ impl Default for Metrics {
             rate_limit_wait_seconds.clone(),
         );
         registry.register(
+            "retry_delay_seconds",
+            "Delay before an application is retried after a failed pass (per-object backoff)",
+            retry_delay_seconds.clone(),
+        );
+        registry.register(
             "lifecycle_events",
             "Secret rotations, recoveries, adoptions and drift corrections",
             lifecycle.clone(),
@@ -163,6 +173,7 @@ impl Default for Metrics {
             provider_requests,
             provider_request_duration,
             rate_limit_wait_seconds,
+            retry_delay_seconds,
             lifecycle,
             leader,
         }

@@ -314,6 +314,9 @@ impl Context {
         };
         state.not_before = Instant::now() + delay;
         state.fingerprint = fingerprint;
+        self.metrics
+            .retry_delay_seconds
+            .observe(delay.as_secs_f64());
         delay
     }
 

@@ -5,6 +5,7 @@
 //! `$TESTENV_DIR`, or what `testenv/build.sh --print-dir` prints.
 
 pub mod certs;
+pub mod fault_proxy;
 pub mod hydra;
 pub mod keycloak;
 pub mod kube;
