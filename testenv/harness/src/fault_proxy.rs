@@ -89,6 +89,8 @@ impl Outcome {
 /// One request the proxy received.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// Its place in arrival order (0, 1, 2...).
+    pub seq: usize,
     /// When it arrived (offset from the proxy's start).
     pub at: Duration,
     /// When the proxy answered it (or closed the connection): offset from the start.
@@ -111,6 +113,8 @@ struct Forced {
     path_prefix: String,
     outcome: Outcome,
     times: usize,
+    /// How long a forced stall holds (else [`Faults::stall_for`]).
+    hold: Option<Duration>,
 }
 
 struct Shared {
@@ -208,6 +212,19 @@ impl FaultProxy {
             path_prefix: path_prefix.to_string(),
             outcome,
             times,
+            hold: None,
+        });
+    }
+
+    /// The next `times` matching requests are forwarded, then their answers held for `hold`:
+    /// carried out at the server, answered late (or, past the caller's timeout, never).
+    pub fn force_stall(&self, method: &str, path_prefix: &str, times: usize, hold: Duration) {
+        lock(&self.shared.forced).push(Forced {
+            method: method.to_string(),
+            path_prefix: path_prefix.to_string(),
+            outcome: Outcome::Stalled,
+            times,
+            hold: Some(hold),
         });
     }
 
@@ -229,9 +246,7 @@ impl FaultProxy {
 
     /// Every request received so far, in arrival order.
     pub fn log(&self) -> Vec<Record> {
-        let mut log = lock(&self.shared.log).clone();
-        log.sort_by_key(|r| r.at);
-        log
+        lock(&self.shared.log).clone()
     }
 
     /// Now, as an offset from the proxy's start (the clock of [`Record::at`]).
@@ -303,16 +318,16 @@ fn draw(shared: &Shared, method: &str, path: &str) -> (Fate, Duration) {
         .find(|f| f.times > 0 && f.method == method && path.starts_with(&f.path_prefix))
         .map(|f| {
             f.times -= 1;
-            f.outcome
+            (f.outcome, f.hold)
         });
-    if let Some(outcome) = forced {
+    if let Some((outcome, hold)) = forced {
         let fate = match outcome {
             Outcome::Error => Fate::Error(StatusCode::INTERNAL_SERVER_ERROR),
             Outcome::ErrorAfter => Fate::ErrorAfter,
             Outcome::ResetBefore => Fate::ResetBefore,
             Outcome::ResetAfter => Fate::ResetAfter,
             Outcome::Cut => Fate::Cut,
-            Outcome::Stalled => Fate::Stall(faults.stall_for),
+            Outcome::Stalled => Fate::Stall(hold.unwrap_or(faults.stall_for)),
             Outcome::Throttled => Fate::Throttle(1),
             Outcome::Forwarded | Outcome::UpstreamFailed => Fate::Forward,
         };
@@ -357,7 +372,9 @@ async fn handle(
     let (fate, latency) = draw(&shared, &method, &path);
     let index = {
         let mut log = lock(&shared.log);
+        let seq = log.len();
         log.push(Record {
+            seq,
             at,
             answered: None,
             method: method.clone(),
@@ -503,7 +520,9 @@ mod tests {
 
     fn at(ms: &[u64]) -> Vec<Record> {
         ms.iter()
-            .map(|ms| Record {
+            .enumerate()
+            .map(|(seq, ms)| Record {
+                seq,
                 at: Duration::from_millis(*ms),
                 answered: None,
                 method: "GET".into(),
