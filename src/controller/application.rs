@@ -124,6 +124,26 @@ pub async fn reconcile(
     let start = Instant::now();
     let namespace = app.namespace().unwrap_or_default();
     let api: Api<OAuthApplication> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The watch's copy may lag behind the apiserver (an event not delivered yet, or a watch
+    // relisting after an apiserver restart, which can take minutes). A copy without the
+    // finalizer is read again before the finalizer is added: the helper's patch tests the
+    // finalizer list it saw, and a stale one fails it. And once the finalizer is added, the
+    // next pass is scheduled here instead of waiting for the watch to report the change.
+    let mut app = app;
+    let adding = !app.finalizers().iter().any(|f| f == FINALIZER);
+    if adding {
+        match api
+            .get_opt(&app.name_any())
+            .await
+            .map_err(kube::runtime::finalizer::Error::AddFinalizer)?
+        {
+            Some(live) => app = Arc::new(live),
+            None => return Ok(Action::await_change()),
+        }
+    }
+    let added = adding
+        && app.metadata.deletion_timestamp.is_none()
+        && !app.finalizers().iter().any(|f| f == FINALIZER);
     let result = finalizer(&api, FINALIZER, app, |event| async {
         match event {
             Finalizer::Apply(app) => report(&api, &app, &ctx, false).await,
@@ -143,6 +163,9 @@ pub async fn reconcile(
         .observe(start.elapsed().as_secs_f64());
     if result.is_ok() {
         ctx.reset_backoff(&obj_ref);
+    }
+    if added && result.is_ok() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
     }
     result
 }

@@ -242,6 +242,47 @@ pub async fn run(
     Ok(())
 }
 
+/// The backoff of a controller's watches after a watch error. kube-runtime applies one
+/// backoff to all of a controller's watches together (the application controller has five:
+/// applications, its Secrets, `credentialsFrom` Secrets, both provider kinds), and while it
+/// backs off, none of them delivers anything. Its default (0.8 s doubling to 30 s, with
+/// jitter, reset only after 120 s without an error) turned the five "resource version too
+/// old" answers every watch gets after an apiserver restart into minutes without events:
+/// a new application waited that long to be seen. This one starts at 100 ms, doubles to at
+/// most 5 s (plus up to 20 % jitter), and starts over after 10 s without an error.
+#[derive(Debug, Default)]
+struct WatchBackoff {
+    attempt: u32,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+    const RESET_AFTER: Duration = Duration::from_secs(10);
+
+    fn policy() -> kube::runtime::utils::ResetTimerBackoff<WatchBackoff> {
+        kube::runtime::utils::ResetTimerBackoff::new(WatchBackoff::default(), Self::RESET_AFTER)
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = Self::FIRST
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(Self::MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        Some(context::jitter(delay))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 /// The controllers, until a termination signal ends them (after in-flight reconciles).
 async fn run_controllers(
     client: Client,
@@ -257,8 +298,9 @@ async fn run_controllers(
     let watch_cfg = watcher::Config::default().any_semantic();
 
     let apps: Api<DeserializeGuard<OAuthApplication>> = api_for(&client, ns.as_deref());
-    let app_controller =
-        Controller::new(apps, watch_cfg.clone()).with_config(controller_cfg.clone());
+    let app_controller = Controller::new(apps, watch_cfg.clone())
+        .with_config(controller_cfg.clone())
+        .trigger_backoff(WatchBackoff::policy());
     let store = app_controller.store();
     let (ns_store, cluster_store) = (store.clone(), store.clone());
     let (ns_ctx, cluster_ctx_map) = (ctx.clone(), ctx.clone());
@@ -329,6 +371,7 @@ async fn run_controllers(
 
     let provider_controller = Controller::new(providers, watch_cfg.clone())
         .with_config(controller_cfg.clone())
+        .trigger_backoff(WatchBackoff::policy())
         .shutdown_on_signal()
         .run(
             provider::reconcile_namespaced,
@@ -342,6 +385,7 @@ async fn run_controllers(
         if ns.is_none() {
             Controller::new(cluster_providers, watch_cfg)
                 .with_config(controller_cfg)
+                .trigger_backoff(WatchBackoff::policy())
                 .shutdown_on_signal()
                 .run(
                     provider::reconcile_cluster,
@@ -366,4 +410,24 @@ async fn run_controllers(
         ready
     );
     tracing::info!("controllers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_watch_backoff_stays_short_and_starts_over() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = super::WatchBackoff::default();
+        let delays: Vec<_> = (&mut b).take(10).collect();
+        assert!(delays[0] >= std::time::Duration::from_millis(100));
+        assert!(delays[0] < std::time::Duration::from_millis(121));
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d <= std::time::Duration::from_secs(6))
+        );
+        assert!(delays[9] >= std::time::Duration::from_secs(5));
+        b.reset();
+        assert!(b.next().unwrap() < std::time::Duration::from_millis(121));
+    }
 }

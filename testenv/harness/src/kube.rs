@@ -18,7 +18,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -55,10 +55,23 @@ pub struct ControlPlane {
     client_ca: CertificateAuthority,
     admin: CertAndKey,
     startup: Duration,
-    etcd_pid: u32,
-    apiserver_pid: u32,
+    etcd_pid: AtomicU32,
+    apiserver_pid: AtomicU32,
     /// kube-apiserver first, then etcd: the order they are stopped in.
     processes: Mutex<Vec<GuardedChild>>,
+    /// How to start either process again, on the same ports with the same state.
+    restart: Restart,
+}
+
+/// What [`ControlPlane::restart_apiserver`] and [`ControlPlane::restart_etcd`] need.
+struct Restart {
+    bin_dir: PathBuf,
+    files: Pki,
+    etcd_url: String,
+    etcd_port: u16,
+    etcd_peer_port: u16,
+    apiserver_port: u16,
+    kubeconfig: serde_json::Value,
 }
 
 /// Resident memory of the two processes, from `/proc/<pid>/status` (`VmRSS`).
@@ -217,9 +230,120 @@ impl ControlPlane {
             client_ca,
             admin,
             startup: started.elapsed(),
-            etcd_pid: etcd.id(),
-            apiserver_pid: apiserver.id(),
+            etcd_pid: AtomicU32::new(etcd.id()),
+            apiserver_pid: AtomicU32::new(apiserver.id()),
             processes: Mutex::new(vec![apiserver, etcd]),
+            restart: Restart {
+                bin_dir: bin_dir.to_path_buf(),
+                files,
+                etcd_url,
+                etcd_port,
+                etcd_peer_port,
+                apiserver_port,
+                kubeconfig,
+            },
+        })
+    }
+
+    /// Kills kube-apiserver (SIGKILL), leaves it down for `down`, then starts it again on the
+    /// same port with the same flags and certificates (etcd keeps every object), and waits
+    /// until it is ready. Returns how long it was unavailable. Clients keep their URL.
+    pub fn restart_apiserver(&self, down: Duration) -> Result<Duration> {
+        let r = &self.restart;
+        let stopped = Instant::now();
+        self.with_process("kube-apiserver", GuardedChild::kill)?;
+        std::thread::sleep(down);
+        let log = self.dir.join("kube-apiserver.log");
+        let apiserver = GuardedChild::spawn(
+            "kube-apiserver",
+            apiserver_command(
+                &r.bin_dir,
+                &self.dir,
+                &r.files,
+                &r.etcd_url,
+                r.apiserver_port,
+            ),
+            &log,
+        )?;
+        self.apiserver_pid.store(apiserver.id(), Ordering::Relaxed);
+        self.with_process("kube-apiserver", |p| *p = apiserver)?;
+        self.wait_ready(Instant::now() + start_timeout()?)?;
+        Ok(stopped.elapsed())
+    }
+
+    /// Kills etcd (SIGKILL), leaves it down for `down`, then starts it again on the same
+    /// ports with the same data directory, and waits until kube-apiserver (which reconnects
+    /// by itself) is ready again. Returns how long etcd was unavailable.
+    pub fn restart_etcd(&self, down: Duration) -> Result<Duration> {
+        let r = &self.restart;
+        let stopped = Instant::now();
+        self.with_process("etcd", GuardedChild::kill)?;
+        std::thread::sleep(down);
+        let log = self.dir.join("etcd.log");
+        let mut etcd = GuardedChild::spawn(
+            "etcd",
+            etcd_command(&r.bin_dir, &self.dir, &r.etcd_url, r.etcd_peer_port),
+            &log,
+        )?;
+        let deadline = Instant::now() + start_timeout()?;
+        wait_for_etcd(&mut etcd, r.etcd_port, &log, deadline)?;
+        self.etcd_pid.store(etcd.id(), Ordering::Relaxed);
+        self.with_process("etcd", |p| *p = etcd)?;
+        self.wait_ready(deadline)?;
+        Ok(stopped.elapsed())
+    }
+
+    fn with_process<T>(&self, name: &str, f: impl FnOnce(&mut GuardedChild) -> T) -> Result<T> {
+        let mut processes = self
+            .processes
+            .lock()
+            .map_err(|_| anyhow!("control plane process list poisoned"))?;
+        let process = processes
+            .iter_mut()
+            .find(|p| p.name() == name)
+            .with_context(|| format!("no {name} process"))?;
+        Ok(f(process))
+    }
+
+    /// Waits until kube-apiserver answers `/readyz` and serves the `default` namespace.
+    fn wait_ready(&self, deadline: Instant) -> Result<()> {
+        let etcd_log = self.dir.join("etcd.log");
+        let apiserver_log = self.dir.join("kube-apiserver.log");
+        let mut processes = self
+            .processes
+            .lock()
+            .map_err(|_| anyhow!("control plane process list poisoned"))?;
+        let mut etcd = None;
+        let mut apiserver = None;
+        for p in processes.iter_mut() {
+            match p.name() {
+                "etcd" => etcd = Some(p),
+                "kube-apiserver" => apiserver = Some(p),
+                _ => {}
+            }
+        }
+        let (Some(etcd), Some(apiserver)) = (etcd, apiserver) else {
+            bail!("etcd or kube-apiserver missing from the process list");
+        };
+        let processes = [
+            (etcd, etcd_log.as_path()),
+            (apiserver, apiserver_log.as_path()),
+        ];
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("building a runtime for the readiness checks")?;
+                    runtime.block_on(wait_for_apiserver(
+                        &self.restart.kubeconfig,
+                        processes,
+                        deadline,
+                    ))
+                })
+                .join()
+                .map_err(|_| anyhow!("the readiness thread panicked"))?
         })
     }
 
@@ -377,16 +501,16 @@ impl ControlPlane {
     /// Resident memory of etcd and kube-apiserver right now.
     pub fn memory(&self) -> Result<MemoryUsage> {
         Ok(MemoryUsage {
-            etcd_rss_kib: rss_kib(self.etcd_pid)?,
-            apiserver_rss_kib: rss_kib(self.apiserver_pid)?,
+            etcd_rss_kib: rss_kib(self.etcd_pid.load(Ordering::Relaxed))?,
+            apiserver_rss_kib: rss_kib(self.apiserver_pid.load(Ordering::Relaxed))?,
         })
     }
 
     /// `[("etcd", pid), ("kube-apiserver", pid)]`.
     pub fn process_ids(&self) -> [(&'static str, u32); 2] {
         [
-            ("etcd", self.etcd_pid),
-            ("kube-apiserver", self.apiserver_pid),
+            ("etcd", self.etcd_pid.load(Ordering::Relaxed)),
+            ("kube-apiserver", self.apiserver_pid.load(Ordering::Relaxed)),
         ]
     }
 
