@@ -6,7 +6,9 @@
 //! - a leader paused (SIGSTOP) past its lease, with a provider call of its own in flight, makes
 //!   no provider write once resumed (the fence) and exits, while the standby registers the
 //!   application once;
-//! - SIGTERM releases the Lease, so the standby takes over at once rather than after expiry.
+//! - SIGTERM releases the Lease, so the standby takes over at once rather than after expiry;
+//! - the leader killed six times, each time replaced, while applications register, rotate,
+//!   change and lose their Secrets: the same end state as without kills.
 
 mod support;
 
@@ -388,6 +390,140 @@ async fn a_deleted_lease_is_taken_back_by_its_holder() -> Result<()> {
         a.logs().contains("created it again"),
         "the log says what happened: {}",
         a.log.display()
+    );
+    Ok(())
+}
+
+/// The leader killed (SIGKILL) six times while 100 applications register, five rotate, ten
+/// change their redirect URIs and three lose their Secret,
+/// each killed replica replaced by a new one (a new pod: a new identity), so that two
+/// replicas always run: every takeover finishes the work of the last leader, and the end
+/// state is that of a run without kills: every application Ready with its rotation carried
+/// out, one client each holding the Secret's live secret, and no Secret that held more client
+/// secrets than its rotations asked for.
+#[tokio::test]
+async fn repeated_leader_kills_leave_one_client_each_and_no_unrequested_secret() -> Result<()> {
+    const KILLS: usize = 6;
+    const APPS: usize = 100;
+    let env = Env::new("leader-kills").await?;
+    let clerk = env.clerk.handle();
+    let history = support::SecretHistory::start(&env).await?;
+    // Slow enough that kills land in the middle of registrations and rotations.
+    clerk.set_delay(Some(Duration::from_millis(100)));
+    let mut next_id = 0;
+    let mut start = |env: &Env| -> Result<(String, Operator)> {
+        let identity = format!("replica-{next_id}");
+        next_id += 1;
+        Ok((identity.clone(), replica(env, &identity)?))
+    };
+    let mut replicas: Vec<(String, Operator)> = vec![start(&env)?];
+    wait_holder(&env, "replica-0", Duration::from_secs(30)).await?;
+    replicas.push(start(&env)?);
+
+    let names: Vec<String> = (0..APPS).map(|i| format!("app-{i:03}")).collect();
+    let rotated: Vec<&String> = names.iter().step_by(APPS / 5).collect();
+    let changed: Vec<&String> = names.iter().skip(1).step_by(APPS / 10).collect();
+    let secrets_deleted: Vec<&String> = names.iter().skip(2).step_by(APPS / 3).collect();
+    let mut applied = 0;
+    let mut takeovers: Vec<Duration> = Vec::new();
+    let mut ready_at_kill: Vec<usize> = Vec::new();
+    for kill in 0..KILLS {
+        // Work keeps arriving: a third of the applications before each of the first kills,
+        // the rotations before the fourth.
+        let upto = (applied + APPS.div_ceil(3)).min(APPS);
+        for name in &names[applied..upto] {
+            env.apply_app(&app_yaml(name)).await?;
+        }
+        applied = upto;
+        match kill {
+            3 => {
+                for name in &rotated {
+                    env.rotate(name, "leader-kills").await?;
+                }
+            }
+            4 => {
+                for name in &changed {
+                    let patch = serde_json::json!({"spec": {"redirectUris": [format!("https://{name}.example.com/v2")]}});
+                    env.apps()
+                        .patch(name, &Default::default(), &kube::api::Patch::Merge(&patch))
+                        .await?;
+                }
+            }
+            5 => {
+                for name in &secrets_deleted {
+                    env.secrets()
+                        .delete(&format!("{name}-oauth"), &Default::default())
+                        .await?;
+                }
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(rand::random_range(500..2500))).await;
+        let leader = holder(&env).await?.context("no Lease holder")?;
+        let index = replicas
+            .iter()
+            .position(|(id, _)| *id == leader)
+            .with_context(|| format!("the holder {leader} is not a running replica"))?;
+        let ready = env
+            .apps()
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|app| support::ready(app).is_some_and(|(s, _)| s == "True"))
+            .count();
+        ready_at_kill.push(ready);
+        let (_, mut op) = replicas.remove(index);
+        op.child.kill();
+        drop(op);
+        let standby = replicas[0].0.clone();
+        let took = wait_holder(&env, &standby, Duration::from_secs(4 * LEASE_SECONDS)).await?;
+        takeovers.push(took);
+        replicas.push(start(&env)?);
+    }
+    clerk.set_delay(None);
+    assert_one_client_each(&env, &names).await?;
+    for name in &rotated {
+        env.wait_app(name, "the rotation carried out", |a| {
+            a.status
+                .as_ref()
+                .and_then(|s| s.last_rotation_token.as_deref())
+                == Some("leader-kills")
+        })
+        .await?;
+    }
+    let remote = clerk.apps();
+    for name in &changed {
+        let id = env.apps().get(name).await?.status.and_then(|s| s.client_id);
+        let client = remote
+            .iter()
+            .find(|a| Some(&a.client_id) == id.as_ref())
+            .with_context(|| format!("{name}: its client"))?;
+        ensure!(
+            client.redirect_uris == [format!("https://{name}.example.com/v2")],
+            "{name}: redirect URIs {:?} at the emulator",
+            client.redirect_uris
+        );
+    }
+    for name in &names {
+        let values = history.values(&format!("{name}-oauth")).len();
+        let asked =
+            1 + usize::from(rotated.contains(&name)) + usize::from(secrets_deleted.contains(&name));
+        ensure!(
+            values == asked,
+            "{name}: its Secret held {values} client secrets, {asked} asked for"
+        );
+    }
+    eprintln!(
+        "{KILLS} leader kills (Ready at each: {ready_at_kill:?}); takeovers {:?}; {APPS} applications, \
+         {} rotations, {} spec changes, {} Secrets deleted: one client each, no unrequested secret",
+        takeovers
+            .iter()
+            .map(|d| format!("{:.1}s", d.as_secs_f64()))
+            .collect::<Vec<_>>(),
+        rotated.len(),
+        changed.len(),
+        secrets_deleted.len()
     );
     Ok(())
 }
