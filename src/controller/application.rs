@@ -128,7 +128,8 @@ pub async fn reconcile(
     // relisting after an apiserver restart, which can take minutes). A copy without the
     // finalizer is read again before the finalizer is added: the helper's patch tests the
     // finalizer list it saw, and a stale one fails it. And once the finalizer is added, the
-    // next pass is scheduled here instead of waiting for the watch to report the change.
+    // next pass is scheduled here instead of waiting for the watch to report the change
+    // (once per object: see `Context::first_finalizer_add`).
     let mut app = app;
     let adding = !app.finalizers().iter().any(|f| f == FINALIZER);
     if adding {
@@ -144,6 +145,7 @@ pub async fn reconcile(
     let added = adding
         && app.metadata.deletion_timestamp.is_none()
         && !app.finalizers().iter().any(|f| f == FINALIZER);
+    let uid = app.metadata.uid.clone().unwrap_or_default();
     let result = finalizer(&api, FINALIZER, app, |event| async {
         match event {
             Finalizer::Apply(app) => report(&api, &app, &ctx, false).await,
@@ -164,7 +166,7 @@ pub async fn reconcile(
     if result.is_ok() {
         ctx.reset_backoff(&obj_ref);
     }
-    if added && result.is_ok() {
+    if added && result.is_ok() && ctx.first_finalizer_add(&uid) {
         return Ok(Action::requeue(std::time::Duration::from_millis(200)));
     }
     result

@@ -70,6 +70,10 @@ pub struct Context {
     /// Per-provider list of remote clients, refreshed at most once per resync interval.
     pub inventory: Inventory,
     backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
+    /// Applications this process added the finalizer to (by uid): a second add means
+    /// something removes it again, and then nothing is requeued (see
+    /// [`Context::first_finalizer_add`]).
+    finalizer_added: Mutex<std::collections::HashSet<String>>,
     /// One request budget per server, kept while its effective settings are unchanged.
     budgets: ServerBudgets,
     /// What each provider last looked like to its applications (see [`ProviderSeen`]).
@@ -227,6 +231,7 @@ impl Context {
             providers: Mutex::default(),
             inventory: Inventory::default(),
             backoff: Mutex::default(),
+            finalizer_added: Mutex::default(),
             provider_seen: Mutex::default(),
             budgets,
         }
@@ -345,6 +350,17 @@ impl Context {
         budget: &RequestBudget,
     ) -> Arc<RequestBudgetLimiter> {
         self.budgets.budget_for(server, label, provider, budget)
+    }
+
+    /// Whether this is the first time this process added the finalizer to the object with
+    /// this uid. Only then is its next pass scheduled right away: a finalizer that keeps
+    /// disappearing (a webhook, another writer) must not turn into a GET and a PATCH every
+    /// few hundred milliseconds.
+    pub fn first_finalizer_add(&self, uid: &str) -> bool {
+        self.finalizer_added
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string())
     }
 
     pub fn reset_backoff(&self, obj: &ObjectRef<OAuthApplication>) {

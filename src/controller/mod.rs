@@ -246,17 +246,19 @@ pub async fn run(
 /// backoff to all of a controller's watches together (the application controller has five:
 /// applications, its Secrets, `credentialsFrom` Secrets, both provider kinds), and while it
 /// backs off, none of them delivers anything. Its default (0.8 s doubling to 30 s, with
-/// jitter, reset only after 120 s without an error) turned the five "resource version too
-/// old" answers every watch gets after an apiserver restart into minutes without events:
-/// a new application waited that long to be seen. This one starts at 100 ms, doubles to at
-/// most 5 s (plus up to 20 % jitter), and starts over after 10 s without an error.
+/// jitter) turned the "resource version too old" answers each of the five watches gets after
+/// an apiserver restart, one after another with no event in between, into minutes without
+/// events:
+/// a new application waited that long to be seen. This one starts at 500 ms, doubles to at
+/// most 5 s (plus up to 20 % jitter), and starts over after 10 s without an error (kube-runtime
+/// also starts it over on every event a watch delivers).
 #[derive(Debug, Default)]
 struct WatchBackoff {
     attempt: u32,
 }
 
 impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(100);
+    const FIRST: Duration = Duration::from_millis(500);
     const MAX: Duration = Duration::from_secs(5);
     const RESET_AFTER: Duration = Duration::from_secs(10);
 
@@ -419,8 +421,8 @@ mod tests {
         use kube::runtime::utils::Backoff as _;
         let mut b = super::WatchBackoff::default();
         let delays: Vec<_> = (&mut b).take(10).collect();
-        assert!(delays[0] >= std::time::Duration::from_millis(100));
-        assert!(delays[0] < std::time::Duration::from_millis(121));
+        assert!(delays[0] >= std::time::Duration::from_millis(500));
+        assert!(delays[0] < std::time::Duration::from_millis(601));
         assert!(
             delays
                 .iter()
@@ -428,6 +430,6 @@ mod tests {
         );
         assert!(delays[9] >= std::time::Duration::from_secs(5));
         b.reset();
-        assert!(b.next().unwrap() < std::time::Duration::from_millis(121));
+        assert!(b.next().unwrap() < std::time::Duration::from_millis(601));
     }
 }
