@@ -2,7 +2,9 @@
 //! the same application with the same `credentialsFrom` in both (as External Secrets would
 //! deliver one vault entry to two clusters). They converge on exactly one client, stop
 //! writing to it once it is settled, and do not take turns overwriting it when their Secrets
-//! disagree for a while (one cluster's vault refresh came first).
+//! disagree for a while (one cluster's vault refresh came first). And the opposite case:
+//! same-named applications in two clusters against the same Hydra and Clerk each keep a
+//! client of their own.
 
 mod support;
 
@@ -342,5 +344,213 @@ async fn a_client_id_alone_takes_over_nothing() -> Result<()> {
         .send()
         .await?
         .error_for_status()?;
+    Ok(())
+}
+
+/// Two clusters whose applications have the same namespace and name, against the same Hydra
+/// and the same Clerk (emulator): each cluster registers a client of its own (the id, or the
+/// registration name, carries the object's uid, not its name), and neither adopts, changes
+/// or deletes the other's: not after a status loss (which makes the operator look its client
+/// up again), not when its own application is deleted.
+#[tokio::test]
+async fn same_named_applications_in_two_clusters_keep_their_own_clients() -> Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let env = Env::new("same-name").await?;
+    let hydra = Hydra::shared()?;
+    let clerk = env.clerk.handle();
+    let dir = testenv_dir()?;
+    let cp2 = tokio::task::spawn_blocking(move || ControlPlane::start(&dir)).await??;
+    let client2 = cp2.admin_client().await?;
+    install_crds(&client2).await?;
+    // The same namespace name in the second cluster.
+    Api::<Namespace>::all(client2.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": env.ns}}))?,
+        )
+        .await?;
+    let clusters = [env.client.clone(), client2.clone()];
+    for (n, client) in clusters.iter().enumerate() {
+        let ns = &env.ns;
+        if n == 1 {
+            // Cluster one's Clerk provider and its key come with `Env`; cluster two's here.
+            Api::<Secret>::namespaced(client.clone(), ns)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({
+                        "metadata": {"name": "clerk-admin", "annotations": support::credential_for(&env.clerk.base_url())},
+                        "stringData": {"secretKey": env.clerk.secret_key()},
+                    }))?,
+                )
+                .await?;
+            Api::<OAuthProvider>::namespaced(client.clone(), ns)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({
+                        "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+                        "metadata": {"name": "clerk"},
+                        "spec": {"clerk": {"baseUrl": env.clerk.base_url(), "secretKeyRef": {"name": "clerk-admin"}}},
+                    }))?,
+                )
+                .await?;
+        }
+        Api::<OAuthProvider>::namespaced(client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthProvider",
+                    "metadata": {"name": "hydra"},
+                    "spec": {"hydra": {"adminUrl": hydra.admin_url(), "issuerUrl": hydra.issuer()}},
+                }))?,
+            )
+            .await?;
+        let apps: Api<OAuthApplication> = Api::namespaced(client.clone(), ns);
+        for (name, provider, extra) in [
+            (
+                "web",
+                "hydra",
+                json!({"grantTypes": ["client_credentials"]}),
+            ),
+            ("portal", "clerk", json!({"scopes": ["profile", "email"]})),
+        ] {
+            let mut spec = json!({
+                "providerRef": {"name": provider},
+                "redirectUris": [format!("https://{name}.example.com/callback")],
+            });
+            spec.as_object_mut()
+                .context("spec")?
+                .extend(extra.as_object().context("extra")?.clone());
+            apps.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "oauth-operator.dev/v1alpha1", "kind": "OAuthApplication",
+                    "metadata": {"name": name}, "spec": spec,
+                }))?,
+            )
+            .await?;
+        }
+    }
+    let _op1 = env.start_operator(&[])?;
+    let _op2 = start_operator(
+        cp2.kubeconfig_path(),
+        &env.ns,
+        &env.log_dir.join("operator-cluster-b.log"),
+    )?;
+    let two = Cluster {
+        client: client2.clone(),
+        ns: env.ns.clone(),
+    };
+
+    // Each cluster: both applications Ready; the ids of the two clusters differ.
+    let ready_ids = |apps: Api<OAuthApplication>| async move {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut ids = Vec::new();
+            for name in ["web", "portal"] {
+                let app = apps.get(name).await?;
+                if support::ready(&app).is_some_and(|(s, _)| s == "True") {
+                    ids.push(app.status.and_then(|s| s.client_id).context("client id")?);
+                }
+            }
+            if ids.len() == 2 {
+                return Ok::<_, anyhow::Error>(ids);
+            }
+            if Instant::now() > deadline {
+                bail!("not both Ready in time");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let ids_one = ready_ids(env.apps()).await?;
+    let ids_two = ready_ids(two.apps()).await?;
+    for (a, b) in ids_one.iter().zip(&ids_two) {
+        assert_ne!(
+            a, b,
+            "the two clusters' same-named applications share a client"
+        );
+    }
+    let working = |secret: Secret, redirect: &'static str, hydra: bool| async move {
+        if hydra {
+            support::client_credentials_token(&secret)
+                .await?
+                .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+        } else {
+            support::assert_token(&secret, redirect).await?;
+        }
+        Ok::<_, anyhow::Error>(data(&secret)["CLIENT_SECRET"].clone())
+    };
+    let secrets_one = [
+        working(env.secrets().get("web-oauth").await?, "", true).await?,
+        working(
+            env.secrets().get("portal-oauth").await?,
+            "https://portal.example.com/callback",
+            false,
+        )
+        .await?,
+    ];
+    for (name, hydra_app, redirect) in [
+        ("web", true, ""),
+        ("portal", false, "https://portal.example.com/callback"),
+    ] {
+        working(
+            two.secrets().get(&format!("{name}-oauth")).await?,
+            redirect,
+            hydra_app,
+        )
+        .await?;
+    }
+    assert_eq!(clerk.apps().len(), 2, "two Clerk clients, one per cluster");
+
+    // Cluster one loses its status: it finds its own clients again, not the other cluster's.
+    for name in ["web", "portal"] {
+        env.reset_status(name).await?;
+    }
+    let relinked = ready_ids(env.apps()).await?;
+    assert_eq!(
+        relinked, ids_one,
+        "relinked to its own clients after a status loss"
+    );
+    for (name, before) in ["web", "portal"].iter().zip(&secrets_one) {
+        let now =
+            data(&env.secrets().get(&format!("{name}-oauth")).await?)["CLIENT_SECRET"].clone();
+        assert_eq!(&now, before, "{name}: the Secret kept its secret");
+    }
+
+    // Cluster two deletes its applications: its clients go, cluster one's stay and work.
+    for name in ["web", "portal"] {
+        two.apps().delete(name, &Default::default()).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while two.apps().get_opt("web").await?.is_some()
+        || two.apps().get_opt("portal").await?.is_some()
+    {
+        if Instant::now() > deadline {
+            bail!("cluster two's applications were not deleted");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        hydra_clients(&ids_two[0]).await?.is_empty(),
+        "cluster two's Hydra client deleted"
+    );
+    assert_eq!(
+        hydra_clients(&ids_one[0]).await?.len(),
+        1,
+        "cluster one's Hydra client kept"
+    );
+    let left = clerk.apps();
+    assert_eq!(
+        left.len(),
+        1,
+        "cluster two's Clerk client deleted, one's kept"
+    );
+    assert_eq!(left[0].client_id, ids_one[1]);
+    working(env.secrets().get("web-oauth").await?, "", true).await?;
+    working(
+        env.secrets().get("portal-oauth").await?,
+        "https://portal.example.com/callback",
+        false,
+    )
+    .await?;
     Ok(())
 }
