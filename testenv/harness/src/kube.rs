@@ -203,20 +203,7 @@ impl ControlPlane {
             (&mut etcd, etcd_log.as_path()),
             (&mut apiserver, apiserver_log.as_path()),
         ];
-        // A dedicated thread with its own runtime: `start` is sync and may be called from
-        // inside a (current-thread) test runtime, which cannot be blocked on.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> Result<()> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .context("building a runtime for the readiness checks")?;
-                    runtime.block_on(wait_for_apiserver(&kubeconfig, processes, deadline))
-                })
-                .join()
-                .map_err(|_| anyhow!("the readiness thread panicked"))?
-        })?;
+        wait_for_apiserver_blocking(&kubeconfig, processes, deadline)?;
 
         let kubeconfig_path = dir.join("kubeconfig");
         let yaml = serde_yaml::to_string(&kubeconfig).context("serializing the kubeconfig")?;
@@ -329,22 +316,7 @@ impl ControlPlane {
             (etcd, etcd_log.as_path()),
             (apiserver, apiserver_log.as_path()),
         ];
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> Result<()> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .context("building a runtime for the readiness checks")?;
-                    runtime.block_on(wait_for_apiserver(
-                        &self.restart.kubeconfig,
-                        processes,
-                        deadline,
-                    ))
-                })
-                .join()
-                .map_err(|_| anyhow!("the readiness thread panicked"))?
-        })
+        wait_for_apiserver_blocking(&self.restart.kubeconfig, processes, deadline)
     }
 
     /// Starts `kube-controller-manager` against this control plane, running only
@@ -649,6 +621,27 @@ fn etcd_health(port: u16) -> Result<String> {
 
 /// Waits for `/readyz` to say `ok` (all post-start hooks done, RBAC bootstrap roles
 /// included), then for the `default` namespace, failing early if a process exits.
+/// [`wait_for_apiserver`] on a dedicated thread with its own runtime: the callers are sync
+/// and may be called from inside a (current-thread) test runtime, which cannot be blocked on.
+fn wait_for_apiserver_blocking(
+    kubeconfig: &serde_json::Value,
+    processes: [(&mut GuardedChild, &Path); 2],
+    deadline: Instant,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("building a runtime for the readiness checks")?;
+                runtime.block_on(wait_for_apiserver(kubeconfig, processes, deadline))
+            })
+            .join()
+            .map_err(|_| anyhow!("the readiness thread panicked"))?
+    })
+}
+
 async fn wait_for_apiserver(
     kubeconfig: &serde_json::Value,
     mut processes: [(&mut GuardedChild, &Path); 2],
