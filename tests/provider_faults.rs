@@ -130,7 +130,13 @@ async fn converges_through_provider_faults_within_the_budget() -> Result<()> {
         .create(&PostParams::default(), &provider)
         .await?;
     let history = SecretHistory::start(&env).await?;
-    let mut op = env.start_operator(&[("OAUTH_OPERATOR_PROVIDER_TIMEOUT", PROVIDER_TIMEOUT)])?;
+    // Deletions are asked for 20 s before the faults stop: the operator must keep trying
+    // until then (the test support's 15 s deletion timeout would make it give up and leave
+    // the client, with a `ClientLeftAtProvider` event, as designed).
+    let mut op = env.start_operator(&[
+        ("OAUTH_OPERATOR_PROVIDER_TIMEOUT", PROVIDER_TIMEOUT),
+        ("OAUTH_OPERATOR_DELETION_TIMEOUT", "3m"),
+    ])?;
 
     // The fault phase, with changes of every kind landing in it.
     proxy.set_faults(faults());

@@ -127,6 +127,11 @@ impl Env {
             .iter()
             .find(|(k, _)| *k == "OAUTH_OPERATOR_RESYNC_INTERVAL")
             .map_or("2s", |(_, v)| *v);
+        // 15s unless the test names its own.
+        let deletion_timeout = extra_env
+            .iter()
+            .find(|(k, _)| *k == "OAUTH_OPERATOR_DELETION_TIMEOUT")
+            .map_or("15s", |(_, v)| *v);
         // Every test server is on loopback, which a namespaced provider may reach only when
         // allowed; tests of the guard itself name their own list.
         let allowed = extra_env
@@ -141,7 +146,7 @@ impl Env {
             "--resync-interval",
             resync,
             "--deletion-timeout",
-            "15s",
+            deletion_timeout,
         ])
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(["--provider-allowed-networks", allowed])
