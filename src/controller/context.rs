@@ -78,6 +78,8 @@ pub struct Context {
     budgets: ServerBudgets,
     /// What each provider last looked like to its applications (see [`ProviderSeen`]).
     provider_seen: Mutex<HashMap<String, ProviderSeen>>,
+    /// Providers, namespaces and credential Secrets from watches (see [`super::cache`]).
+    pub caches: super::cache::Caches,
 }
 
 /// The parts of a provider its applications depend on: the spec (by generation), whether it
@@ -217,7 +219,13 @@ pub fn trigger_fingerprint(app: &OAuthApplication) -> u64 {
 
 impl Context {
     /// `fence`: what a provider write must pass (see [`crate::leader`]).
-    pub fn new(client: Client, metrics: Arc<Metrics>, config: Config, fence: Arc<Fence>) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        config: Config,
+        fence: Arc<Fence>,
+        caches: super::cache::Caches,
+    ) -> Self {
         let budgets = ServerBudgets::new(metrics.clone(), fence);
         let reporter = Reporter {
             controller: "oauth-operator".into(),
@@ -234,6 +242,7 @@ impl Context {
             finalizer_added: Mutex::default(),
             provider_seen: Mutex::default(),
             budgets,
+            caches,
         }
     }
 

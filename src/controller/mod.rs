@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod application;
+pub mod cache;
 pub mod context;
 pub mod desired;
 pub mod error;
@@ -19,14 +20,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 pub use context::{Config, Context};
@@ -92,6 +93,7 @@ fn apps_reading(
     ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
+    ctx.caches.credentials.changed(secret);
     let (namespace, name) = (secret.namespace(), secret.name_any());
     let apps: Vec<_> = store
         .state()
@@ -116,7 +118,34 @@ fn apps_reading(
     apps
 }
 
-/// A provider's spec changed: its applications retry now rather than after their backoff.
+/// A namespace's labels changed (or it was first seen): its applications that use a
+/// `ClusterOAuthProvider` retry now, since `allowedNamespaces.selector` may admit (or no longer
+/// admit) them.
+fn apps_admitted_by_labels(
+    store: &kube::runtime::reflector::Store<DeserializeGuard<OAuthApplication>>,
+    ctx: &Context,
+    namespace: &PartialObjectMeta<Namespace>,
+) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
+    let name = namespace.name_any();
+    let apps: Vec<_> = store
+        .state()
+        .into_iter()
+        .filter(|guard| {
+            guard.0.as_ref().is_ok_and(|app| {
+                app.namespace().as_deref() == Some(name.as_str())
+                    && app.spec.provider_ref.kind == ProviderKind::ClusterOAuthProvider
+            })
+        })
+        .map(|guard| ObjectRef::from_obj(&*guard))
+        .collect();
+    for app in &apps {
+        let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
+        plain.namespace = app.namespace.clone();
+        ctx.reset_backoff(&plain);
+    }
+    apps
+}
+
 /// The applications a provider event wakes: all of them when something they depend on
 /// changed (its spec, deletion, readiness: see [`ProviderSeen`]), with their backoff lifted;
 /// none for the provider's own status writes and other noise.
@@ -296,8 +325,38 @@ async fn run_controllers(
     let ns = config.watch_namespace.clone();
     let controller_cfg =
         kube::runtime::controller::Config::default().concurrency(config.concurrency);
-    let ctx = Arc::new(Context::new(client.clone(), metrics, config, fence));
     let watch_cfg = watcher::Config::default().any_semantic();
+    // Providers and namespaces: each pass reads them from these stores (see `cache`). Each
+    // store is written before the watch hands its event on, so the pass an event starts sees
+    // the object that caused it.
+    let providers: Api<DeserializeGuard<OAuthProvider>> = api_for(&client, ns.as_deref());
+    let cluster_providers: Api<DeserializeGuard<ClusterOAuthProvider>> = Api::all(client.clone());
+    let (provider_store, provider_writer) = reflector::store();
+    let (cluster_provider_store, cluster_provider_writer) = reflector::store();
+    let (namespace_store, namespace_writer) = reflector::store();
+    let provider_events = watcher(providers.clone(), watch_cfg.clone())
+        .backoff(WatchBackoff::policy())
+        .reflect(provider_writer)
+        .touched_objects();
+    let cluster_provider_events = watcher(cluster_providers.clone(), watch_cfg.clone())
+        .backoff(WatchBackoff::policy())
+        .reflect(cluster_provider_writer)
+        .touched_objects();
+    // Metadata only (the labels `allowedNamespaces.selector` matches); only label changes wake
+    // applications.
+    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+    let namespace_events = watcher(namespaces, watch_cfg.clone())
+        .backoff(WatchBackoff::policy())
+        .reflect(namespace_writer)
+        .touched_objects()
+        .predicate_filter(predicates::labels, Default::default());
+    let caches = cache::Caches {
+        providers: provider_store,
+        cluster_providers: cluster_provider_store,
+        namespaces: namespace_store,
+        credentials: Default::default(),
+    };
+    let ctx = Arc::new(Context::new(client.clone(), metrics, config, fence, caches));
 
     let apps: Api<DeserializeGuard<OAuthApplication>> = api_for(&client, ns.as_deref());
     let app_controller = Controller::new(apps, watch_cfg.clone())
@@ -313,21 +372,23 @@ async fn run_controllers(
         secret::MANAGED_BY_LABEL,
         secret::MANAGED_BY_VALUE
     ));
-    let providers: Api<DeserializeGuard<OAuthProvider>> = api_for(&client, ns.as_deref());
-    let cluster_providers: Api<DeserializeGuard<ClusterOAuthProvider>> = Api::all(client.clone());
 
     // Metadata only, of every Secret: those that `spec.credentialsFrom` names are the user's
     // (no label of ours), and nothing of them is kept but the event.
     // (`Api<PartialObjectMeta<_>>` makes metadata-only requests.)
     let sources: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
     let (source_store, source_ctx) = (store.clone(), ctx.clone());
+    let (label_store, label_ctx) = (store.clone(), ctx.clone());
 
     let app_controller = app_controller
         .owns(secrets, secrets_cfg)
         .watches(sources, watch_cfg.clone(), move |s| {
             apps_reading(&source_store, &source_ctx, &s)
         })
-        .watches(providers.clone(), watch_cfg.clone(), move |p| {
+        .watches_stream(namespace_events, move |n| {
+            apps_admitted_by_labels(&label_store, &label_ctx, &n)
+        })
+        .watches_stream(provider_events, move |p| {
             let key = resolve::provider_key(
                 ProviderKind::OAuthProvider,
                 &p.namespace().unwrap_or_default(),
@@ -345,7 +406,7 @@ async fn run_controllers(
                 )
             })
         })
-        .watches(cluster_providers.clone(), watch_cfg.clone(), move |p| {
+        .watches_stream(cluster_provider_events, move |p| {
             let key = resolve::provider_key(ProviderKind::ClusterOAuthProvider, "", &p.name_any());
             let seen = provider_seen(&p, |p: &ClusterOAuthProvider| {
                 ready_status(p.status.as_ref().map(|s| &s.conditions))

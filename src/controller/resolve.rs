@@ -83,13 +83,18 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
     let reference = &app.spec.provider_ref;
     let (key, settings, credential_namespace, fingerprint_seed, deleting) = match reference.kind {
         ProviderKind::OAuthProvider => {
-            let api: Api<OAuthProvider> = Api::namespaced(ctx.client.clone(), &namespace);
-            let provider = api.get_opt(&reference.name).await?.ok_or_else(|| {
-                Error::ProviderNotFound(format!(
-                    "OAuthProvider {namespace}/{} not found (an OAuthProvider serves only its own namespace)",
-                    reference.name
-                ))
-            })?;
+            let provider = match ctx.caches.provider(&namespace, &reference.name) {
+                Some(cached) => cached,
+                None => {
+                    let api: Api<OAuthProvider> = Api::namespaced(ctx.client.clone(), &namespace);
+                    api.get_opt(&reference.name).await?.ok_or_else(|| {
+                        Error::ProviderNotFound(format!(
+                            "OAuthProvider {namespace}/{} not found (an OAuthProvider serves only its own namespace)",
+                            reference.name
+                        ))
+                    })?
+                }
+            };
             (
                 provider_key(reference.kind, &namespace, &reference.name),
                 provider.spec.settings.clone(),
@@ -99,18 +104,29 @@ pub async fn resolve_provider(app: &OAuthApplication, ctx: &Context) -> Result<R
             )
         }
         ProviderKind::ClusterOAuthProvider => {
-            let api: Api<ClusterOAuthProvider> = Api::all(ctx.client.clone());
-            let provider = api.get_opt(&reference.name).await?.ok_or_else(|| {
-                Error::ProviderNotFound(format!(
-                    "ClusterOAuthProvider {} not found",
-                    reference.name
-                ))
-            })?;
-            let ns: Namespace = Api::all(ctx.client.clone()).get(&namespace).await?;
+            let provider = match ctx.caches.cluster_provider(&reference.name) {
+                Some(cached) => cached,
+                None => {
+                    let api: Api<ClusterOAuthProvider> = Api::all(ctx.client.clone());
+                    api.get_opt(&reference.name).await?.ok_or_else(|| {
+                        Error::ProviderNotFound(format!(
+                            "ClusterOAuthProvider {} not found",
+                            reference.name
+                        ))
+                    })?
+                }
+            };
+            let labels = match ctx.caches.namespace_labels(&namespace) {
+                Some(labels) => labels,
+                None => {
+                    let ns: Namespace = Api::all(ctx.client.clone()).get(&namespace).await?;
+                    ns.labels().clone()
+                }
+            };
             let admitted = namespace_allowed(
                 provider.spec.allowed_namespaces.as_ref(),
                 &namespace,
-                ns.labels(),
+                &labels,
             )
             .map_err(Error::NamespaceNotAllowed)?;
             if !admitted {
@@ -196,11 +212,27 @@ async fn read_credential(
     destination: &str,
 ) -> Result<(Option<String>, Vec<SecretString>)> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let credential = secrets.get_opt(name).await?.ok_or_else(|| {
-        Error::CredentialsMissing(format!(
-            "{key}: credential Secret {namespace}/{name} not found"
-        ))
-    })?;
+    // From the cache when the Secret watch covers its namespace (its events empty it).
+    let watched = ctx
+        .config
+        .watch_namespace
+        .as_deref()
+        .is_none_or(|ns| ns == namespace);
+    let cache = &ctx.caches.credentials;
+    let credential = match watched.then(|| cache.get(namespace, name)) {
+        Some(Ok(hit)) => hit,
+        miss => {
+            let credential = secrets.get_opt(name).await?.ok_or_else(|| {
+                Error::CredentialsMissing(format!(
+                    "{key}: credential Secret {namespace}/{name} not found"
+                ))
+            })?;
+            if let Some(Err(epoch)) = miss {
+                cache.store(namespace, name, epoch, credential.clone());
+            }
+            credential
+        }
+    };
     let values = keys
         .iter()
         .map(|k| {

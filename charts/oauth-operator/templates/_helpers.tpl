@@ -41,10 +41,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [oauth-operator.dev]
   resources: [clusteroauthproviders]
   verbs: [get, list, watch]
-# ClusterOAuthProvider.allowedNamespaces.selector matches namespace labels.
+# ClusterOAuthProvider.allowedNamespaces.selector matches namespace labels (a metadata watch).
 - apiGroups: [""]
   resources: [namespaces]
-  verbs: [get]
+  verbs: [get, list, watch]
 {{- end -}}
 
 {{- /* Cluster-wide only: the cluster providers' in-use finalizer and status. */ -}}
@@ -60,7 +60,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [get, patch, update]
 - apiGroups: [""]
   resources: [namespaces]
-  verbs: [get]
+  verbs: [get, list, watch]
 {{- end -}}
 
 {{- define "oauth-operator.secretRules" -}}
