@@ -9,7 +9,7 @@ TEST_FEATURES := --features oauth-operator/fault-injection
 TESTENV_DIR := $(shell bash testenv/build.sh --print-dir)
 export TESTENV_DIR
 
-.PHONY: all build test testenv lint fmt fmt-check clippy crds crds-check fault-check run image clean-testenv
+.PHONY: all build test bench testenv lint fmt fmt-check clippy crds crds-check fault-check run image clean-testenv
 
 all: build
 
@@ -26,6 +26,13 @@ test: testenv crds-check fault-check
 	rm -rf "$${CARGO_TARGET_DIR:-target}"/tmp/oauth-operator-*
 	rc=0; $(CARGO) test --workspace --all-targets --no-fail-fast $(TEST_FEATURES) || rc=$$?; \
 	  scripts/leak-scan.sh "$${CARGO_TARGET_DIR:-target}/tmp" || rc=1; exit $$rc
+
+## bench: the scale benchmark side by side with hydra-maester (built once into the cache);
+## prints a table, writes target/bench/*.json and a PNG; never fails on a number.
+## BENCH_QUICK=1 runs every workload at small N (as `make test` does).
+bench: testenv
+	bash scripts/build-hydra-maester.sh
+	$(CARGO) bench --bench scale
 
 fmt:
 	$(CARGO) fmt --all

@@ -72,6 +72,7 @@ struct Restart {
     etcd_peer_port: u16,
     apiserver_port: u16,
     kubeconfig: serde_json::Value,
+    audit: bool,
 }
 
 /// Resident memory of the two processes, from `/proc/<pid>/status` (`VmRSS`).
@@ -123,6 +124,13 @@ impl ControlPlane {
     /// temp directory. Blocks until `/readyz` is ok and the `default` namespace exists.
     /// Callable from inside or outside a tokio runtime.
     pub fn start(testenv_dir: &Path) -> Result<ControlPlane> {
+        Self::start_with(testenv_dir, false)
+    }
+
+    /// As [`Self::start`]; with `audit`, kube-apiserver also writes one JSON line per
+    /// completed request (user, verb, resource, namespace, name: no bodies) to
+    /// [`Self::audit_log_path`], so a benchmark can count each client's requests.
+    pub fn start_with(testenv_dir: &Path, audit: bool) -> Result<ControlPlane> {
         let bin_dir = testenv_dir.join("bin");
         for binary in ["etcd", "kube-apiserver"] {
             let path = bin_dir.join(binary);
@@ -140,7 +148,7 @@ impl ControlPlane {
         let deadline = started + start_timeout()?;
         for attempt in 1.. {
             let dir = create_temp_dir()?;
-            match Self::start_in(&bin_dir, &dir, started, deadline) {
+            match Self::start_in(&bin_dir, &dir, started, deadline, audit) {
                 Ok(control_plane) => return Ok(control_plane),
                 Err(err) if attempt < ATTEMPTS && is_port_clash(&err) => {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -161,6 +169,7 @@ impl ControlPlane {
         dir: &Path,
         started: Instant,
         deadline: Instant,
+        audit: bool,
     ) -> Result<ControlPlane> {
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
@@ -178,6 +187,15 @@ impl ControlPlane {
             sa_private: write_file(&pki, "sa-signer.key", &sa_private_pem)?,
         };
         write_file(&pki, "server-ca.crt", &server_ca_pem)?;
+        if audit {
+            // One event per request, when it completes (a watch: when it ends).
+            write_file(
+                dir,
+                "audit-policy.yaml",
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\n\
+                 omitStages: [RequestReceived, ResponseStarted]\nrules:\n- level: Metadata\n",
+            )?;
+        }
 
         let [etcd_port, etcd_peer_port, apiserver_port] = free_ports()?;
 
@@ -194,7 +212,7 @@ impl ControlPlane {
         let server_url = format!("https://127.0.0.1:{apiserver_port}");
         let mut apiserver = GuardedChild::spawn(
             "kube-apiserver",
-            apiserver_command(bin_dir, dir, &files, &etcd_url, apiserver_port),
+            apiserver_command(bin_dir, dir, &files, &etcd_url, apiserver_port, audit),
             &apiserver_log,
         )?;
 
@@ -228,6 +246,7 @@ impl ControlPlane {
                 etcd_peer_port,
                 apiserver_port,
                 kubeconfig,
+                audit,
             },
         })
     }
@@ -249,6 +268,7 @@ impl ControlPlane {
                 &r.files,
                 &r.etcd_url,
                 r.apiserver_port,
+                r.audit,
             ),
             &log,
         )?;
@@ -365,6 +385,22 @@ impl ControlPlane {
     /// An admin (`system:masters`) kubeconfig with embedded certificates, usable by kubectl.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
+    }
+
+    /// The audit log (JSON lines) of a control plane started with `audit`
+    /// ([`Self::start_with`]); nothing is written there otherwise.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    /// Writes a kubeconfig (in the control plane's directory) that authenticates as `user` in
+    /// `groups` with a client certificate, for a process that must be told apart from the
+    /// others in the audit log. Returns its path.
+    pub fn write_kubeconfig_as_user(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let cert = self.client_ca.issue_client(user, groups)?;
+        let value = kubeconfig_value(&self.server_url, &self.server_ca_pem, cert_user(&cert));
+        let yaml = serde_yaml::to_string(&value).context("serializing a kubeconfig")?;
+        write_file(&self.dir, &format!("kubeconfig-{user}"), &yaml)
     }
 
     /// The admin kubeconfig (same content as [`Self::kubeconfig_path`]).
@@ -550,8 +586,27 @@ fn etcd_command(bin_dir: &Path, dir: &Path, client_url: &str, peer_port: u16) ->
     cmd
 }
 
-fn apiserver_command(bin_dir: &Path, dir: &Path, pki: &Pki, etcd_url: &str, port: u16) -> Command {
+fn apiserver_command(
+    bin_dir: &Path,
+    dir: &Path,
+    pki: &Pki,
+    etcd_url: &str,
+    port: u16,
+    audit: bool,
+) -> Command {
     let mut cmd = Command::new(bin_dir.join("kube-apiserver"));
+    if audit {
+        cmd.arg(format!(
+            "--audit-policy-file={}",
+            dir.join("audit-policy.yaml").display()
+        ))
+        .arg(format!(
+            "--audit-log-path={}",
+            dir.join("audit.log").display()
+        ))
+        .arg("--audit-log-format=json")
+        .arg("--audit-log-maxsize=0");
+    }
     cmd.current_dir(dir)
         .arg(format!("--etcd-servers={etcd_url}"))
         .arg("--advertise-address=127.0.0.1")
