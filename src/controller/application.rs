@@ -7,7 +7,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -121,31 +121,33 @@ pub async fn reconcile(
         // Backing off: a status or Secret event must not turn into a retry storm.
         return Ok(Action::requeue(left));
     }
-    let start = Instant::now();
+    let uid = app.metadata.uid.clone().unwrap_or_default();
     let namespace = app.namespace().unwrap_or_default();
+    // The application and its Secret are as the last successful pass left them (this is its
+    // own status write coming back, or a relist): nothing to do before the time it asked for.
+    if let Some(left) = ctx.versions.unchanged_since_settled(
+        &obj_ref,
+        &uid,
+        app.resource_version().as_deref(),
+        ctx.caches
+            .owned_secret_version(&namespace, &app.secret_name())
+            .as_deref(),
+    ) {
+        return Ok(Action::requeue(left));
+    }
+    // Only a pass that ends in a settled state settles it again (a failure must be retried).
+    ctx.versions.unsettle(&obj_ref);
+    let start = Instant::now();
     let api: Api<OAuthApplication> = Api::namespaced(ctx.client.clone(), &namespace);
-    // The watch's copy may lag behind the apiserver (an event not delivered yet, or a watch
-    // relisting after an apiserver restart, which can take minutes). A copy without the
-    // finalizer is read again before the finalizer is added: the helper's patch tests the
-    // finalizer list it saw, and a stale one fails it. And once the finalizer is added, the
-    // next pass is scheduled here instead of waiting for the watch to report the change
-    // (once per object: see `Context::first_finalizer_add`).
     let mut app = app;
-    let adding = !app.finalizers().iter().any(|f| f == FINALIZER);
-    if adding {
-        match api
-            .get_opt(&app.name_any())
-            .await
-            .map_err(kube::runtime::finalizer::Error::AddFinalizer)?
-        {
-            Some(live) => app = Arc::new(live),
-            None => return Ok(Action::await_change()),
+    if app.metadata.deletion_timestamp.is_none() && !app.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        match add_finalizer(&api, &app, &ctx).await {
+            Ok(Some(added)) => app = Arc::new(added),
+            Ok(None) => return Ok(Action::await_change()),
+            Err(e) => return Err(kube::runtime::finalizer::Error::AddFinalizer(e)),
         }
     }
-    let added = adding
-        && app.metadata.deletion_timestamp.is_none()
-        && !app.finalizers().iter().any(|f| f == FINALIZER);
-    let uid = app.metadata.uid.clone().unwrap_or_default();
     let result = finalizer(&api, FINALIZER, app, |event| async {
         match event {
             Finalizer::Apply(app) => report(&api, &app, &ctx, false).await,
@@ -166,10 +168,60 @@ pub async fn reconcile(
     if result.is_ok() {
         ctx.reset_backoff(&obj_ref);
     }
-    if added && result.is_ok() && ctx.first_finalizer_add(&uid) {
-        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
-    }
     result
+}
+
+/// Adds the finalizer before anything is registered, and hands back the application as the
+/// apiserver then holds it, so that the same pass goes on with it (no second pass, no read).
+/// The patch carries the `resourceVersion` it was made from: a watched copy that lags behind
+/// (a finalizer someone else added meanwhile, which a merge patch would drop) is refused
+/// with a conflict, and then the live object is read and the patch made once more from it.
+/// `Ok(None)`: the application is gone.
+async fn add_finalizer(
+    api: &Api<OAuthApplication>,
+    app: &OAuthApplication,
+    ctx: &Context,
+) -> std::result::Result<Option<OAuthApplication>, kube::Error> {
+    let name = app.name_any();
+    let key = ObjectRef::from_obj(app);
+    let uid = app.metadata.uid.clone().unwrap_or_default();
+    let mut seen = app.clone();
+    for attempt in 0..2 {
+        if seen.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(Some(seen));
+        }
+        if seen.metadata.deletion_timestamp.is_some() {
+            // Deleted before it was ever registered: nothing to clean up, nothing to add.
+            return Ok(None);
+        }
+        let mut finalizers = seen.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        let patch = serde_json::json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": seen.resource_version(),
+            }
+        });
+        ctx.versions.note(&key, &uid, None);
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(added) => {
+                ctx.versions.note(&key, &uid, added.resource_version());
+                return Ok(Some(added));
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt == 0 => {
+                match api.get_opt(&name).await? {
+                    Some(live) if live.metadata.uid == app.metadata.uid => seen = live,
+                    _ => return Ok(None),
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(seen))
 }
 
 /// Requeue delay after a failed pass (per-object backoff, `Retry-After`, or the resync
@@ -201,21 +253,38 @@ async fn report(
     ctx: &Context,
     deleting: bool,
 ) -> Result<Action> {
-    // A quorum read: pending registrations, ids and rotation tokens must never come from a
-    // cache that may predate our own last write.
-    let Some(app) = api.get_opt(&cached.name_any()).await? else {
-        return Ok(Action::await_change());
+    // Pending registrations, ids and rotation tokens must never come from a copy that may
+    // predate our own last write: the watched copy only if it is at the version this process
+    // last read or wrote (see `versions`), else a quorum read.
+    let obj_ref = ObjectRef::from_obj(cached);
+    let uid = cached.metadata.uid.clone().unwrap_or_default();
+    let app = if ctx
+        .versions
+        .is_current(&obj_ref, &uid, cached.resource_version().as_deref())
+    {
+        cached.clone()
+    } else {
+        let Some(app) = api.get_opt(&cached.name_any()).await? else {
+            ctx.versions.forget(&obj_ref);
+            return Ok(Action::await_change());
+        };
+        if app.metadata.uid != cached.metadata.uid {
+            // Deleted and created again under the same name: this event is about the old one.
+            return Ok(Action::await_change());
+        }
+        ctx.versions.note(&obj_ref, &uid, app.resource_version());
+        app
     };
-    if app.metadata.uid != cached.metadata.uid {
-        // Deleted and created again under the same name: this event is about the old one.
-        return Ok(Action::await_change());
-    }
     let app = &app;
-    let obj_ref = ObjectRef::from_obj(app);
     let mut status = app.status.clone().unwrap_or_default();
-    let mut writer = StatusWriter::new(api, app);
+    let mut writer = StatusWriter::new(api, app, &ctx.versions);
     let result = if deleting {
-        cleanup(app, ctx, &mut status).await
+        let done = cleanup(app, ctx, &mut status).await;
+        if done.is_ok() {
+            // The finalizer goes next, and the object with it.
+            ctx.versions.forget(&obj_ref);
+        }
+        done
     } else {
         apply(&mut writer, app, ctx, &mut status).await
     };
@@ -811,7 +880,7 @@ async fn apply(
     let uid = app.metadata.uid.as_deref().unwrap_or_default();
     let remote = if remote.name == registration_name(&desired.name, uid) {
         let named = provider.client.update(&remote.id, &desired, uid).await?;
-        ctx.inventory.upsert(&provider.server, &named).await;
+        ctx.inventory.upsert(&provider.server, &named);
         named
     } else {
         remote
@@ -930,6 +999,7 @@ async fn apply(
     );
     writer.write(status).await?;
     let mut requeue = ctx.resync_delay();
+    let secret_version = existing.as_ref().and_then(|s| s.resource_version());
     if let Some(until) = status
         .previous_secret_expires_at
         .iter()
@@ -946,7 +1016,7 @@ async fn apply(
         let until = std::time::Duration::try_from(now().duration_until(at)).unwrap_or_default();
         requeue = requeue.min(until + std::time::Duration::from_secs(1));
     }
-    Ok(Action::requeue(requeue))
+    Ok(ctx.settled(app, secret_version.as_deref(), requeue))
 }
 
 /// Whether a second client can be registered beside the current one (`rotation.strategy:
@@ -1135,7 +1205,7 @@ pub(super) async fn sync_remote(
         // One write with every managed field; no (further) read needed.
         return match provider.client.update(id, desired, owner_uid(app)).await {
             Ok(remote) => {
-                ctx.inventory.upsert(&provider.server, &remote).await;
+                ctx.inventory.upsert(&provider.server, &remote);
                 status.last_sync_time = Some(Time(now()));
                 status.drifted_fields.clear();
                 remove_condition(&mut status.conditions, DRIFTED);
@@ -1164,7 +1234,7 @@ pub(super) async fn sync_remote(
         // Not in the snapshot (deleted, or created after it): confirm with one GET.
         None => match provider.client.get(id).await {
             Ok(remote) => {
-                ctx.inventory.upsert(&provider.server, &remote).await;
+                ctx.inventory.upsert(&provider.server, &remote);
                 (remote, now())
             }
             Err(ProviderError::NotFound { .. }) => return Ok(None),
@@ -1179,7 +1249,7 @@ pub(super) async fn sync_remote(
     if remote.name == registration_name(&desired.name, uid) {
         // A registration that stopped before the rename: finish it whatever the drift policy.
         let named = provider.client.update(id, desired, owner_uid(app)).await?;
-        ctx.inventory.upsert(&provider.server, &named).await;
+        ctx.inventory.upsert(&provider.server, &named);
         return Ok(Some(named));
     }
     let drifted = provider.client.diff(desired, &remote);
@@ -1196,7 +1266,7 @@ pub(super) async fn sync_remote(
                 Err(ProviderError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            ctx.inventory.upsert(&provider.server, &corrected).await;
+            ctx.inventory.upsert(&provider.server, &corrected);
             ctx.metrics.lifecycle_event("drift_corrected");
             ctx.event(
                 app,
@@ -1432,7 +1502,12 @@ async fn register_chosen(
     } else {
         Some(held.clone().unwrap_or_else(generate_secret))
     };
-    dry_run_write(secrets, app, existing).await?;
+    if !(generates && !stage_first && existing.is_none()) {
+        // Whether the Secret can be written (admission, quota, RBAC) before anything is
+        // registered. Not needed where the Secret is created before the client is: that
+        // create is the check.
+        dry_run_write(secrets, app, existing).await?;
+    }
     mark_registering(status, app, &provider.key, &id);
     let planned = RemoteClient {
         id: object_id.clone(),
@@ -1654,7 +1729,7 @@ async fn resolve_pending(
     if let Some((orphan, duplicates)) = candidates.split_first() {
         for duplicate in duplicates {
             provider.client.delete(&duplicate.id).await?;
-            ctx.inventory.remove(&provider.server, &duplicate.id).await;
+            ctx.inventory.remove(&provider.server, &duplicate.id);
             ctx.metrics.lifecycle_event("duplicate_deleted");
             warn!(id = %duplicate.id, "deleted a duplicate client left by an interrupted registration");
         }
@@ -2354,7 +2429,7 @@ async fn retire(
     let owned = match provider.client.get(old).await {
         Ok(remote) => remote.owner_uid.is_none_or(|o| o == owner_uid(app)),
         Err(ProviderError::NotFound { .. } | ProviderError::Unsupported(_)) => {
-            ctx.inventory.remove(&provider.server, old).await;
+            ctx.inventory.remove(&provider.server, old);
             return Ok(false); // deleted before
         }
         Err(e @ (ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. })) => {
@@ -2378,7 +2453,7 @@ async fn retire(
         }
         Err(e) => return Err(e.into()),
     };
-    ctx.inventory.remove(&provider.server, old).await;
+    ctx.inventory.remove(&provider.server, old);
     Ok(deleted)
 }
 
@@ -2472,7 +2547,7 @@ async fn delete_remote(
         if ours {
             provider.client.delete(id).await?;
         }
-        ctx.inventory.remove(&provider.server, id).await;
+        ctx.inventory.remove(&provider.server, id);
     }
     if let Some(old) = &status.retiring_client_id
         && status.provider_object_id.as_ref() != Some(old)

@@ -23,6 +23,8 @@ pub struct Caches {
     pub providers: Store<DeserializeGuard<OAuthProvider>>,
     pub cluster_providers: Store<DeserializeGuard<ClusterOAuthProvider>>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// The Secrets this operator wrote, metadata only.
+    pub owned_secrets: Store<PartialObjectMeta<Secret>>,
     pub credentials: CredentialCache,
 }
 
@@ -33,6 +35,7 @@ impl Default for Caches {
             providers: store().0,
             cluster_providers: store().0,
             namespaces: store().0,
+            owned_secrets: store().0,
             credentials: CredentialCache::default(),
         }
     }
@@ -51,6 +54,15 @@ impl Caches {
     pub fn cluster_provider(&self, name: &str) -> Option<ClusterOAuthProvider> {
         let guard = self.cluster_providers.get(&ObjectRef::new(name))?;
         guard.0.as_ref().ok().cloned()
+    }
+
+    /// The `resourceVersion` of an owned Secret as its watch last saw it.
+    pub fn owned_secret_version(&self, namespace: &str, name: &str) -> Option<String> {
+        self.owned_secrets
+            .get(&ObjectRef::new(name).within(namespace))?
+            .metadata
+            .resource_version
+            .clone()
     }
 
     /// A namespace's labels from its store.

@@ -11,9 +11,10 @@ use kube::runtime::reflector::ObjectRef;
 use rand::Rng;
 
 use super::error::Error;
+pub use super::inventory::Inventory;
 use crate::api::{OAuthApplication, RequestBudget};
 use crate::leader::{Fence, LeaseConfig};
-use crate::providers::{ProviderError, RemoteClient, RequestBudgetLimiter, SharedBackend};
+use crate::providers::{RequestBudgetLimiter, SharedBackend};
 use crate::telemetry::Metrics;
 
 /// Operator settings (from the command line).
@@ -70,10 +71,8 @@ pub struct Context {
     /// Per-provider list of remote clients, refreshed at most once per resync interval.
     pub inventory: Inventory,
     backoff: Mutex<HashMap<ObjectRef<OAuthApplication>, Backoff>>,
-    /// Applications this process added the finalizer to (by uid): a second add means
-    /// something removes it again, and then nothing is requeued (see
-    /// [`Context::first_finalizer_add`]).
-    finalizer_added: Mutex<std::collections::HashSet<String>>,
+    /// Each application's versions as this process knows them (see [`super::versions`]).
+    pub versions: super::versions::Versions,
     /// One request budget per server, kept while its effective settings are unchanged.
     budgets: ServerBudgets,
     /// What each provider last looked like to its applications (see [`ProviderSeen`]).
@@ -239,7 +238,7 @@ impl Context {
             providers: Mutex::default(),
             inventory: Inventory::default(),
             backoff: Mutex::default(),
-            finalizer_added: Mutex::default(),
+            versions: Default::default(),
             provider_seen: Mutex::default(),
             budgets,
             caches,
@@ -361,22 +360,37 @@ impl Context {
         self.budgets.budget_for(server, label, provider, budget)
     }
 
-    /// Whether this is the first time this process added the finalizer to the object with
-    /// this uid. Only then is its next pass scheduled right away: a finalizer that keeps
-    /// disappearing (a webhook, another writer) must not turn into a GET and a PATCH every
-    /// few hundred milliseconds.
-    pub fn first_finalizer_add(&self, uid: &str) -> bool {
-        self.finalizer_added
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.to_string())
-    }
-
     pub fn reset_backoff(&self, obj: &ObjectRef<OAuthApplication>) {
         self.backoff
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(obj);
+    }
+
+    /// Something the application depends on outside itself and its Secret changed (its
+    /// provider, a credential Secret, its namespace's labels): its next pass runs now, past
+    /// any backoff, even if the application and its Secret are as the last pass left them.
+    pub fn wake(&self, obj: &ObjectRef<OAuthApplication>) {
+        self.reset_backoff(obj);
+        self.versions.unsettle(obj);
+    }
+
+    /// The end of a successful pass that found the application's Secret at `secret_version`
+    /// and asks to be back after `requeue`: until then, events that change neither the
+    /// application nor its Secret run no pass (see [`super::versions`]).
+    pub fn settled(
+        &self,
+        app: &OAuthApplication,
+        secret_version: Option<&str>,
+        requeue: Duration,
+    ) -> kube::runtime::controller::Action {
+        self.versions.settle(
+            &ObjectRef::from_obj(app),
+            app.metadata.uid.as_deref().unwrap_or_default(),
+            secret_version,
+            requeue,
+        );
+        kube::runtime::controller::Action::requeue(requeue)
     }
 
     /// The periodic requeue after a successful pass, spread so that thousands of
@@ -398,78 +412,6 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 pub fn jitter(d: Duration) -> Duration {
     let factor = rand::rng().random_range(1.0..1.2);
     d.mul_f64(factor)
-}
-
-/// A snapshot of every client at one provider.
-pub struct Snapshot {
-    pub fetched_at: Instant,
-    /// Wall-clock time of the list, reported as `status.lastSyncTime`.
-    pub fetched_wall: k8s_openapi::jiff::Timestamp,
-    pub clients: HashMap<String, RemoteClient>,
-}
-
-/// One list per provider per resync interval, shared by every application of that provider;
-/// the operator's own creates and updates are written through so the snapshot stays current.
-#[derive(Default)]
-pub struct Inventory {
-    by_provider: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
-}
-
-impl Inventory {
-    async fn slot(&self, provider: &str) -> Arc<tokio::sync::Mutex<Option<Snapshot>>> {
-        self.by_provider
-            .lock()
-            .await
-            .entry(provider.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// The remote client `id` as of a snapshot no older than `max_age` (refreshing it with one
-    /// paginated list when needed). `Ok(None)`: not at the provider as of that snapshot.
-    pub async fn lookup(
-        &self,
-        provider: &str,
-        client: &SharedBackend,
-        id: &str,
-        max_age: Duration,
-    ) -> Result<Option<(RemoteClient, k8s_openapi::jiff::Timestamp)>, ProviderError> {
-        let slot = self.slot(provider).await;
-        // Held across the list call: concurrent reconciles of one provider wait for one list.
-        let mut guard = slot.lock().await;
-        let stale = guard
-            .as_ref()
-            .is_none_or(|s| s.fetched_at.elapsed() >= max_age);
-        if stale {
-            let clients = client.list_all().await?;
-            *guard = Some(Snapshot {
-                fetched_at: Instant::now(),
-                fetched_wall: k8s_openapi::jiff::Timestamp::from_second(
-                    k8s_openapi::jiff::Timestamp::now().as_second(),
-                )
-                .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
-                clients: clients.into_iter().map(|c| (c.id.clone(), c)).collect(),
-            });
-        }
-        Ok(guard
-            .as_ref()
-            .and_then(|s| s.clients.get(id).map(|c| (c.clone(), s.fetched_wall))))
-    }
-
-    /// Records the operator's own write so the next lookup sees it without a list.
-    pub async fn upsert(&self, provider: &str, client: &RemoteClient) {
-        let slot = self.slot(provider).await;
-        if let Some(s) = slot.lock().await.as_mut() {
-            s.clients.insert(client.id.clone(), client.clone());
-        }
-    }
-
-    pub async fn remove(&self, provider: &str, id: &str) {
-        let slot = self.slot(provider).await;
-        if let Some(s) = slot.lock().await.as_mut() {
-            s.clients.remove(id);
-        }
-    }
 }
 
 #[cfg(test)]

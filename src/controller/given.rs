@@ -235,7 +235,7 @@ pub(super) async fn apply_given(
             Err(e) => return Err(e.into()),
         },
     };
-    ctx.inventory.upsert(&provider.server, &remote).await;
+    ctx.inventory.upsert(&provider.server, &remote);
     let remote = if created {
         remote
     } else {
@@ -299,7 +299,8 @@ pub(super) async fn apply_given(
         new_condition(READY, true, "Reconciled", message, app.metadata.generation),
     );
     writer.write(status).await?;
-    Ok(Action::requeue(ctx.resync_delay()))
+    let secret_version = existing.and_then(|s| s.resource_version());
+    Ok(ctx.settled(app, secret_version.as_deref(), ctx.resync_delay()))
 }
 
 /// An existing client: ours to change only with the owner marker of given credentials, and
@@ -342,7 +343,7 @@ async fn take_up(
             .client
             .set_secret(&remote.id, desired, GIVEN_OWNER, &given.secret)
             .await?;
-        ctx.inventory.upsert(&provider.server, &updated).await;
+        ctx.inventory.upsert(&provider.server, &updated);
         ctx.metrics.lifecycle_event("given_secret_pushed");
         ctx.event(
             app,
@@ -386,7 +387,7 @@ async fn take_up(
         .client
         .update(&remote.id, desired, GIVEN_OWNER)
         .await?;
-    ctx.inventory.upsert(&provider.server, &updated).await;
+    ctx.inventory.upsert(&provider.server, &updated);
     ctx.metrics.lifecycle_event("client_adopted");
     ctx.event(
         app,

@@ -8,12 +8,14 @@ pub mod context;
 pub mod desired;
 pub mod error;
 mod given;
+pub mod inventory;
 pub mod plan;
 pub mod provider;
 pub mod resolve;
 pub mod secret;
 pub mod staging;
 pub mod status;
+pub mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +115,7 @@ fn apps_reading(
     for app in &apps {
         let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
         plain.namespace = app.namespace.clone();
-        ctx.reset_backoff(&plain);
+        ctx.wake(&plain);
     }
     apps
 }
@@ -141,7 +143,7 @@ fn apps_admitted_by_labels(
     for app in &apps {
         let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
         plain.namespace = app.namespace.clone();
-        ctx.reset_backoff(&plain);
+        ctx.wake(&plain);
     }
     apps
 }
@@ -157,13 +159,21 @@ fn retry_now(
 ) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
     match ctx.provider_changed(&key, seen) {
         ProviderChange::None => Vec::new(),
-        ProviderChange::First => apps(),
+        ProviderChange::First => {
+            let apps = apps();
+            for app in &apps {
+                let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
+                plain.namespace = app.namespace.clone();
+                ctx.versions.unsettle(&plain);
+            }
+            apps
+        }
         ProviderChange::Spec | ProviderChange::State => {
             let apps = apps();
             for app in &apps {
                 let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
                 plain.namespace = app.namespace.clone();
-                ctx.reset_backoff(&plain);
+                ctx.wake(&plain);
             }
             apps
         }
@@ -350,10 +360,27 @@ async fn run_controllers(
         .reflect(namespace_writer)
         .touched_objects()
         .predicate_filter(predicates::labels, Default::default());
+    // Metadata only, and only the Secrets this operator wrote (their versions tell a pass
+    // whether a Secret changed since the last one: see `versions`); managed fields dropped.
+    let secrets: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
+    let secrets_cfg = watch_cfg.clone().labels(&format!(
+        "{}={}",
+        secret::MANAGED_BY_LABEL,
+        secret::MANAGED_BY_VALUE
+    ));
+    let (owned_secret_store, owned_secret_writer) = reflector::store();
+    let owned_secret_events = watcher(secrets, secrets_cfg)
+        .backoff(WatchBackoff::policy())
+        .modify(|s| {
+            s.metadata.managed_fields = None;
+        })
+        .reflect(owned_secret_writer)
+        .touched_objects();
     let caches = cache::Caches {
         providers: provider_store,
         cluster_providers: cluster_provider_store,
         namespaces: namespace_store,
+        owned_secrets: owned_secret_store,
         credentials: Default::default(),
     };
     let ctx = Arc::new(Context::new(client.clone(), metrics, config, fence, caches));
@@ -365,13 +392,6 @@ async fn run_controllers(
     let store = app_controller.store();
     let (ns_store, cluster_store) = (store.clone(), store.clone());
     let (ns_ctx, cluster_ctx_map) = (ctx.clone(), ctx.clone());
-    // Metadata only, and only the Secrets this operator wrote.
-    let secrets: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
-    let secrets_cfg = watcher::Config::default().labels(&format!(
-        "{}={}",
-        secret::MANAGED_BY_LABEL,
-        secret::MANAGED_BY_VALUE
-    ));
 
     // Metadata only, of every Secret: those that `spec.credentialsFrom` names are the user's
     // (no label of ours), and nothing of them is kept but the event.
@@ -381,7 +401,7 @@ async fn run_controllers(
     let (label_store, label_ctx) = (store.clone(), ctx.clone());
 
     let app_controller = app_controller
-        .owns(secrets, secrets_cfg)
+        .owns_stream(owned_secret_events)
         .watches(sources, watch_cfg.clone(), move |s| {
             apps_reading(&source_store, &source_ctx, &s)
         })

@@ -3,10 +3,12 @@
 //! finds everything in order writes nothing and does not wake the controller again.
 
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
 use super::error::Result;
+use super::versions::Versions;
 use crate::api::conditions::eq_ignoring_time;
 use crate::api::{OAuthApplication, OAuthApplicationStatus};
 
@@ -30,18 +32,29 @@ pub fn status_changed(old: Option<&OAuthApplicationStatus>, new: &OAuthApplicati
 
 /// Writes an application's status within one pass, remembering what the server holds (the
 /// status read at the start of the pass, then each write), so that a write is skipped only
-/// when it would really change nothing.
+/// when it would really change nothing; and noting in `versions` the version each write
+/// makes (none while it is in flight or when its answer was lost).
 pub struct StatusWriter<'a> {
     api: &'a Api<OAuthApplication>,
     name: String,
+    key: ObjectRef<OAuthApplication>,
+    uid: String,
+    versions: &'a Versions,
     last: Option<OAuthApplicationStatus>,
 }
 
 impl<'a> StatusWriter<'a> {
-    pub fn new(api: &'a Api<OAuthApplication>, app: &OAuthApplication) -> Self {
+    pub fn new(
+        api: &'a Api<OAuthApplication>,
+        app: &OAuthApplication,
+        versions: &'a Versions,
+    ) -> Self {
         Self {
             api,
             name: app.name_any(),
+            key: ObjectRef::from_obj(app),
+            uid: app.metadata.uid.clone().unwrap_or_default(),
+            versions,
             last: app.status.clone(),
         }
     }
@@ -51,14 +64,18 @@ impl<'a> StatusWriter<'a> {
         if !status_changed(self.last.as_ref(), status) {
             return Ok(());
         }
-        apply_status::<OAuthApplication, _>(self.api, &self.name, status).await?;
+        self.versions.note(&self.key, &self.uid, None);
+        let written = apply_status::<OAuthApplication, _>(self.api, &self.name, status).await?;
+        self.versions
+            .note(&self.key, &self.uid, written.resource_version());
         self.last = Some(status.clone());
         Ok(())
     }
 }
 
-/// Server-side apply of `{apiVersion, kind, status}` on the status subresource.
-pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<()>
+/// Server-side apply of `{apiVersion, kind, status}` on the status subresource; the object as
+/// written.
+pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: Serialize,
@@ -68,13 +85,13 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    Ok(api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?)
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{ErrorBodies, HttpEndpoint, ProviderHttp, client_authenticates};
 use super::{
-    Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
-    ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
-    as_set, diff_flags,
+    Backend, Capabilities, ClientPage, DesiredClient, DriftSource, Identity, IssuedClient,
+    OwnerMarker, PageCursor, ProviderError, Registration, RemoteClient, RequestBudgetLimiter,
+    Rotation, SecretSource, as_set, diff_flags,
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
@@ -348,25 +348,43 @@ impl ClerkClient {
             .await
     }
 
+    /// One page of applications (optionally those matching `name_query`), 500 from `offset`
+    /// in creation order; the offset of the next page, if there is one.
+    async fn page(
+        &self,
+        name_query: Option<&str>,
+        offset: usize,
+    ) -> Result<(Vec<RemoteClient>, Option<usize>), ProviderError> {
+        let mut query = vec![
+            ("limit", PAGE_LIMIT.to_string()),
+            ("offset", offset.to_string()),
+            ("order_by", "+created_at".to_string()),
+        ];
+        if let Some(q) = name_query {
+            query.push(("name_query", q.to_string()));
+        }
+        let page: ClerkAppList = self
+            .send("list", Method::GET, &[APPS], &query, None)
+            .await?;
+        let got = page.data.len();
+        let next = offset + got;
+        let more = got >= PAGE_LIMIT && (next as i64) < page.total_count;
+        Ok((
+            page.data.into_iter().map(ClerkApp::into_remote).collect(),
+            more.then_some(next),
+        ))
+    }
+
     /// All applications (optionally those matching `name_query`), 500 per page.
     pub async fn list(&self, name_query: Option<&str>) -> Result<Vec<RemoteClient>, ProviderError> {
         let mut all = Vec::new();
+        let mut offset = 0;
         loop {
-            let mut query = vec![
-                ("limit", PAGE_LIMIT.to_string()),
-                ("offset", all.len().to_string()),
-                ("order_by", "+created_at".to_string()),
-            ];
-            if let Some(q) = name_query {
-                query.push(("name_query", q.to_string()));
-            }
-            let page: ClerkAppList = self
-                .send("list", Method::GET, &[APPS], &query, None)
-                .await?;
-            let got = page.data.len();
-            all.extend(page.data.into_iter().map(ClerkApp::into_remote));
-            if got == 0 || got < PAGE_LIMIT || all.len() as i64 >= page.total_count {
-                return Ok(all);
+            let (clients, next) = self.page(name_query, offset).await?;
+            all.extend(clients);
+            match next {
+                Some(next) => offset = next,
+                None => return Ok(all),
             }
         }
     }
@@ -470,8 +488,18 @@ impl Backend for ClerkClient {
         Ok(app.into_issued())
     }
 
-    async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
-        self.list(None).await
+    async fn list_page(&self, from: Option<&PageCursor>) -> Result<ClientPage, ProviderError> {
+        let offset = match from {
+            None => 0,
+            Some(PageCursor(offset)) => offset.parse().map_err(|_| {
+                ProviderError::Unsupported(format!("not a Clerk list offset: {offset:?}"))
+            })?,
+        };
+        let (clients, next) = self.page(None, offset).await?;
+        Ok(ClientPage {
+            clients,
+            next: next.map(|n| PageCursor(n.to_string())),
+        })
     }
 
     /// Clients whose name is exactly `marker` (the uid-tagged registration name).

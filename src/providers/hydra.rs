@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{ErrorBodies, HttpEndpoint, ProviderHttp, client_authenticates, next_page_token};
 use super::{
-    Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
-    ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
-    as_set, diff_flags,
+    Backend, Capabilities, ClientPage, DesiredClient, DriftSource, Identity, IssuedClient,
+    OwnerMarker, PageCursor, ProviderError, Registration, RemoteClient, RequestBudgetLimiter,
+    Rotation, SecretSource, as_set, diff_flags,
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
@@ -468,31 +468,27 @@ impl Backend for HydraClient {
         }
     }
 
-    async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
-        let mut all = Vec::new();
-        let mut page_token: Option<String> = None;
-        loop {
-            let mut query = vec![("page_size", PAGE_SIZE.to_string())];
-            if let Some(t) = &page_token {
-                query.push(("page_token", t.clone()));
-            }
-            let request = self
-                .endpoint
-                .http
-                .request(Method::GET, self.url(None)?)
-                .query(&query);
-            let (page, headers): (Vec<HydraApp>, _) = self
-                .endpoint
-                .send_with_headers("list", request, &HydraErrorBodies)
-                .await?;
-            let got = page.len();
-            all.extend(page.into_iter().map(|a| self.remote(a)));
-            // Hydra names the next page in the Link header; none (or a short page) ends it.
-            page_token = next_page_token(&headers);
-            if got < PAGE_SIZE || page_token.is_none() {
-                return Ok(all);
-            }
+    async fn list_page(&self, from: Option<&PageCursor>) -> Result<ClientPage, ProviderError> {
+        let mut query = vec![("page_size", PAGE_SIZE.to_string())];
+        if let Some(PageCursor(token)) = from {
+            query.push(("page_token", token.clone()));
         }
+        let request = self
+            .endpoint
+            .http
+            .request(Method::GET, self.url(None)?)
+            .query(&query);
+        let (page, headers): (Vec<HydraApp>, _) = self
+            .endpoint
+            .send_with_headers("list", request, &HydraErrorBodies)
+            .await?;
+        let got = page.len();
+        // Hydra names the next page in the Link header; none (or a short page) ends it.
+        let next = next_page_token(&headers).filter(|_| got >= PAGE_SIZE);
+        Ok(ClientPage {
+            clients: page.into_iter().map(|a| self.remote(a)).collect(),
+            next: next.map(PageCursor),
+        })
     }
 
     async fn proves_possession(

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use super::discovery::{ServerMetadata, discover};
 use super::http::{ErrorBodies, HttpEndpoint, ProviderHttp, client_authenticates};
 use super::{
-    Backend, Capabilities, DesiredClient, DriftSource, Identity, IssuedClient, OwnerMarker,
-    ProviderError, Registration, RemoteClient, RequestBudgetLimiter, Rotation, SecretSource,
-    as_set, diff_flags,
+    Backend, Capabilities, ClientPage, DesiredClient, DriftSource, Identity, IssuedClient,
+    OwnerMarker, PageCursor, ProviderError, Registration, RemoteClient, RequestBudgetLimiter,
+    Rotation, SecretSource, as_set, diff_flags,
 };
 use crate::api::Endpoints;
 use crate::telemetry::Metrics;
@@ -1180,23 +1180,28 @@ impl Backend for KeycloakClient {
             .map(|a| self.remote(a)))
     }
 
-    async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
-        self.metadata().await?;
-        self.realm_defaults(true).await?;
-        let mut all = Vec::new();
-        loop {
-            let mut url = self.url(&["clients"]);
-            url.query_pairs_mut()
-                .append_pair("first", &all.len().to_string())
-                .append_pair("max", &PAGE_SIZE.to_string());
-            let (page, _): (Vec<KeycloakApp>, _) =
-                self.call("list", Method::GET, url, None).await?;
-            let got = page.len();
-            all.extend(page.into_iter().map(|a| self.remote(a)));
-            if got < PAGE_SIZE {
-                return Ok(all);
+    async fn list_page(&self, from: Option<&PageCursor>) -> Result<ClientPage, ProviderError> {
+        let first = match from {
+            // A new list: the realm's metadata and default scopes as of now (the diff reads them).
+            None => {
+                self.metadata().await?;
+                self.realm_defaults(true).await?;
+                0
             }
-        }
+            Some(PageCursor(first)) => first.parse().map_err(|_| {
+                ProviderError::Unsupported(format!("not a Keycloak list position: {first:?}"))
+            })?,
+        };
+        let mut url = self.url(&["clients"]);
+        url.query_pairs_mut()
+            .append_pair("first", &first.to_string())
+            .append_pair("max", &PAGE_SIZE.to_string());
+        let (page, _): (Vec<KeycloakApp>, _) = self.call("list", Method::GET, url, None).await?;
+        let got = page.len();
+        Ok(ClientPage {
+            clients: page.into_iter().map(|a| self.remote(a)).collect(),
+            next: (got >= PAGE_SIZE).then(|| PageCursor((first + got).to_string())),
+        })
     }
 
     async fn proves_possession(

@@ -217,6 +217,18 @@ pub struct Capabilities {
     pub new_client: bool,
 }
 
+/// Where a paginated list of clients goes on (an offset or a server's page token): opaque
+/// to the controller, handed back to the backend that gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageCursor(pub String);
+
+/// One page of a list of clients, and where the next one starts (`None`: this was the last).
+#[derive(Debug, Default)]
+pub struct ClientPage {
+    pub clients: Vec<RemoteClient>,
+    pub next: Option<PageCursor>,
+}
+
 /// The owner marker of a client registered with given credentials: it belongs to whoever
 /// holds its secret (possibly several clusters), not to one application.
 pub const GIVEN_OWNER: &str = "credentials-from";
@@ -330,9 +342,25 @@ pub trait Backend: Send + Sync {
         ))
     }
 
-    /// Every client at the server, paginated ([`DriftSource::ListAll`]).
-    async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
+    /// One page of every client at the server ([`DriftSource::ListAll`]): the first (`from`
+    /// `None`) or the one after an earlier page, so that a list cut short by an error goes on
+    /// from where it stopped instead of starting over.
+    async fn list_page(&self, _from: Option<&PageCursor>) -> Result<ClientPage, ProviderError> {
         Err(unsupported(self.name(), "list its clients"))
+    }
+
+    /// Every client at the server, page after page ([`Backend::list_page`]).
+    async fn list_all(&self) -> Result<Vec<RemoteClient>, ProviderError> {
+        let mut all = Vec::new();
+        let mut from = None;
+        loop {
+            let page = self.list_page(from.as_ref()).await?;
+            all.extend(page.clients);
+            match page.next {
+                Some(next) => from = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// Clients carrying `marker` ([`OwnerMarker`]): what a registration whose answer was

@@ -1,0 +1,263 @@
+//! What this process knows of each application's `resourceVersion`, so that a pass costs the
+//! apiserver nothing it need not:
+//!
+//! - **No quorum read of an application the watch already shows as this process left it.**
+//!   A pass must never act on a copy older than its own last write (a pending registration,
+//!   an id, an answered rotation token would be missing from it). The version this process
+//!   last read with a quorum read, or got back from its own write, is kept; a watched copy at
+//!   exactly that version is that object, so the pass uses it. Any other version (older, or
+//!   someone else's newer write) is read again. A write whose answer was lost forgets the
+//!   version, since the object may have moved on.
+//! - **No pass at all for an event that brings nothing new.** After a successful pass the
+//!   versions it saw (the application's, as it left it, and its Secret's) are kept with the
+//!   time it asked to be back. An event that finds both unchanged (the watch delivering the
+//!   operator's own status write, a relist) ends there, with the same time to be back. Any
+//!   change of the application (spec, annotations, deletion, status) or of its Secret (the
+//!   owned-Secret watch: a deletion, an edit) runs a pass, and so does anything a watch maps
+//!   to the application from elsewhere (a provider, a credential Secret, a namespace's
+//!   labels), which forgets the record.
+//!
+//! Keyed by object reference, and every record carries the uid it was made for, so that an
+//! object deleted and created again under the same name starts afresh.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::OAuthApplication;
+
+#[derive(Default)]
+pub struct Versions {
+    apps: Mutex<HashMap<ObjectRef<OAuthApplication>, Known>>,
+}
+
+struct Known {
+    uid: String,
+    /// As this process last read it (quorum) or wrote it; `None` after a write whose answer
+    /// was lost.
+    app: Option<String>,
+    settled: Option<Settled>,
+}
+
+struct Settled {
+    app: String,
+    secret: String,
+    until: Instant,
+}
+
+impl Versions {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<ObjectRef<OAuthApplication>, Known>) -> T) -> T {
+        f(&mut self.apps.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether a copy of the application at `version` is as this process last read or wrote
+    /// it.
+    pub fn is_current(
+        &self,
+        key: &ObjectRef<OAuthApplication>,
+        uid: &str,
+        version: Option<&str>,
+    ) -> bool {
+        let Some(version) = version else { return false };
+        self.with(|apps| {
+            apps.get(key)
+                .is_some_and(|k| k.uid == uid && k.app.as_deref() == Some(version))
+        })
+    }
+
+    /// The application's version as just read (quorum) or written; `None` before a write
+    /// (until its answer says which version it made) and after one whose answer was lost.
+    pub fn note(&self, key: &ObjectRef<OAuthApplication>, uid: &str, version: Option<String>) {
+        self.with(|apps| {
+            let known = apps.entry(key.clone()).or_insert_with(|| Known {
+                uid: uid.to_string(),
+                app: None,
+                settled: None,
+            });
+            if known.uid != uid {
+                known.uid = uid.to_string();
+                known.settled = None;
+            }
+            known.app = version;
+        });
+    }
+
+    /// A pass succeeded, leaving the application at the version last noted and having found
+    /// its Secret at `secret` (`None`: it had none, and then nothing is settled: its creation
+    /// is news); it asked to be back after `delay`.
+    pub fn settle(
+        &self,
+        key: &ObjectRef<OAuthApplication>,
+        uid: &str,
+        secret: Option<&str>,
+        delay: Duration,
+    ) {
+        self.with(|apps| {
+            let Some(known) = apps.get_mut(key).filter(|k| k.uid == uid) else {
+                return;
+            };
+            known.settled = match (&known.app, secret) {
+                (Some(app), Some(secret)) => Some(Settled {
+                    app: app.clone(),
+                    secret: secret.to_string(),
+                    until: Instant::now() + delay,
+                }),
+                _ => None,
+            };
+        });
+    }
+
+    /// Something outside the application and its Secret changed (a provider, a credential
+    /// Secret, a namespace): the next event runs a pass.
+    pub fn unsettle(&self, key: &ObjectRef<OAuthApplication>) {
+        self.with(|apps| {
+            if let Some(known) = apps.get_mut(key) {
+                known.settled = None;
+            }
+        });
+    }
+
+    /// The application is gone.
+    pub fn forget(&self, key: &ObjectRef<OAuthApplication>) {
+        self.with(|apps| apps.remove(key));
+    }
+
+    /// `Some(left)` when the application and its Secret are at the versions the last
+    /// successful pass left, which asked to be back in `left`: this event brings nothing new.
+    pub fn unchanged_since_settled(
+        &self,
+        key: &ObjectRef<OAuthApplication>,
+        uid: &str,
+        app: Option<&str>,
+        secret: Option<&str>,
+    ) -> Option<Duration> {
+        self.with(|apps| {
+            let known = apps.get(key).filter(|k| k.uid == uid)?;
+            let settled = known.settled.as_ref()?;
+            let left = settled.until.checked_duration_since(Instant::now())?;
+            (app == Some(settled.app.as_str())
+                && secret == Some(settled.secret.as_str())
+                && !left.is_zero())
+            .then_some(left)
+        })
+    }
+
+    /// How many applications are tracked (for tests).
+    pub fn len(&self) -> usize {
+        self.with(|apps| apps.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ObjectRef<OAuthApplication> {
+        ObjectRef::new("app").within("ns")
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_copy_is_current_only_at_the_version_last_read_or_written() {
+        let v = Versions::default();
+        assert!(!v.is_current(&key(), "u1", Some("10")), "nothing known yet");
+        v.note(&key(), "u1", Some("10".into()));
+        assert!(v.is_current(&key(), "u1", Some("10")));
+        assert!(
+            !v.is_current(&key(), "u1", Some("9")),
+            "older than our read"
+        );
+        assert!(
+            !v.is_current(&key(), "u1", Some("11")),
+            "someone else's write"
+        );
+        assert!(
+            !v.is_current(&key(), "u2", Some("10")),
+            "another object of that name"
+        );
+        assert!(!v.is_current(&key(), "u1", None));
+        // A write in flight (or whose answer was lost): nothing is current.
+        v.note(&key(), "u1", None);
+        assert!(!v.is_current(&key(), "u1", Some("10")));
+        v.note(&key(), "u1", Some("12".into()));
+        assert!(v.is_current(&key(), "u1", Some("12")));
+    }
+
+    #[test]
+    fn only_an_event_that_changes_nothing_is_skipped() {
+        let v = Versions::default();
+        v.note(&key(), "u1", Some("12".into()));
+        v.settle(&key(), "u1", Some("s5"), HOUR);
+        let left = v
+            .unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
+            .expect("our own write coming back");
+        assert!(left > HOUR - Duration::from_secs(5) && left <= HOUR);
+        // The application changed, the Secret changed or went, another object of that name.
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("13"), Some("s5"))
+                .is_none()
+        );
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s6"))
+                .is_none()
+        );
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), None)
+                .is_none()
+        );
+        assert!(
+            v.unchanged_since_settled(&key(), "u2", Some("12"), Some("s5"))
+                .is_none()
+        );
+        // Something elsewhere changed.
+        v.unsettle(&key());
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
+                .is_none()
+        );
+        assert!(
+            v.is_current(&key(), "u1", Some("12")),
+            "the version is still known"
+        );
+    }
+
+    #[test]
+    fn nothing_is_settled_without_a_secret_or_a_known_version_or_after_the_time_asked() {
+        let v = Versions::default();
+        v.note(&key(), "u1", Some("12".into()));
+        v.settle(&key(), "u1", None, HOUR);
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), None)
+                .is_none()
+        );
+        v.note(&key(), "u1", None);
+        v.settle(&key(), "u1", Some("s5"), HOUR);
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", None, Some("s5"))
+                .is_none()
+        );
+        v.note(&key(), "u1", Some("12".into()));
+        v.settle(&key(), "u1", Some("s5"), Duration::ZERO);
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
+                .is_none(),
+            "due: the resync runs"
+        );
+        // A recreated object under the same name starts afresh.
+        v.settle(&key(), "u1", Some("s5"), HOUR);
+        v.note(&key(), "u2", Some("1".into()));
+        assert!(
+            v.unchanged_since_settled(&key(), "u2", Some("1"), Some("s5"))
+                .is_none()
+        );
+        v.forget(&key());
+        assert!(v.is_empty());
+    }
+}
