@@ -135,8 +135,6 @@ pub async fn reconcile(
     ) {
         return Ok(Action::requeue(left));
     }
-    // Only a pass that ends in a settled state settles it again (a failure must be retried).
-    ctx.versions.unsettle(&obj_ref);
     let start = Instant::now();
     let api: Api<OAuthApplication> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut app = app;
@@ -144,7 +142,10 @@ pub async fn reconcile(
     {
         match add_finalizer(&api, &app, &ctx).await {
             Ok(Some(added)) => app = Arc::new(added),
-            Ok(None) => return Ok(Action::await_change()),
+            Ok(None) => {
+                ctx.versions.forget(&obj_ref);
+                return Ok(Action::await_change());
+            }
             Err(e) => return Err(kube::runtime::finalizer::Error::AddFinalizer(e)),
         }
     }
@@ -365,6 +366,9 @@ struct InHand {
     /// With `rotation.gracePeriod`: until when the server still accepts the secret this one
     /// replaced.
     previous_until: Option<Timestamp>,
+    /// The Secret already holds them: written before the client was created (an
+    /// operator-chosen secret), so there is nothing left to deliver.
+    in_secret: bool,
 }
 
 async fn apply(
@@ -634,6 +638,7 @@ async fn apply(
                     .await?;
             }
             in_hand = Some(InHand {
+                in_secret: false,
                 client_secret: Some(s.client_secret),
                 staged: true,
                 rotation_token: s.rotation_token,
@@ -1016,7 +1021,7 @@ async fn apply(
         let until = std::time::Duration::try_from(now().duration_until(at)).unwrap_or_default();
         requeue = requeue.min(until + std::time::Duration::from_secs(1));
     }
-    Ok(ctx.settled(app, secret_version.as_deref(), requeue))
+    Ok(ctx.settled(app, writer, secret_version.as_deref(), requeue))
 }
 
 /// Whether a second client can be registered beside the current one (`rotation.strategy:
@@ -1234,7 +1239,7 @@ pub(super) async fn sync_remote(
         // Not in the snapshot (deleted, or created after it): confirm with one GET.
         None => match provider.client.get(id).await {
             Ok(remote) => {
-                ctx.inventory.upsert(&provider.server, &remote);
+                ctx.inventory.observe(&provider.server, &remote);
                 (remote, now())
             }
             Err(ProviderError::NotFound { .. }) => return Ok(None),
@@ -1502,10 +1507,12 @@ async fn register_chosen(
     } else {
         Some(held.clone().unwrap_or_else(generate_secret))
     };
-    if !(generates && !stage_first && existing.is_none()) {
-        // Whether the Secret can be written (admission, quota, RBAC) before anything is
-        // registered. Not needed where the Secret is created before the client is: that
-        // create is the check.
+    // Whether the Secret can be written (admission, quota, RBAC) before anything is
+    // registered. Not needed where the Secret is created before the client is: that create is
+    // the check, and if it is refused, status is taken back to what it was (so that nothing
+    // recorded for a registration that never started pins the Secret's name or keys).
+    let taken_back = (generates && !stage_first && existing.is_none()).then(|| status.clone());
+    if taken_back.is_none() {
         dry_run_write(secrets, app, existing).await?;
     }
     mark_registering(status, app, &provider.key, &id);
@@ -1557,7 +1564,7 @@ async fn register_chosen(
         // Then the Secret: the secret exists in the cluster before the server knows it.
         let secret_holds_it = existing.is_some() && (held.is_some() || desired.public);
         if generates && !secret_holds_it {
-            store_credentials(
+            let stored = store_credentials(
                 app,
                 secrets,
                 existing,
@@ -1568,7 +1575,14 @@ async fn register_chosen(
                     ..Written::default()
                 },
             )
-            .await?;
+            .await;
+            if let Err(e) = stored {
+                if let Some(before) = taken_back {
+                    // Nothing was registered; the failure's status write records this.
+                    *status = before;
+                }
+                return Err(e);
+            }
         }
         pass.crash_point("after-secret");
     }
@@ -1625,6 +1639,7 @@ async fn register_chosen(
     Ok((
         issued.client,
         InHand {
+            in_secret: generates && !stage_first,
             client_secret,
             staged: stage_first,
             rotation_token: pass.rotate_token.map(str::to_string),
@@ -1816,6 +1831,7 @@ async fn resolve_unmarked(
         return Ok((
             client,
             InHand {
+                in_secret: false,
                 client_secret: Some(s.client_secret),
                 staged: true,
                 rotation_token: s.rotation_token,
@@ -1978,6 +1994,7 @@ async fn stage(
         }
     };
     InHand {
+        in_secret: false,
         client_secret,
         staged,
         rotation_token,
@@ -2037,6 +2054,7 @@ async fn read_secret_back(
         None
     };
     Ok(InHand {
+        in_secret: false,
         client_secret: value,
         staged: false,
         rotation_token: pass.rotate_token.map(str::to_string),
@@ -2057,6 +2075,7 @@ async fn issue(
 ) -> Result<InHand> {
     if remote.public {
         return Ok(InHand {
+            in_secret: false,
             client_secret: None,
             staged: false,
             rotation_token: pass.rotate_token.map(str::to_string),
@@ -2089,6 +2108,7 @@ async fn issue(
             .await?;
         pass.crash_point("after-rotate");
         return Ok(InHand {
+            in_secret: false,
             client_secret: Some(value),
             staged: true,
             rotation_token: staged.rotation_token,
@@ -2166,6 +2186,15 @@ async fn deliver(
                     .map(|v| v.expose_secret().as_bytes())
     };
     let rotated_at = hand.rotated.then(now);
+    if hand.in_secret && !hand.staged && status.credentials_in_flight_since.is_none() {
+        // Written before the client was created, and status already names the client: the
+        // pass's last status write records the rest (the Secret says it all meanwhile).
+        if let Some(t) = rotated_at {
+            status.secret_rotated_at = Some(Time(t));
+        }
+        status.last_rotation_token = hand.rotation_token;
+        return Ok(());
+    }
     let previous_key = previous_secret_key(&keys);
     if !existing.is_some_and(holds) {
         let at = rotated_at.map(|t| t.to_string());

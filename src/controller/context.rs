@@ -378,18 +378,24 @@ impl Context {
     /// The end of a successful pass that found the application's Secret at `secret_version`
     /// and asks to be back after `requeue`: until then, events that change neither the
     /// application nor its Secret run no pass (see [`super::versions`]).
+    /// Not when a status write of the pass came back with a change of someone else's in it
+    /// (the spec, annotations, a deletion: that change must still run a pass).
     pub fn settled(
         &self,
         app: &OAuthApplication,
+        writer: &super::status::StatusWriter<'_>,
         secret_version: Option<&str>,
         requeue: Duration,
     ) -> kube::runtime::controller::Action {
-        self.versions.settle(
-            &ObjectRef::from_obj(app),
-            app.metadata.uid.as_deref().unwrap_or_default(),
-            secret_version,
-            requeue,
-        );
+        if !writer.overtaken() {
+            self.versions.settle(
+                &ObjectRef::from_obj(app),
+                app.metadata.uid.as_deref().unwrap_or_default(),
+                writer.began(),
+                secret_version,
+                requeue,
+            );
+        }
         kube::runtime::controller::Action::requeue(requeue)
     }
 

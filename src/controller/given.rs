@@ -300,7 +300,7 @@ pub(super) async fn apply_given(
     );
     writer.write(status).await?;
     let secret_version = existing.and_then(|s| s.resource_version());
-    Ok(ctx.settled(app, secret_version.as_deref(), ctx.resync_delay()))
+    Ok(ctx.settled(app, writer, secret_version.as_deref(), ctx.resync_delay()))
 }
 
 /// An existing client: ours to change only with the owner marker of given credentials, and

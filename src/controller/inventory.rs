@@ -10,7 +10,10 @@
 //!   paginated list of thousands of clients.
 //! - **A list cut short goes on.** Pages already read are kept with the cursor of the next
 //!   one, so a list that fails at page 15 starts again at page 15, not page 1 (within one
-//!   resync interval of its start; older pages are read again).
+//!   resync interval of its start; older pages are read again). Where the cursor is an offset
+//!   (Clerk, Keycloak), clients deleted meanwhile on earlier pages can shift a few others out
+//!   of the stitched list; a client missing from a snapshot is confirmed with one GET, so
+//!   that costs a request, never a wrong answer.
 //!
 //! The operator's own writes made while a list is in progress are kept in a journal and laid
 //! over the list when it completes: a page read before a write must not undo it.
@@ -193,6 +196,16 @@ impl Inventory {
         let server = self.server(key);
         let mut known = server.known.write().unwrap_or_else(|p| p.into_inner());
         known.record(&client.id, Some(client));
+    }
+
+    /// A client as a GET just found it: the snapshot shows it, but a list in progress may
+    /// still read a newer page (a GET is no write of ours to lay over it).
+    pub fn observe(&self, key: &str, client: &RemoteClient) {
+        let server = self.server(key);
+        let mut known = server.known.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(snapshot) = &mut known.snapshot {
+            snapshot.clients.insert(client.id.clone(), client.clone());
+        }
     }
 
     /// Records the operator's own deletion.

@@ -7,6 +7,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
+use super::context::trigger_fingerprint;
 use super::error::Result;
 use super::versions::Versions;
 use crate::api::conditions::eq_ignoring_time;
@@ -41,6 +42,12 @@ pub struct StatusWriter<'a> {
     uid: String,
     versions: &'a Versions,
     last: Option<OAuthApplicationStatus>,
+    /// What the pass started from, as far as its triggers go (see [`trigger_fingerprint`]).
+    fingerprint: u64,
+    /// A write came back with a change of someone else's (spec, annotations, deletion).
+    overtaken: bool,
+    /// The application's wake count when the pass began (see [`Versions::begin`]).
+    began: u64,
 }
 
 impl<'a> StatusWriter<'a> {
@@ -49,14 +56,30 @@ impl<'a> StatusWriter<'a> {
         app: &OAuthApplication,
         versions: &'a Versions,
     ) -> Self {
+        let key = ObjectRef::from_obj(app);
+        let uid = app.metadata.uid.clone().unwrap_or_default();
+        let began = versions.begin(&key, &uid);
         Self {
             api,
             name: app.name_any(),
-            key: ObjectRef::from_obj(app),
-            uid: app.metadata.uid.clone().unwrap_or_default(),
+            key,
+            uid,
             versions,
             last: app.status.clone(),
+            fingerprint: trigger_fingerprint(app),
+            overtaken: false,
+            began,
         }
+    }
+
+    /// Whether a write of this pass came back with a change it did not start from.
+    pub fn overtaken(&self) -> bool {
+        self.overtaken
+    }
+
+    /// The wake count when this pass began.
+    pub fn began(&self) -> u64 {
+        self.began
     }
 
     /// Applies the whole status this manager owns, unless nothing but timestamps changed.
@@ -68,6 +91,9 @@ impl<'a> StatusWriter<'a> {
         let written = apply_status::<OAuthApplication, _>(self.api, &self.name, status).await?;
         self.versions
             .note(&self.key, &self.uid, written.resource_version());
+        if trigger_fingerprint(&written) != self.fingerprint {
+            self.overtaken = true;
+        }
         self.last = Some(status.clone());
         Ok(())
     }

@@ -39,6 +39,9 @@ struct Known {
     /// was lost.
     app: Option<String>,
     settled: Option<Settled>,
+    /// How often something outside the application woke it (see [`Versions::unsettle`]): a
+    /// pass settles only if none came while it ran.
+    wakes: u64,
 }
 
 struct Settled {
@@ -50,6 +53,38 @@ struct Settled {
 impl Versions {
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<ObjectRef<OAuthApplication>, Known>) -> T) -> T {
         f(&mut self.apps.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn entry<'m>(
+        apps: &'m mut HashMap<ObjectRef<OAuthApplication>, Known>,
+        key: &ObjectRef<OAuthApplication>,
+        uid: &str,
+    ) -> &'m mut Known {
+        let known = apps.entry(key.clone()).or_insert_with(|| Known {
+            uid: uid.to_string(),
+            app: None,
+            settled: None,
+            wakes: 0,
+        });
+        if known.uid != uid {
+            *known = Known {
+                uid: uid.to_string(),
+                app: None,
+                settled: None,
+                wakes: 0,
+            };
+        }
+        known
+    }
+
+    /// A pass begins: whatever it finds, only its own end settles the application again.
+    /// Returns the wake count to hand to [`Versions::settle`].
+    pub fn begin(&self, key: &ObjectRef<OAuthApplication>, uid: &str) -> u64 {
+        self.with(|apps| {
+            let known = Self::entry(apps, key, uid);
+            known.settled = None;
+            known.wakes
+        })
     }
 
     /// Whether a copy of the application at `version` is as this process last read or wrote
@@ -71,26 +106,19 @@ impl Versions {
     /// (until its answer says which version it made) and after one whose answer was lost.
     pub fn note(&self, key: &ObjectRef<OAuthApplication>, uid: &str, version: Option<String>) {
         self.with(|apps| {
-            let known = apps.entry(key.clone()).or_insert_with(|| Known {
-                uid: uid.to_string(),
-                app: None,
-                settled: None,
-            });
-            if known.uid != uid {
-                known.uid = uid.to_string();
-                known.settled = None;
-            }
-            known.app = version;
+            Self::entry(apps, key, uid).app = version;
         });
     }
 
-    /// A pass succeeded, leaving the application at the version last noted and having found
-    /// its Secret at `secret` (`None`: it had none, and then nothing is settled: its creation
-    /// is news); it asked to be back after `delay`.
+    /// A pass that began at wake count `began` (see [`Versions::begin`]) succeeded, leaving
+    /// the application at the version last noted and having found its Secret at `secret`
+    /// (`None`: it had none, and then nothing is settled: its creation is news); it asked to be
+    /// back after `delay`. Nothing is settled if the application was woken meanwhile.
     pub fn settle(
         &self,
         key: &ObjectRef<OAuthApplication>,
         uid: &str,
+        began: u64,
         secret: Option<&str>,
         delay: Duration,
     ) {
@@ -98,6 +126,11 @@ impl Versions {
             let Some(known) = apps.get_mut(key).filter(|k| k.uid == uid) else {
                 return;
             };
+            if known.wakes != began {
+                // Woken while the pass ran: what woke it may not have been seen.
+                known.settled = None;
+                return;
+            }
             known.settled = match (&known.app, secret) {
                 (Some(app), Some(secret)) => Some(Settled {
                     app: app.clone(),
@@ -115,6 +148,7 @@ impl Versions {
         self.with(|apps| {
             if let Some(known) = apps.get_mut(key) {
                 known.settled = None;
+                known.wakes += 1;
             }
         });
     }
@@ -194,7 +228,7 @@ mod tests {
     fn only_an_event_that_changes_nothing_is_skipped() {
         let v = Versions::default();
         v.note(&key(), "u1", Some("12".into()));
-        v.settle(&key(), "u1", Some("s5"), HOUR);
+        v.settle(&key(), "u1", 0, Some("s5"), HOUR);
         let left = v
             .unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
             .expect("our own write coming back");
@@ -232,26 +266,26 @@ mod tests {
     fn nothing_is_settled_without_a_secret_or_a_known_version_or_after_the_time_asked() {
         let v = Versions::default();
         v.note(&key(), "u1", Some("12".into()));
-        v.settle(&key(), "u1", None, HOUR);
+        v.settle(&key(), "u1", 0, None, HOUR);
         assert!(
             v.unchanged_since_settled(&key(), "u1", Some("12"), None)
                 .is_none()
         );
         v.note(&key(), "u1", None);
-        v.settle(&key(), "u1", Some("s5"), HOUR);
+        v.settle(&key(), "u1", 0, Some("s5"), HOUR);
         assert!(
             v.unchanged_since_settled(&key(), "u1", None, Some("s5"))
                 .is_none()
         );
         v.note(&key(), "u1", Some("12".into()));
-        v.settle(&key(), "u1", Some("s5"), Duration::ZERO);
+        v.settle(&key(), "u1", 0, Some("s5"), Duration::ZERO);
         assert!(
             v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
                 .is_none(),
             "due: the resync runs"
         );
         // A recreated object under the same name starts afresh.
-        v.settle(&key(), "u1", Some("s5"), HOUR);
+        v.settle(&key(), "u1", 0, Some("s5"), HOUR);
         v.note(&key(), "u2", Some("1".into()));
         assert!(
             v.unchanged_since_settled(&key(), "u2", Some("1"), Some("s5"))
@@ -259,5 +293,32 @@ mod tests {
         );
         v.forget(&key());
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn a_wake_during_a_pass_keeps_the_next_event_running() {
+        let v = Versions::default();
+        let began = v.begin(&key(), "u1");
+        v.note(&key(), "u1", Some("12".into()));
+        // A provider changed while the pass ran: it may have read the provider before that.
+        v.unsettle(&key());
+        v.settle(&key(), "u1", began, Some("s5"), HOUR);
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
+                .is_none()
+        );
+        // The next pass, undisturbed, settles.
+        let began = v.begin(&key(), "u1");
+        v.settle(&key(), "u1", began, Some("s5"), HOUR);
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
+                .is_some()
+        );
+        // A pass that begins clears what the last one settled, whatever it then finds.
+        v.begin(&key(), "u1");
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
+                .is_none()
+        );
     }
 }
