@@ -199,6 +199,9 @@ async fn run(sizes: Sizes) -> Result<()> {
         &json!({"machine": machine, "results": report.results, "failed": report.failed}),
     )?;
     print_table(&machine, &report.results);
+    let markdown = markdown(&machine, &report.results);
+    std::fs::write(bench.out_dir.join("summary.md"), &markdown)?;
+    println!("\n{markdown}");
     if !report.failed.is_empty() {
         bail!("workloads that did not run: {:#?}", report.failed);
     }
@@ -532,7 +535,21 @@ impl Bench {
         let periods = 3;
         tokio::time::sleep(self.sizes.resync * periods).await;
         op.check()?;
-        let provider = proxy.log().len() - proxy_before;
+        let log = proxy.log();
+        let provider = log.len() - proxy_before;
+        // What the provider was asked: a list, or something about one client.
+        let mut provider_by_kind = BTreeMap::<String, u64>::new();
+        for r in &log[proxy_before..] {
+            let path = r.path.split('?').next().unwrap_or_default();
+            let what = if path.trim_end_matches('/').ends_with("/clients") {
+                "clients"
+            } else {
+                "clients/{id}"
+            };
+            *provider_by_kind
+                .entry(format!("{} {what}", r.method))
+                .or_default() += 1;
+        }
         let api = self.audit_counts().since(&audit_before, kind.user());
         let per = (n as f64) * f64::from(periods);
         let figures = json!({
@@ -541,6 +558,7 @@ impl Bench {
             "resync_seconds": self.sizes.resync.as_secs(),
             "periods": periods,
             "provider_requests_per_app_per_resync": round3(provider as f64 / per),
+            "provider_requests_by_kind": provider_by_kind,
             "apiserver_reads_per_app_per_resync": round3(api.reads as f64 / per),
             "apiserver_writes_per_app_per_resync": round3(api.writes as f64 / per),
             "apiserver_lease_and_event_requests": api.leases + api.events,
@@ -1025,6 +1043,171 @@ fn chrono_now() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// The run as Markdown tables (`target/bench/summary.md`), as the README shows them.
+fn markdown(machine: &Value, results: &BTreeMap<String, Value>) -> String {
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    let text = |v: &Value| match v {
+        Value::Null => "–".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let runs = |key: &str| -> Vec<Value> {
+        results
+            .get(key)
+            .and_then(|v| v["runs"].as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        md,
+        "Run of {} ({} mode, {} build of oauth-operator, hydra-maester {}): {} cores ({}), {} MiB, {}.\n",
+        text(&machine["date"]),
+        text(&machine["mode"]),
+        text(&machine["operator_build"]),
+        text(&machine["hydra_maester"]),
+        text(&machine["cores"]),
+        text(&machine["cpu"]),
+        text(&machine["memory_mib"]),
+        text(&machine["test_components"]),
+    );
+    let convergence = results.get("convergence").cloned().unwrap_or(Value::Null);
+    let versus = |label: &Value, n: &Value| {
+        convergence["versus_hydra_maester"]
+            .as_array()
+            .and_then(|v| {
+                v.iter()
+                    .find(|r| &r["operator"] == label && &r["n"] == n)
+                    .map(|r| text(&r["hydra_maester_over_ours"]))
+            })
+            .unwrap_or_else(|| "–".into())
+    };
+    md.push_str(
+        "**Convergence** against Hydra (N applications created before the operator starts, until \
+         every one is Ready with its Secret):\n\n\
+         | operator | N | seconds | hydra-maester / this | vs floor | provider req/app | apiserver req/app (reads + writes) | events/app | peak RSS MiB | CPU s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs("convergence") {
+        if r.get("skipped").is_some() {
+            continue;
+        }
+        let n = r["n"].as_f64().unwrap_or(1.0).max(1.0);
+        let events = r["apiserver_requests_by_kind"]["create events"]
+            .as_f64()
+            .map(|e| format!("{:.2}", e / n))
+            .unwrap_or_else(|| "0".into());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} ({} + {}) | {} | {} | {} |",
+            text(&r["operator"]),
+            text(&r["n"]),
+            text(&r["seconds"]),
+            versus(&r["operator"], &r["n"]),
+            text(&r["vs_floor"]),
+            text(&r["provider_requests_per_app"]),
+            text(&r["apiserver_requests_per_app"]),
+            text(&r["apiserver_reads_per_app"]),
+            text(&r["apiserver_writes_per_app"]),
+            events,
+            text(&r["peak_rss_mib"]),
+            text(&r["cpu_seconds"]),
+        );
+    }
+    md.push_str(
+        "\n**The floor** (the same creates sent straight to Hydra over HTTP):\n\n\
+         | N | concurrency | seconds |\n|---:|---:|---:|\n",
+    );
+    for r in runs("floor") {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            text(&r["n"]),
+            text(&r["concurrency"]),
+            text(&r["seconds"])
+        );
+    }
+    md.push_str(
+        "\n**Steady state** (three shortened resync periods after convergence, per application \
+         and period):\n\n\
+         | operator | N | resync s | provider req | apiserver reads | apiserver writes | CPU cores | RSS MiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in convergence["steady"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            text(&r["operator"]),
+            text(&r["n"]),
+            text(&r["resync_seconds"]),
+            text(&r["provider_requests_per_app_per_resync"]),
+            text(&r["apiserver_reads_per_app_per_resync"]),
+            text(&r["apiserver_writes_per_app_per_resync"]),
+            text(&r["cpu_cores_while_steady"]),
+            text(&r["rss_mib"]),
+        );
+    }
+    let latency = &convergence["latency"];
+    let _ = writeln!(
+        md,
+        "\n**Spec-change latency** ({} redirect-URI changes, one application at a time, while {} \
+         others are steady; until Hydra has the change): p50 {} s, p99 {} s, max {} s.",
+        text(&latency["changes"]),
+        text(&latency["steady_apps"]),
+        text(&latency["p50_seconds"]),
+        text(&latency["p99_seconds"]),
+        text(&latency["max_seconds"]),
+    );
+    md.push_str(
+        "\n**Rate-limited provider** (the Clerk emulator enforcing Clerk's limit; the provider's \
+         `requestBudget` set to that limit; the minimum is the two requests Clerk takes per \
+         application at the limit's rate):\n\n\
+         | instance | limit | N | seconds | minimum s | vs minimum | creates alone s | provider req/app | 429s |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs("clerk_rate_limited") {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            text(&r["instance"]),
+            text(&r["limit"]),
+            text(&r["n"]),
+            text(&r["seconds"]),
+            text(&r["minimum_seconds"]),
+            text(&r["vs_minimum"]),
+            text(&r["minimum_seconds_creates_only"]),
+            text(&r["provider_requests_per_app"]),
+            text(&r["responses_429"]),
+        );
+    }
+    md.push_str(
+        "\n**Memory** (the applications created before the operator starts, beside Secrets it \
+         does not own; both operators watch the whole cluster):\n\n\
+         | operator | applications | foreign Secrets | seconds to Ready | peak RSS MiB | RSS after MiB |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs("memory") {
+        if r.get("skipped").is_some() {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            text(&r["operator"]),
+            text(&r["n"]),
+            text(&r["foreign_secrets"]),
+            text(&r["seconds"]),
+            text(&r["peak_rss_mib"]),
+            text(&r["settled_rss_mib"]),
+        );
+    }
+    md
 }
 
 fn print_table(machine: &Value, results: &BTreeMap<String, Value>) {

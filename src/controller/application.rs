@@ -366,9 +366,9 @@ struct InHand {
     /// With `rotation.gracePeriod`: until when the server still accepts the secret this one
     /// replaced.
     previous_until: Option<Timestamp>,
-    /// The Secret already holds them: written before the client was created (an
-    /// operator-chosen secret), so there is nothing left to deliver.
-    in_secret: bool,
+    /// The Secret already holds them, at this `resourceVersion`: written before the client
+    /// was created (an operator-chosen secret), so there is nothing left to deliver.
+    in_secret: Option<String>,
 }
 
 async fn apply(
@@ -638,7 +638,7 @@ async fn apply(
                     .await?;
             }
             in_hand = Some(InHand {
-                in_secret: false,
+                in_secret: None,
                 client_secret: Some(s.client_secret),
                 staged: true,
                 rotation_token: s.rotation_token,
@@ -658,6 +658,8 @@ async fn apply(
     }
 
     // 5. the Secret
+    // Its version as written before the client was created, if it was.
+    let written_before = in_hand.as_ref().and_then(|h| h.in_secret.clone());
     let mut credential_facts = CredentialFacts {
         in_hand: in_hand.is_some(),
         unfinished_issue: in_hand.is_none() && status.credentials_in_flight_since.is_some(),
@@ -1004,7 +1006,10 @@ async fn apply(
     );
     writer.write(status).await?;
     let mut requeue = ctx.resync_delay();
-    let secret_version = existing.as_ref().and_then(|s| s.resource_version());
+    // Any later write of the Secret in this pass makes the watch show another version, and
+    // then the next event runs a pass: a stale version here costs a pass, never a change.
+    let secret_version =
+        written_before.or_else(|| existing.as_ref().and_then(|s| s.resource_version()));
     if let Some(until) = status
         .previous_secret_expires_at
         .iter()
@@ -1543,6 +1548,9 @@ async fn register_chosen(
         client_secret: keys.client_secret.clone(),
     });
     writer.write(status).await?;
+    // The Secret's version once it holds these credentials (when this pass wrote it or found
+    // them in it).
+    let mut secret_version = None;
     if stage_first {
         // Then the staged copy: the secret exists in the cluster before the server knows it,
         // and the Secret still holds the client being replaced.
@@ -1563,6 +1571,7 @@ async fn register_chosen(
     } else {
         // Then the Secret: the secret exists in the cluster before the server knows it.
         let secret_holds_it = existing.is_some() && (held.is_some() || desired.public);
+        secret_version = existing.and_then(|s| s.resource_version());
         if generates && !secret_holds_it {
             let stored = store_credentials(
                 app,
@@ -1576,12 +1585,15 @@ async fn register_chosen(
                 },
             )
             .await;
-            if let Err(e) = stored {
-                if let Some(before) = taken_back {
-                    // Nothing was registered; the failure's status write records this.
-                    *status = before;
+            match stored {
+                Ok(version) => secret_version = version,
+                Err(e) => {
+                    if let Some(before) = taken_back {
+                        // Nothing was registered; the failure's status write records this.
+                        *status = before;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
         pass.crash_point("after-secret");
@@ -1639,7 +1651,11 @@ async fn register_chosen(
     Ok((
         issued.client,
         InHand {
-            in_secret: generates && !stage_first,
+            in_secret: if generates && !stage_first {
+                secret_version
+            } else {
+                None
+            },
             client_secret,
             staged: stage_first,
             rotation_token: pass.rotate_token.map(str::to_string),
@@ -1831,7 +1847,7 @@ async fn resolve_unmarked(
         return Ok((
             client,
             InHand {
-                in_secret: false,
+                in_secret: None,
                 client_secret: Some(s.client_secret),
                 staged: true,
                 rotation_token: s.rotation_token,
@@ -1994,7 +2010,7 @@ async fn stage(
         }
     };
     InHand {
-        in_secret: false,
+        in_secret: None,
         client_secret,
         staged,
         rotation_token,
@@ -2054,7 +2070,7 @@ async fn read_secret_back(
         None
     };
     Ok(InHand {
-        in_secret: false,
+        in_secret: None,
         client_secret: value,
         staged: false,
         rotation_token: pass.rotate_token.map(str::to_string),
@@ -2075,7 +2091,7 @@ async fn issue(
 ) -> Result<InHand> {
     if remote.public {
         return Ok(InHand {
-            in_secret: false,
+            in_secret: None,
             client_secret: None,
             staged: false,
             rotation_token: pass.rotate_token.map(str::to_string),
@@ -2108,7 +2124,7 @@ async fn issue(
             .await?;
         pass.crash_point("after-rotate");
         return Ok(InHand {
-            in_secret: false,
+            in_secret: None,
             client_secret: Some(value),
             staged: true,
             rotation_token: staged.rotation_token,
@@ -2186,7 +2202,7 @@ async fn deliver(
                     .map(|v| v.expose_secret().as_bytes())
     };
     let rotated_at = hand.rotated.then(now);
-    if hand.in_secret && !hand.staged && status.credentials_in_flight_since.is_none() {
+    if hand.in_secret.is_some() && !hand.staged && status.credentials_in_flight_since.is_none() {
         // Written before the client was created, and status already names the client: the
         // pass's last status write records the rest (the Secret says it all meanwhile).
         if let Some(t) = rotated_at {
@@ -2310,7 +2326,7 @@ pub(super) async fn store_credentials(
     existing: Option<&Secret>,
     client: &RemoteClient,
     written: Written<'_>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let Written {
         client_secret,
         rotated_at,
@@ -2325,7 +2341,7 @@ pub(super) async fn store_credentials(
             let mut attempt = 0;
             loop {
                 match create_secret(secrets, &secret, app).await {
-                    Ok(()) => return Ok(()),
+                    Ok(version) => return Ok(version),
                     Err(Error::Kube(e)) if attempt < 3 => {
                         attempt += 1;
                         warn!(error = %e, attempt, "creating the Secret failed; retrying");
@@ -2339,7 +2355,9 @@ pub(super) async fn store_credentials(
             let at = rotated_at
                 .map(str::to_string)
                 .unwrap_or_else(|| now().to_string());
-            write_rotated_secret(secrets, app, client, &at, written).await
+            write_rotated_secret(secrets, app, client, &at, written)
+                .await
+                .map(|()| None)
         }
     }
 }

@@ -357,6 +357,9 @@ async fn run_controllers(
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let namespace_events = watcher(namespaces, watch_cfg.clone())
         .backoff(WatchBackoff::policy())
+        .modify(|n| {
+            n.metadata.managed_fields = None;
+        })
         .reflect(namespace_writer)
         .touched_objects()
         .predicate_filter(predicates::labels, Default::default());
@@ -385,11 +388,19 @@ async fn run_controllers(
     };
     let ctx = Arc::new(Context::new(client.clone(), metrics, config, fence, caches));
 
+    // The applications' store keeps them without managed fields (nothing reads them, and at
+    // thousands of applications they are most of its memory).
     let apps: Api<DeserializeGuard<OAuthApplication>> = api_for(&client, ns.as_deref());
-    let app_controller = Controller::new(apps, watch_cfg.clone())
+    let (store, app_writer) = reflector::store();
+    let app_events = watcher(apps, watch_cfg.clone())
+        .modify(|app| {
+            app.meta_mut().managed_fields = None;
+        })
+        .reflect(app_writer)
+        .applied_objects();
+    let app_controller = Controller::for_stream(app_events, store.clone())
         .with_config(controller_cfg.clone())
         .trigger_backoff(WatchBackoff::policy());
-    let store = app_controller.store();
     let (ns_store, cluster_store) = (store.clone(), store.clone());
     let (ns_ctx, cluster_ctx_map) = (ctx.clone(), ctx.clone());
 

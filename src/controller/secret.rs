@@ -232,14 +232,14 @@ fn owner_reference(app: &OAuthApplication) -> Option<OwnerReference> {
 /// create is a conflict (the caller checked before registering, so someone created it in
 /// between). A clash with our own Secret (an earlier attempt whose response was lost, or a
 /// Secret written just before a crash) gets the data we mean to store now: the credentials in
-/// hand are the only valid ones.
+/// hand are the only valid ones. Returns the `resourceVersion` the Secret then has.
 pub async fn create_secret(
     api: &Api<Secret>,
     secret: &Secret,
     app: &OAuthApplication,
-) -> Result<()> {
+) -> Result<Option<String>> {
     match api.create(&PostParams::default(), secret).await {
-        Ok(_) => Ok(()),
+        Ok(created) => Ok(created.resource_version()),
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let name = secret.metadata.name.as_deref().unwrap_or_default();
             match api.get_opt(name).await? {
@@ -252,9 +252,10 @@ pub async fn create_secret(
                         },
                         "data": secret.data,
                     });
-                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    let patched = api
+                        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await?;
-                    Ok(())
+                    Ok(patched.resource_version())
                 }
                 _ => Err(Error::SecretConflict(format!(
                     "Secret {name} was created by someone else while the client was being registered"
@@ -375,7 +376,7 @@ pub async fn write_rotated_secret(
             Err(e) => return Err(e.into()),
         };
         let result = match current {
-            None => return create_secret(api, &fresh, app).await,
+            None => return create_secret(api, &fresh, app).await.map(drop),
             Some(current) if !is_owned_by(&current, app) => {
                 return Err(Error::SecretConflict(format!(
                     "Secret {name} was replaced by one this OAuthApplication did not create"
