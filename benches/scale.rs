@@ -372,7 +372,10 @@ impl Bench {
             .args(["--lease-name", &format!("bench-{name}")])
             .args(args)
             .env("KUBECONFIG", &self.ours_kubeconfig)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("POD_NAME", format!("bench-{name}"));
         if let Some(ns) = ns {
             cmd.args(["--watch-namespace", ns]);

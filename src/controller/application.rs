@@ -135,6 +135,17 @@ pub async fn reconcile(
     ) {
         return Ok(Action::requeue(left));
     }
+    tracing::debug!(
+        app = %obj_ref,
+        version = app.resource_version().unwrap_or_default(),
+        secret_version = ctx
+            .caches
+            .owned_secret_version(&namespace, &app.secret_name())
+            .unwrap_or_default(),
+        "pass"
+    );
+    // Only this pass's own end settles the application again (a failure must be retried).
+    let began = ctx.versions.begin(&obj_ref, &uid);
     let start = Instant::now();
     let api: Api<OAuthApplication> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut app = app;
@@ -151,8 +162,8 @@ pub async fn reconcile(
     }
     let result = finalizer(&api, FINALIZER, app, |event| async {
         match event {
-            Finalizer::Apply(app) => report(&api, &app, &ctx, false).await,
-            Finalizer::Cleanup(app) => report(&api, &app, &ctx, true).await,
+            Finalizer::Apply(app) => report(&api, &app, &ctx, false, began).await,
+            Finalizer::Cleanup(app) => report(&api, &app, &ctx, true, began).await,
         }
     })
     .await;
@@ -253,6 +264,7 @@ async fn report(
     cached: &OAuthApplication,
     ctx: &Context,
     deleting: bool,
+    began: u64,
 ) -> Result<Action> {
     // Pending registrations, ids and rotation tokens must never come from a copy that may
     // predate our own last write: the watched copy only if it is at the version this process
@@ -278,7 +290,7 @@ async fn report(
     };
     let app = &app;
     let mut status = app.status.clone().unwrap_or_default();
-    let mut writer = StatusWriter::new(api, app, &ctx.versions);
+    let mut writer = StatusWriter::new(api, app, &ctx.versions, began);
     let result = if deleting {
         let done = cleanup(app, ctx, &mut status).await;
         if done.is_ok() {

@@ -101,9 +101,12 @@ pub enum ProviderChange {
     /// The spec changed (or it is another object of the same name): reconcile them now,
     /// past any backoff.
     Spec,
-    /// Deleted, or became (not) ready: reconcile them now, past any backoff (a fixed
-    /// credential must not wait out minutes of it).
+    /// Deleted, or no longer ready: reconcile them now, past any backoff.
     State,
+    /// Became ready, nothing else changed: those that failed retry now, past any backoff (a
+    /// fixed credential must not wait out minutes of it); those whose last pass succeeded have
+    /// nothing to redo.
+    BecameReady,
     /// Nothing they depend on.
     None,
 }
@@ -113,6 +116,13 @@ impl ProviderChange {
         match old {
             None => Self::First,
             Some(old) if old.generation != now.generation || old.uid != now.uid => Self::Spec,
+            Some(old)
+                if old != now
+                    && old.deleting == now.deleting
+                    && now.ready.as_deref() == Some("True") =>
+            {
+                Self::BecameReady
+            }
             Some(old) if old != now => Self::State,
             Some(_) => Self::None,
         }
@@ -387,6 +397,12 @@ impl Context {
         secret_version: Option<&str>,
         requeue: Duration,
     ) -> kube::runtime::controller::Action {
+        tracing::debug!(
+            app = app.metadata.name.as_deref().unwrap_or_default(),
+            secret_version,
+            overtaken = writer.overtaken(),
+            "pass done"
+        );
         if !writer.overtaken() {
             self.versions.settle(
                 &ObjectRef::from_obj(app),
@@ -483,7 +499,9 @@ mod tests {
         };
         assert_eq!(change(seen(1, false, "False")), ProviderChange::First);
         assert_eq!(change(seen(1, false, "False")), ProviderChange::None);
-        assert_eq!(change(seen(1, false, "True")), ProviderChange::State);
+        assert_eq!(change(seen(1, false, "True")), ProviderChange::BecameReady);
+        assert_eq!(change(seen(1, false, "False")), ProviderChange::State);
+        assert_eq!(change(seen(1, false, "True")), ProviderChange::BecameReady);
         assert_eq!(change(seen(2, false, "True")), ProviderChange::Spec);
         assert_eq!(change(seen(2, true, "True")), ProviderChange::State);
         // Deleted and created again (both while the watch was away): a new provider.

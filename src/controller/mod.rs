@@ -168,6 +168,15 @@ fn retry_now(
             }
             apps
         }
+        ProviderChange::BecameReady => {
+            let apps = apps();
+            for app in &apps {
+                let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
+                plain.namespace = app.namespace.clone();
+                ctx.reset_backoff(&plain);
+            }
+            apps
+        }
         ProviderChange::Spec | ProviderChange::State => {
             let apps = apps();
             for app in &apps {

@@ -51,14 +51,15 @@ pub struct StatusWriter<'a> {
 }
 
 impl<'a> StatusWriter<'a> {
+    /// `began`: what [`Versions::begin`] said when the pass began.
     pub fn new(
         api: &'a Api<OAuthApplication>,
         app: &OAuthApplication,
         versions: &'a Versions,
+        began: u64,
     ) -> Self {
         let key = ObjectRef::from_obj(app);
         let uid = app.metadata.uid.clone().unwrap_or_default();
-        let began = versions.begin(&key, &uid);
         Self {
             api,
             name: app.name_any(),

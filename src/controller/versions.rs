@@ -38,6 +38,8 @@ struct Known {
     /// As this process last read it (quorum) or wrote it; `None` after a write whose answer
     /// was lost.
     app: Option<String>,
+    /// Every version the pass under way started from, read or wrote.
+    seen: Vec<String>,
     settled: Option<Settled>,
     /// How often something outside the application woke it (see [`Versions::unsettle`]): a
     /// pass settles only if none came while it ran.
@@ -45,7 +47,9 @@ struct Known {
 }
 
 struct Settled {
-    app: String,
+    /// The versions the pass started from, read and wrote, the last one it left included: a
+    /// watched copy at an earlier one of them is the watch catching up with that pass.
+    app: Vec<String>,
     secret: String,
     until: Instant,
 }
@@ -63,6 +67,7 @@ impl Versions {
         let known = apps.entry(key.clone()).or_insert_with(|| Known {
             uid: uid.to_string(),
             app: None,
+            seen: Vec::new(),
             settled: None,
             wakes: 0,
         });
@@ -70,6 +75,7 @@ impl Versions {
             *known = Known {
                 uid: uid.to_string(),
                 app: None,
+                seen: Vec::new(),
                 settled: None,
                 wakes: 0,
             };
@@ -83,6 +89,7 @@ impl Versions {
         self.with(|apps| {
             let known = Self::entry(apps, key, uid);
             known.settled = None;
+            known.seen = known.app.iter().cloned().collect();
             known.wakes
         })
     }
@@ -106,7 +113,14 @@ impl Versions {
     /// (until its answer says which version it made) and after one whose answer was lost.
     pub fn note(&self, key: &ObjectRef<OAuthApplication>, uid: &str, version: Option<String>) {
         self.with(|apps| {
-            Self::entry(apps, key, uid).app = version;
+            let known = Self::entry(apps, key, uid);
+            if let Some(v) = &version
+                && !known.seen.contains(v)
+                && known.seen.len() < 16
+            {
+                known.seen.push(v.clone());
+            }
+            known.app = version;
         });
     }
 
@@ -132,8 +146,8 @@ impl Versions {
                 return;
             }
             known.settled = match (&known.app, secret) {
-                (Some(app), Some(secret)) => Some(Settled {
-                    app: app.clone(),
+                (Some(_), Some(secret)) => Some(Settled {
+                    app: known.seen.clone(),
                     secret: secret.to_string(),
                     until: Instant::now() + delay,
                 }),
@@ -158,8 +172,11 @@ impl Versions {
         self.with(|apps| apps.remove(key));
     }
 
-    /// `Some(left)` when the application and its Secret are at the versions the last
-    /// successful pass left, which asked to be back in `left`: this event brings nothing new.
+    /// `Some(left)` when the application is at a version the last successful pass started
+    /// from, read or wrote (the watch delivering that pass's own writes, possibly one by one)
+    /// and its Secret at the version that pass left; that pass asked to be back in `left`:
+    /// this event brings nothing new. (A write of that pass that came back with someone
+    /// else's change settles nothing: see [`super::status::StatusWriter::overtaken`].)
     pub fn unchanged_since_settled(
         &self,
         key: &ObjectRef<OAuthApplication>,
@@ -171,7 +188,7 @@ impl Versions {
             let known = apps.get(key).filter(|k| k.uid == uid)?;
             let settled = known.settled.as_ref()?;
             let left = settled.until.checked_duration_since(Instant::now())?;
-            (app == Some(settled.app.as_str())
+            (app.is_some_and(|v| settled.app.iter().any(|s| s == v))
                 && secret == Some(settled.secret.as_str())
                 && !left.is_zero())
             .then_some(left)
@@ -319,6 +336,40 @@ mod tests {
         assert!(
             v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn the_watch_catching_up_with_a_pass_is_no_news() {
+        let v = Versions::default();
+        v.note(&key(), "u1", Some("10".into()));
+        let began = v.begin(&key(), "u1");
+        v.note(&key(), "u1", None); // a write in flight
+        v.note(&key(), "u1", Some("11".into()));
+        v.note(&key(), "u1", None);
+        v.note(&key(), "u1", Some("13".into()));
+        v.settle(&key(), "u1", began, Some("s5"), HOUR);
+        for seen in ["10", "11", "13"] {
+            assert!(
+                v.unchanged_since_settled(&key(), "u1", Some(seen), Some("s5"))
+                    .is_some(),
+                "{seen}: the pass's own"
+            );
+        }
+        // 12: someone else's write between the pass's two (the second's answer held it, so
+        // the pass would not have settled; here: it is not one of the pass's versions).
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("12"), Some("s5"))
+                .is_none()
+        );
+        assert!(
+            v.unchanged_since_settled(&key(), "u1", Some("14"), Some("s5"))
+                .is_none()
+        );
+        assert!(v.is_current(&key(), "u1", Some("13")));
+        assert!(
+            !v.is_current(&key(), "u1", Some("11")),
+            "a read needs the last one"
         );
     }
 }
