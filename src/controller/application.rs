@@ -1600,8 +1600,14 @@ async fn register_chosen(
             match stored {
                 Ok(version) => secret_version = version,
                 Err(e) => {
-                    if let Some(before) = taken_back {
-                        // Nothing was registered; the failure's status write records this.
+                    // Nothing was registered. Unless our Secret was written all the same (an
+                    // answer lost, then the retries failed), status is taken back; the
+                    // failure's status write records that. Kept when in doubt: the pending
+                    // record makes the next pass repeat this registration.
+                    if let Some(before) = taken_back
+                        && let Ok(found) = secrets.get_opt(&app.secret_name()).await
+                        && !found.as_ref().is_some_and(|s| is_owned_by(s, app))
+                    {
                         *status = before;
                     }
                     return Err(e);

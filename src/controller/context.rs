@@ -318,6 +318,13 @@ impl Context {
         fingerprint: u64,
     ) -> Duration {
         let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        if self.versions.woken_during_pass(obj) {
+            // What it depends on changed while the pass ran (a fixed credential, a provider
+            // back): the wake's own trigger was held behind this pass and must not meet the
+            // backoff this failure alone would earn.
+            map.remove(obj);
+            return jitter(Duration::from_millis(500));
+        }
         let state = map.entry(obj.clone()).or_insert(Backoff {
             attempts: 0,
             not_before: Instant::now(),

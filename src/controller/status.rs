@@ -42,9 +42,12 @@ pub struct StatusWriter<'a> {
     uid: String,
     versions: &'a Versions,
     last: Option<OAuthApplicationStatus>,
-    /// What the pass started from, as far as its triggers go (see [`trigger_fingerprint`]).
+    /// What the pass started from, as far as its triggers go (see [`trigger_fingerprint`]),
+    /// and its finalizers.
     fingerprint: u64,
-    /// A write came back with a change of someone else's (spec, annotations, deletion).
+    finalizers: Vec<String>,
+    /// A write came back with a change of someone else's (spec, annotations, deletion,
+    /// finalizers).
     overtaken: bool,
     /// The application's wake count when the pass began (see [`Versions::begin`]).
     began: u64,
@@ -68,6 +71,7 @@ impl<'a> StatusWriter<'a> {
             versions,
             last: app.status.clone(),
             fingerprint: trigger_fingerprint(app),
+            finalizers: app.finalizers().to_vec(),
             overtaken: false,
             began,
         }
@@ -92,7 +96,9 @@ impl<'a> StatusWriter<'a> {
         let written = apply_status::<OAuthApplication, _>(self.api, &self.name, status).await?;
         self.versions
             .note(&self.key, &self.uid, written.resource_version());
-        if trigger_fingerprint(&written) != self.fingerprint {
+        if trigger_fingerprint(&written) != self.fingerprint
+            || written.finalizers() != self.finalizers.as_slice()
+        {
             self.overtaken = true;
         }
         self.last = Some(status.clone());

@@ -44,6 +44,8 @@ struct Known {
     /// How often something outside the application woke it (see [`Versions::unsettle`]): a
     /// pass settles only if none came while it ran.
     wakes: u64,
+    /// `wakes` when the last pass began.
+    began: u64,
 }
 
 struct Settled {
@@ -70,6 +72,7 @@ impl Versions {
             seen: Vec::new(),
             settled: None,
             wakes: 0,
+            began: 0,
         });
         if known.uid != uid {
             *known = Known {
@@ -78,6 +81,7 @@ impl Versions {
                 seen: Vec::new(),
                 settled: None,
                 wakes: 0,
+                began: 0,
             };
         }
         known
@@ -90,6 +94,7 @@ impl Versions {
             let known = Self::entry(apps, key, uid);
             known.settled = None;
             known.seen = known.app.iter().cloned().collect();
+            known.began = known.wakes;
             known.wakes
         })
     }
@@ -165,6 +170,12 @@ impl Versions {
                 known.wakes += 1;
             }
         });
+    }
+
+    /// Whether something woke the application while its last pass ran (that pass may have
+    /// failed for want of what the wake brought: its retry must not wait out a backoff).
+    pub fn woken_during_pass(&self, key: &ObjectRef<OAuthApplication>) -> bool {
+        self.with(|apps| apps.get(key).is_some_and(|k| k.wakes != k.began))
     }
 
     /// The application is gone.
@@ -371,5 +382,16 @@ mod tests {
             !v.is_current(&key(), "u1", Some("11")),
             "a read needs the last one"
         );
+    }
+
+    #[test]
+    fn a_wake_during_a_failing_pass_is_remembered_for_its_retry() {
+        let v = Versions::default();
+        v.begin(&key(), "u1");
+        assert!(!v.woken_during_pass(&key()));
+        v.unsettle(&key());
+        assert!(v.woken_during_pass(&key()));
+        v.begin(&key(), "u1");
+        assert!(!v.woken_during_pass(&key()), "the next pass saw it");
     }
 }
