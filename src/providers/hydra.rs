@@ -468,8 +468,14 @@ impl Backend for HydraClient {
         }
     }
 
+    /// Only the clients this operator made (`owner`): a Hydra shared with other tools or
+    /// teams is not listed whole every resync. A client made elsewhere and taken up with
+    /// `credentialsFrom` keeps its owner, and is read with a GET instead.
     async fn list_page(&self, from: Option<&PageCursor>) -> Result<ClientPage, ProviderError> {
-        let mut query = vec![("page_size", PAGE_SIZE.to_string())];
+        let mut query = vec![
+            ("page_size", PAGE_SIZE.to_string()),
+            ("owner", OWNER.to_string()),
+        ];
         if let Some(PageCursor(token)) = from {
             query.push(("page_token", token.clone()));
         }
