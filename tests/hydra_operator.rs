@@ -393,10 +393,23 @@ async fn a_deletion_waits_for_a_create_that_may_still_commit() -> Result<()> {
         "metadata": {"name": "hydra"},
         "spec": {"hydra": {"adminUrl": proxy, "issuerUrl": hydra.issuer()}},
     }))?;
-    Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &provider)
-        .await?;
+    let providers = Api::<OAuthProvider>::namespaced(env.client.clone(), &env.ns);
+    providers.create(&PostParams::default(), &provider).await?;
     let _op = env.start_operator(&[("OAUTH_OPERATOR_PROVIDER_TIMEOUT", "2s")])?;
+    // The provider Ready first: its turning Ready while the create is held would retry the
+    // failed pass at once (a wake), and the retry's pending record would hide the first one's.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        kube::runtime::wait::await_condition(providers, "hydra", |p: Option<&OAuthProvider>| {
+            p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        }),
+    )
+    .await
+    .context("the provider did not turn Ready")??;
     let app = env
         .apply_app(&app_yaml("late", "https://late.example.com/callback"))
         .await?;

@@ -67,6 +67,13 @@ where
     }
 }
 
+/// The reference the context keys an application's state by.
+fn plain(app: &ObjectRef<DeserializeGuard<OAuthApplication>>) -> ObjectRef<OAuthApplication> {
+    let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
+    plain.namespace = app.namespace.clone();
+    plain
+}
+
 /// Applications that reference a provider (by kind, namespace and name).
 fn apps_using(
     store: &kube::runtime::reflector::Store<DeserializeGuard<OAuthApplication>>,
@@ -113,9 +120,7 @@ fn apps_reading(
         .map(|guard| ObjectRef::from_obj(&*guard))
         .collect();
     for app in &apps {
-        let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
-        plain.namespace = app.namespace.clone();
-        ctx.wake(&plain);
+        ctx.wake(&plain(app));
     }
     apps
 }
@@ -141,9 +146,7 @@ fn apps_admitted_by_labels(
         .map(|guard| ObjectRef::from_obj(&*guard))
         .collect();
     for app in &apps {
-        let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
-        plain.namespace = app.namespace.clone();
-        ctx.wake(&plain);
+        ctx.wake(&plain(app));
     }
     apps
 }
@@ -159,30 +162,22 @@ fn retry_now(
 ) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
     match ctx.provider_changed(&key, seen) {
         ProviderChange::None => Vec::new(),
-        ProviderChange::First => {
-            let apps = apps();
-            for app in &apps {
-                let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
-                plain.namespace = app.namespace.clone();
-                ctx.versions.unsettle(&plain);
-            }
-            apps
-        }
+        // Not seen before: an application settled only after a pass that resolved it, and a
+        // pass that failed for want of it never settled, so nothing is forgotten here (and no
+        // pass under way counts as woken: its failure keeps its backoff).
+        ProviderChange::First => apps(),
         ProviderChange::BecameReady => {
             let apps = apps();
             for app in &apps {
-                let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
-                plain.namespace = app.namespace.clone();
-                ctx.reset_backoff(&plain);
+                ctx.reset_backoff(&plain(app));
+                ctx.versions.woke(&plain(app));
             }
             apps
         }
         ProviderChange::Spec | ProviderChange::State => {
             let apps = apps();
             for app in &apps {
-                let mut plain = ObjectRef::<OAuthApplication>::new(&app.name);
-                plain.namespace = app.namespace.clone();
-                ctx.wake(&plain);
+                ctx.wake(&plain(app));
             }
             apps
         }

@@ -172,6 +172,16 @@ impl Versions {
         });
     }
 
+    /// Something it depends on became available (a provider turned Ready): a pass under way
+    /// that fails retries at once, but what the last successful pass settled stays.
+    pub fn woke(&self, key: &ObjectRef<OAuthApplication>) {
+        self.with(|apps| {
+            if let Some(known) = apps.get_mut(key) {
+                known.wakes += 1;
+            }
+        });
+    }
+
     /// Whether something woke the application while its last pass ran (that pass may have
     /// failed for want of what the wake brought: its retry must not wait out a backoff).
     pub fn woken_during_pass(&self, key: &ObjectRef<OAuthApplication>) -> bool {
