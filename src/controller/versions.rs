@@ -66,23 +66,17 @@ impl Versions {
         key: &ObjectRef<OAuthApplication>,
         uid: &str,
     ) -> &'m mut Known {
-        let known = apps.entry(key.clone()).or_insert_with(|| Known {
+        let fresh = || Known {
             uid: uid.to_string(),
             app: None,
             seen: Vec::new(),
             settled: None,
             wakes: 0,
             began: 0,
-        });
+        };
+        let known = apps.entry(key.clone()).or_insert_with(fresh);
         if known.uid != uid {
-            *known = Known {
-                uid: uid.to_string(),
-                app: None,
-                seen: Vec::new(),
-                settled: None,
-                wakes: 0,
-                began: 0,
-            };
+            *known = fresh();
         }
         known
     }
