@@ -172,7 +172,13 @@ async fn run(sizes: Sizes) -> Result<()> {
     let machine = bench.machine()?;
     write_json(&bench.out_dir, "machine", &machine)?;
 
-    let mut report = Report::default();
+    let mut report = Report {
+        only: std::env::var("BENCH_ONLY")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.split(',').map(|w| w.trim().to_string()).collect()),
+        ..Report::default()
+    };
     // Memory first: both operators then watch the whole cluster (their defaults), and no
     // other workload's objects exist yet. Every later workload has a namespace of its own.
     report.run("memory", bench.memory()).await;
@@ -212,10 +218,20 @@ async fn run(sizes: Sizes) -> Result<()> {
 struct Report {
     results: BTreeMap<String, Value>,
     failed: Vec<String>,
+    /// `BENCH_ONLY=memory,convergence`: the workloads to run (all when unset).
+    only: Option<Vec<String>>,
 }
 
 impl Report {
     async fn run(&mut self, name: &str, work: impl std::future::Future<Output = Result<Value>>) {
+        if self
+            .only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|w| w == name))
+        {
+            eprintln!("== {name}: skipped (BENCH_ONLY)");
+            return;
+        }
         eprintln!("== {name}");
         let started = Instant::now();
         match work.await {
@@ -364,7 +380,18 @@ impl Bench {
     /// Our operator, restricted to `ns` (or the whole cluster), as its own audit user.
     fn start_ours(&self, name: &str, ns: Option<&str>, args: &[&str]) -> Result<Proc> {
         let port = free_port()?;
-        let mut cmd = Command::new(&self.ours_bin);
+        // `BENCH_OURS_WRAPPER="heaptrack -o /tmp/ht"`: run the operator under a profiler (its
+        // figures then include the profiler's own).
+        let wrapper = std::env::var("BENCH_OURS_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(&self.ours_bin);
+                cmd
+            }
+            None => Command::new(&self.ours_bin),
+        };
         cmd.args(["run", "--log-format", "json"])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--provider-allowed-networks", "127.0.0.0/8"])

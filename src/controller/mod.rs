@@ -8,6 +8,7 @@ pub mod context;
 pub mod desired;
 pub mod error;
 mod given;
+pub mod index;
 pub mod inventory;
 pub mod plan;
 pub mod provider;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
@@ -96,29 +97,18 @@ fn apps_using(
 }
 
 /// Applications whose `spec.credentialsFrom` names this Secret: a change there is a change of
-/// the credentials to push, so they also retry now rather than after their backoff.
+/// the credentials to push, so they also retry now rather than after their backoff. Called for
+/// every Secret event in the watched namespaces: a lookup, not a scan (see `index`).
 fn apps_reading(
-    store: &kube::runtime::reflector::Store<DeserializeGuard<OAuthApplication>>,
+    index: &index::AppIndex,
     ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
     ctx.caches.credentials.changed(secret);
-    let (namespace, name) = (secret.namespace(), secret.name_any());
-    let apps: Vec<_> = store
-        .state()
-        .into_iter()
-        .filter(|guard| {
-            guard.0.as_ref().is_ok_and(|app| {
-                app.namespace() == namespace
-                    && app
-                        .spec
-                        .credentials_from
-                        .as_ref()
-                        .is_some_and(|from| from.name == name)
-            })
-        })
-        .map(|guard| ObjectRef::from_obj(&*guard))
-        .collect();
+    let (Some(namespace), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
+        return Vec::new();
+    };
+    let apps = index.reading(namespace, name);
     for app in &apps {
         ctx.wake(&plain(app));
     }
@@ -129,22 +119,11 @@ fn apps_reading(
 /// `ClusterOAuthProvider` retry now, since `allowedNamespaces.selector` may admit (or no longer
 /// admit) them.
 fn apps_admitted_by_labels(
-    store: &kube::runtime::reflector::Store<DeserializeGuard<OAuthApplication>>,
+    index: &index::AppIndex,
     ctx: &Context,
     namespace: &PartialObjectMeta<Namespace>,
 ) -> Vec<ObjectRef<DeserializeGuard<OAuthApplication>>> {
-    let name = namespace.name_any();
-    let apps: Vec<_> = store
-        .state()
-        .into_iter()
-        .filter(|guard| {
-            guard.0.as_ref().is_ok_and(|app| {
-                app.namespace().as_deref() == Some(name.as_str())
-                    && app.spec.provider_ref.kind == ProviderKind::ClusterOAuthProvider
-            })
-        })
-        .map(|guard| ObjectRef::from_obj(&*guard))
-        .collect();
+    let apps = index.cluster_users(&namespace.name_any());
     for app in &apps {
         ctx.wake(&plain(app));
     }
@@ -396,9 +375,14 @@ async fn run_controllers(
     // thousands of applications they are most of its memory).
     let apps: Api<DeserializeGuard<OAuthApplication>> = api_for(&client, ns.as_deref());
     let (store, app_writer) = reflector::store();
+    let app_index = Arc::new(index::AppIndex::default());
     let app_events = watcher(apps, watch_cfg.clone())
         .modify(|app| {
             app.meta_mut().managed_fields = None;
+        })
+        .inspect_ok({
+            let app_index = app_index.clone();
+            move |event| app_index.apply(event)
         })
         .reflect(app_writer)
         .applied_objects();
@@ -412,16 +396,16 @@ async fn run_controllers(
     // (no label of ours), and nothing of them is kept but the event.
     // (`Api<PartialObjectMeta<_>>` makes metadata-only requests.)
     let sources: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
-    let (source_store, source_ctx) = (store.clone(), ctx.clone());
-    let (label_store, label_ctx) = (store.clone(), ctx.clone());
+    let (source_index, source_ctx) = (app_index.clone(), ctx.clone());
+    let (label_index, label_ctx) = (app_index, ctx.clone());
 
     let app_controller = app_controller
         .owns_stream(owned_secret_events)
         .watches(sources, watch_cfg.clone(), move |s| {
-            apps_reading(&source_store, &source_ctx, &s)
+            apps_reading(&source_index, &source_ctx, &s)
         })
         .watches_stream(namespace_events, move |n| {
-            apps_admitted_by_labels(&label_store, &label_ctx, &n)
+            apps_admitted_by_labels(&label_index, &label_ctx, &n)
         })
         .watches_stream(provider_events, move |p| {
             let key = resolve::provider_key(
