@@ -85,14 +85,11 @@ struct RunArgs {
     /// How many applications (and providers) are reconciled at once, per kind (0: no limit).
     #[arg(long, env = "OAUTH_OPERATOR_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
-    /// Request budget of a provider whose spec sets no `requestBudget`: REQUESTS/PERIOD, e.g.
-    /// 80/10s (below Clerk's development limit of 100 per 10 s).
-    #[arg(
-        long,
-        env = "OAUTH_OPERATOR_DEFAULT_REQUEST_BUDGET",
-        default_value = "80/10s"
-    )]
-    default_request_budget: oauth_operator::api::RequestBudget,
+    /// Request budget of every provider whose spec sets no `requestBudget`: REQUESTS/PERIOD,
+    /// e.g. 80/10s. Unset: by backend, 80/10s for Clerk and RFC 7591 servers (below Clerk's
+    /// development limit of 100 per 10 s), 100/1s for Hydra and Keycloak.
+    #[arg(long, env = "OAUTH_OPERATOR_DEFAULT_REQUEST_BUDGET")]
+    default_request_budget: Option<oauth_operator::api::RequestBudget>,
     /// Networks a namespaced OAuthProvider may reach although they are loopback, private,
     /// link-local or otherwise special (comma-separated CIDRs or addresses, e.g.
     /// `10.96.0.0/12` for in-cluster authorization servers). By default a namespaced provider

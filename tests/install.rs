@@ -180,6 +180,15 @@ fn chart_defaults_are_hardened() -> Result<()> {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     let args = c["args"].to_string();
     assert!(args.contains("--leader-elect=true"), "{args}");
+    // No budget flag by default (each backend's own applies); a value given is passed on.
+    assert!(!args.contains("--default-request-budget"), "{args}");
+    let docs = normalized(&helm_template(&["--set", "defaultRequestBudget=900/10s"])?)?;
+    let deploy = docs
+        .iter()
+        .find(|(k, _)| k == "Deployment/oauth-operator/oauth-operator")
+        .context("Deployment")?;
+    let args = deploy.1["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--default-request-budget=900/10s"), "{args}");
     let pdb = get("PodDisruptionBudget/oauth-operator/oauth-operator").context("PDB")?;
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     let lease = get("Role/oauth-operator/oauth-operator-leader-election").context("Lease Role")?;

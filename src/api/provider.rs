@@ -86,7 +86,10 @@ pub struct ProviderSettings {
     /// Client-side request budget (at most `requests` in any window of `periodSeconds`) shared
     /// by every application using this provider, so that a resync of many applications never
     /// trips the provider's rate limit.
-    /// Unset: the operator's `--default-request-budget` (80 per 10 s unless changed).
+    /// Unset: the operator's `--default-request-budget` when it is given, else the backend's
+    /// own: 80 per 10 s for Clerk and RFC 7591 servers (often hosted services with low
+    /// documented limits: Clerk development instances allow 100 per 10 s), 100 per 1 s for
+    /// Hydra and Keycloak (servers a platform team runs itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_budget: Option<RequestBudget>,
 }
@@ -263,6 +266,21 @@ impl Default for RequestBudget {
     }
 }
 
+impl RequestBudget {
+    /// The budget of a provider whose spec sets none and whose operator was given no
+    /// `--default-request-budget`: by backend (see `ProviderSettings::request_budget`).
+    pub fn backend_default(settings: &ProviderSettings) -> Self {
+        if settings.hydra.is_some() || settings.keycloak.is_some() {
+            Self {
+                requests: 100,
+                period_seconds: 1,
+            }
+        } else {
+            Self::default()
+        }
+    }
+}
+
 /// `REQUESTS/PERIOD`, e.g. `80/10s` (the `--default-request-budget` flag), within the
 /// bounds the CRD sets on `spec.requestBudget`.
 impl std::str::FromStr for RequestBudget {
@@ -357,7 +375,33 @@ impl ProviderSettings {
 
 #[cfg(test)]
 mod tests {
-    use super::RequestBudget;
+    use super::{ProviderSettings, RequestBudget};
+
+    #[test]
+    fn the_default_budget_follows_the_backend() {
+        let settings = |block: serde_json::Value| -> ProviderSettings {
+            serde_json::from_value(block).unwrap()
+        };
+        let budget = |s: &ProviderSettings| {
+            let b = RequestBudget::backend_default(s);
+            (b.requests, b.period_seconds)
+        };
+        let clerk = settings(serde_json::json!({"clerk": {"secretKeyRef": {"name": "k"}}}));
+        let dcr = settings(
+            serde_json::json!({"dynamicRegistration": {"issuerUrl": "https://id.example.com"}}),
+        );
+        let hydra = settings(
+            serde_json::json!({"hydra": {"adminUrl": "http://hydra:4445", "issuerUrl": "http://hydra:4444"}}),
+        );
+        let keycloak = settings(serde_json::json!({"keycloak": {
+            "baseUrl": "http://kc:8080", "realm": "r", "credentialsRef": {"name": "k"}}}));
+        // Hosted services with documented limits keep below Clerk's development limit.
+        assert_eq!(budget(&clerk), (80, 10));
+        assert_eq!(budget(&dcr), (80, 10));
+        // Servers run in-house get a budget that does not make a backlog wait.
+        assert_eq!(budget(&hydra), (100, 1));
+        assert_eq!(budget(&keycloak), (100, 1));
+    }
 
     #[test]
     fn request_budget_parses_requests_per_period() {

@@ -37,8 +37,9 @@ pub struct Config {
     pub leader: Option<LeaseConfig>,
     /// How many applications are reconciled at once (0: no limit).
     pub concurrency: u16,
-    /// The request budget of a provider whose spec sets none.
-    pub default_request_budget: crate::api::RequestBudget,
+    /// The request budget of a provider whose spec sets none (`None`: the backend's own,
+    /// [`crate::api::RequestBudget::backend_default`]).
+    pub default_request_budget: Option<crate::api::RequestBudget>,
     /// Special networks (loopback, private, link-local, ...) a namespaced provider may reach
     /// all the same (see [`crate::providers::egress`]).
     pub provider_allowed_networks: Vec<ipnet::IpNet>,
@@ -55,7 +56,7 @@ impl Default for Config {
             faults: Vec::new(),
             leader: None,
             concurrency: 16,
-            default_request_budget: Default::default(),
+            default_request_budget: None,
             provider_allowed_networks: Vec::new(),
         }
     }

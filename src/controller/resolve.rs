@@ -18,7 +18,8 @@ use crate::api::{
     AllowedNamespaces, CLERK_DEFAULT_BASE_URL, CLERK_DEFAULT_SECRET_KEY_KEY, ClusterOAuthProvider,
     DynamicRegistrationProvider, HydraProvider, INITIAL_ACCESS_TOKEN_DEFAULT_KEY,
     KEYCLOAK_DEFAULT_CLIENT_ID_KEY, KEYCLOAK_DEFAULT_CLIENT_SECRET_KEY, KeycloakProvider,
-    OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings, RotationStrategy,
+    OAuthApplication, OAuthProvider, ProviderKind, ProviderSettings, RequestBudget,
+    RotationStrategy,
 };
 use crate::providers::clerk::ClerkClient;
 use crate::providers::dynamic_registration::{DcrSettings, DynamicRegistrationClient};
@@ -325,7 +326,8 @@ pub async fn provider_backend(
     let request_budget = settings
         .request_budget
         .clone()
-        .unwrap_or_else(|| ctx.config.default_request_budget.clone());
+        .or_else(|| ctx.config.default_request_budget.clone())
+        .unwrap_or_else(|| RequestBudget::backend_default(settings));
     let mut hasher = DefaultHasher::new();
     (seed, request_budget.clone()).hash(&mut hasher);
     settings
