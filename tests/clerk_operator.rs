@@ -1490,3 +1490,62 @@ async fn a_credential_goes_only_to_the_url_its_secret_is_bound_to() -> Result<()
     );
     Ok(())
 }
+
+/// Events: a repeat (same object, reason, action and note) is counted on its first event as a
+/// series; a new note is a new event, so what `kubectl describe` shows is never stale.
+#[tokio::test]
+async fn repeated_events_fold_into_a_series_and_a_new_note_is_a_new_event() -> Result<()> {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::api::{Api, ListParams};
+    use kube::runtime::events::{Event, EventType};
+    use oauth_operator::controller::events::Recorder;
+
+    let env = Env::new("events").await?;
+    let recorder = Recorder::new(env.client.clone(), "oauth-operator", Some("test".into()));
+    let regarding = ObjectReference {
+        api_version: Some("oauth-operator.dev/v1alpha1".into()),
+        kind: Some("OAuthApplication".into()),
+        namespace: Some(env.ns.clone()),
+        name: Some("repeats".into()),
+        uid: Some("0b5e0b5e-0000-4000-8000-000000000001".into()),
+        ..Default::default()
+    };
+    let warning = |note: &str| Event {
+        type_: EventType::Warning,
+        reason: "ProviderUnavailable".into(),
+        action: "Reconcile".into(),
+        note: Some(note.into()),
+        secondary: None,
+    };
+    for _ in 0..3 {
+        recorder
+            .publish(&warning("connection refused"), &regarding)
+            .await?;
+    }
+    recorder.publish(&warning("timed out"), &regarding).await?;
+    let events: Vec<K8sEvent> = Api::<K8sEvent>::namespaced(env.client.clone(), &env.ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("repeats"))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let by_note = |note: &str| {
+        events
+            .iter()
+            .find(|e| e.note.as_deref() == Some(note))
+            .unwrap_or_else(|| panic!("no event with note {note:?}: {events:#?}"))
+    };
+    let repeated = by_note("connection refused");
+    assert_eq!(repeated.series.as_ref().map(|s| s.count), Some(3));
+    assert_eq!(repeated.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        repeated.reporting_controller.as_deref(),
+        Some("oauth-operator")
+    );
+    assert_eq!(repeated.reporting_instance.as_deref(), Some("test"));
+    assert!(by_note("timed out").series.is_none());
+    Ok(())
+}

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use rand::Rng;
 
 use super::error::Error;
+use super::events::Recorder;
 pub use super::inventory::Inventory;
 use crate::api::{OAuthApplication, RequestBudget};
 use crate::leader::{Fence, LeaseConfig};
@@ -237,12 +238,12 @@ impl Context {
         caches: super::cache::Caches,
     ) -> Self {
         let budgets = ServerBudgets::new(metrics.clone(), fence);
-        let reporter = Reporter {
-            controller: "oauth-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(
+                client.clone(),
+                "oauth-operator",
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             metrics,
             config,

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod context;
 pub mod desired;
 pub mod error;
+pub mod events;
 mod given;
 pub mod index;
 pub mod inventory;
