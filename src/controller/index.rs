@@ -52,12 +52,16 @@ struct Filing {
 }
 
 impl Filing {
+    /// Where an application is filed; `None` when no Secret or namespace event concerns it
+    /// (most applications: nothing of them is kept here).
     fn of(guard: &DeserializeGuard<OAuthApplication>) -> Option<Self> {
         let app = guard.0.as_ref().ok()?;
-        Some(Self {
-            namespace: app.metadata.namespace.clone()?,
-            reads: app.spec.credentials_from.as_ref().map(|f| f.name.clone()),
-            cluster_user: app.spec.provider_ref.kind == ProviderKind::ClusterOAuthProvider,
+        let reads = app.spec.credentials_from.as_ref().map(|f| f.name.clone());
+        let cluster_user = app.spec.provider_ref.kind == ProviderKind::ClusterOAuthProvider;
+        (reads.is_some() || cluster_user).then(|| Self {
+            namespace: app.metadata.namespace.clone().unwrap_or_default(),
+            reads,
+            cluster_user,
         })
     }
 }
@@ -225,6 +229,9 @@ mod tests {
         assert_eq!(names(index.reading("b", "creds")), ["four"]);
         assert!(index.reading("a", "unrelated").is_empty());
         assert!(index.reading("c", "creds").is_empty());
+        // An application no Secret or namespace event concerns is not kept.
+        let inner = index.inner.read().unwrap();
+        assert_eq!(inner.live.filed.len(), 4);
     }
 
     #[test]

@@ -348,7 +348,7 @@ async fn run_controllers(
         .touched_objects()
         .predicate_filter(predicates::labels, Default::default());
     // Metadata only, and only the Secrets this operator wrote (their versions tell a pass
-    // whether a Secret changed since the last one: see `versions`); managed fields dropped.
+    // whether a Secret changed since the last one: see `versions`), trimmed to what is read.
     let secrets: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
     let secrets_cfg = watch_cfg.clone().labels(&format!(
         "{}={}",
@@ -359,7 +359,18 @@ async fn run_controllers(
     let owned_secret_events = watcher(secrets, secrets_cfg)
         .backoff(WatchBackoff::policy())
         .modify(|s| {
-            s.metadata.managed_fields = None;
+            // What is read of them: where they are, their version, and their owner (which
+            // application an event wakes). Their annotations and labels are most of the rest.
+            let meta = std::mem::take(&mut s.metadata);
+            s.metadata = kube::api::ObjectMeta {
+                name: meta.name,
+                namespace: meta.namespace,
+                uid: meta.uid,
+                resource_version: meta.resource_version,
+                owner_references: meta.owner_references,
+                deletion_timestamp: meta.deletion_timestamp,
+                ..Default::default()
+            };
         })
         .reflect(owned_secret_writer)
         .touched_objects();
