@@ -443,3 +443,55 @@ async fn a_deletion_waits_for_a_create_that_may_still_commit() -> Result<()> {
     );
     Ok(())
 }
+
+/// A client deleted at Hydra is reported and left alone; a rotation then registers it anew
+/// with a new secret, never the one being rotated out (which stays refused).
+#[tokio::test]
+async fn a_gone_client_is_registered_anew_with_a_new_secret_on_rotation() -> Result<()> {
+    let (env, hydra) = hydra_env("gone").await?;
+    let _op = env.start_operator(&[])?;
+    env.apply_app(&app_yaml("web", "https://web.example.com/callback"))
+        .await?;
+    let app = env.wait_ready("web").await?;
+    let id = app.status.and_then(|s| s.client_id).context("client id")?;
+    let before = env.secrets().get("web-oauth").await?;
+    token(&before)
+        .await?
+        .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+    reqwest::Client::new()
+        .delete(format!("{}/admin/clients/{id}", hydra.admin_url()))
+        .send()
+        .await?
+        .error_for_status()?;
+    env.wait_reason("web", "ClientMissing").await?;
+    assert!(
+        hydra_client(hydra, &id).await?.is_none(),
+        "nothing recreated without a request"
+    );
+
+    env.rotate("web", "after-deletion").await?;
+    let after = env
+        .wait_secret("web-oauth", |s| {
+            data(s)["CLIENT_SECRET"] != data(&before)["CLIENT_SECRET"]
+        })
+        .await?;
+    env.wait_app("web", "rotation answered", |a| {
+        ready(a).is_some_and(|(s, _)| s == "True")
+            && a.status
+                .as_ref()
+                .and_then(|s| s.last_rotation_token.as_deref())
+                == Some("after-deletion")
+    })
+    .await?;
+    assert_eq!(data(&after)["CLIENT_ID"], id, "the same operator-chosen id");
+    token(&after)
+        .await?
+        .map_err(|s| anyhow::anyhow!("token refused: {s}"))?;
+    assert_eq!(
+        token(&before).await?,
+        Err(401),
+        "the rotated-out secret is refused"
+    );
+    env.wait_event("web", "ClientRecreated").await?;
+    Ok(())
+}

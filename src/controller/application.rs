@@ -479,14 +479,7 @@ async fn apply(
     if let Some(from) = &app.spec.credentials_from {
         return super::given::apply_given(pass, writer, status, existing.as_ref(), from).await;
     }
-    // Answered when status says so, or the Secret does (status may have been reset).
-    let answered_in_secret = existing
-        .as_ref()
-        .and_then(|s| s.annotations().get(ROTATION_TOKEN_ANNOTATION))
-        .map(String::as_str);
-    let rotation_requested = rotate_token.is_some()
-        && rotate_token != status.last_rotation_token.as_deref()
-        && rotate_token != answered_in_secret;
+    let rotation_requested = rotation_asked(rotate_token, status, existing.as_ref());
     if !rotation_requested && rotate_token.is_some() {
         status.last_rotation_token = rotate_token.map(str::to_string);
     }
@@ -1506,7 +1499,10 @@ async fn register_chosen(
         registration_flow(&provider.client.capabilities()) == RegistrationFlow::SecretFirst;
     let stage_first = generates && replacing.is_some() && !desired.public;
     // The secret an unfinished registration already wrote (staged, for a replacement), else a
-    // new one.
+    // new one. Never the Secret's own when a rotation asks for new credentials (a client that
+    // is gone is registered anew only then): that is the secret being rotated out. The
+    // Secret written below carries the token, so a repeat after a crash finds its new one.
+    let rotation = rotation_asked(pass.rotate_token, status, existing);
     let held = if stage_first {
         pass.staging
             .load()
@@ -1515,6 +1511,7 @@ async fn register_chosen(
             .map(|s| s.client_secret)
     } else {
         existing
+            .filter(|_| !rotation)
             .filter(|s| data_value(s, &keys.client_id).as_deref() == Some(id.as_str()))
             .and_then(|s| data_value(s, &keys.client_secret))
             .map(SecretString::from)
@@ -1682,6 +1679,21 @@ async fn register_chosen(
             previous_until: None,
         },
     ))
+}
+
+/// Whether `rotate_token` asks for new credentials not yet given: answered when status says
+/// so, or the Secret does (status may have been reset).
+fn rotation_asked(
+    rotate_token: Option<&str>,
+    status: &OAuthApplicationStatus,
+    existing: Option<&Secret>,
+) -> bool {
+    let answered_in_secret = existing
+        .and_then(|s| s.annotations().get(ROTATION_TOKEN_ANNOTATION))
+        .map(String::as_str);
+    rotate_token.is_some()
+        && rotate_token != status.last_rotation_token.as_deref()
+        && rotate_token != answered_in_secret
 }
 
 /// Records that a create is about to be made (what makes a crash after it recoverable) and
