@@ -88,8 +88,8 @@ impl Recorder {
         let repeat = {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            if now.duration_since(recent.swept) >= SWEEP_EVERY || recent.by_key.len() >= MAX_TRACKED
-            {
+            // At most once a minute, also when full (until then, new events are not tracked).
+            if now.duration_since(recent.swept) >= SWEEP_EVERY {
                 recent
                     .by_key
                     .retain(|_, p| now.duration_since(p.last_seen) < SERIES_WINDOW);
@@ -116,8 +116,11 @@ impl Recorder {
                 .await
             {
                 Ok(_) => return Ok(()),
-                // Gone (the apiserver's event TTL): published anew below.
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                // Gone (the apiserver's event TTL): published anew below, and tracked anew.
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                    recent.by_key.remove(&key);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -128,7 +131,7 @@ impl Recorder {
             .create(&PostParams::default(), &event)
             .await?;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.by_key.len() < MAX_TRACKED {
+        if recent.by_key.len() < MAX_TRACKED || recent.by_key.contains_key(&key) {
             recent.by_key.insert(
                 key,
                 Published {
@@ -159,10 +162,9 @@ impl Recorder {
                         .clone()
                         .unwrap_or_else(|| "default".into()),
                 ),
-                name: Some(format!(
-                    "{}.{:x}",
+                name: Some(event_name(
                     regarding.name.as_deref().unwrap_or(&self.controller),
-                    now.as_nanosecond()
+                    now,
                 )),
                 ..Default::default()
             },
@@ -177,5 +179,35 @@ impl Recorder {
             ),
             ..Default::default()
         }
+    }
+}
+
+/// `NAME.NANOS` (hex), as kube and client-go name events, with `NAME` cut so that the whole
+/// stays a valid name (at most 253 characters) for the longest names an object may have.
+fn event_name(name: &str, now: Timestamp) -> String {
+    let suffix = format!(".{:x}", now.as_nanosecond());
+    let mut cut = name.len().min(253 - suffix.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let prefix = name[..cut].trim_end_matches(['-', '.']);
+    format!("{prefix}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_name_stays_a_valid_name() {
+        let now = Timestamp::now();
+        let short = event_name("web", now);
+        assert!(short.starts_with("web.") && short.len() <= 253);
+        let long = format!("{}-{}", "a".repeat(230), "b".repeat(22));
+        assert_eq!(long.len(), 253);
+        let name = event_name(&long, now);
+        assert!(name.len() <= 253, "{}", name.len());
+        assert!(!name.contains("-.") && !name.contains(".."), "{name}");
+        assert!(name.starts_with(&"a".repeat(230)));
     }
 }
