@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng as _;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
@@ -173,7 +174,9 @@ pub async fn client_authenticates(
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by the servers we talk to).
+/// How often a request that lost a database transaction race is sent in all.
+const SERIALIZATION_ATTEMPTS: u32 = 3;
+
 /// A database serialization failure reported as a client error (Hydra on SQLite or Postgres
 /// under concurrent writes): the transaction was rolled back, so a retry is safe.
 fn is_serialization_failure(message: &str) -> bool {
@@ -181,6 +184,7 @@ fn is_serialization_failure(message: &str) -> bool {
         || message.contains("could not serialize access due to concurrent update")
 }
 
+/// `Retry-After` in seconds (the HTTP-date form is not used by the servers we talk to).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
@@ -224,15 +228,48 @@ impl HttpEndpoint {
         self.exchange(operation, request, errors).await.map(drop)
     }
 
+    /// One request, repeated (each time within the budget) while the server answers that its
+    /// database transaction lost a race: nothing was written, and a pass that failed on it
+    /// would cost a Warning event, a backoff and, for a create, a look-up of what happened.
     async fn exchange(
         &self,
         operation: &'static str,
         request: reqwest::RequestBuilder,
         errors: &dyn ErrorBodies,
     ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), ProviderError> {
-        let request = request.build().map_err(|e| {
+        let mut request = request.build().map_err(|e| {
             ProviderError::Unsupported(format!("building the {operation} request: {e}"))
         })?;
+        let mut attempt = 1;
+        loop {
+            let again = (attempt < SERIALIZATION_ATTEMPTS)
+                .then(|| request.try_clone())
+                .flatten();
+            match self.exchange_once(operation, request, errors).await {
+                Err(ProviderError::Unavailable {
+                    outcome_unknown: false,
+                    message,
+                    ..
+                }) if is_serialization_failure(&message) && again.is_some() => {
+                    tracing::debug!(operation, attempt, "lost a transaction race; repeating");
+                    // Spread the racers apart: 20 to 60 ms, then 40 to 120 ms.
+                    let base = 20 * u64::from(attempt);
+                    let delay = rand::rng().random_range(base..=3 * base);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    request = again.expect("checked above");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn exchange_once(
+        &self,
+        operation: &'static str,
+        request: reqwest::Request,
+        errors: &dyn ErrorBodies,
+    ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), ProviderError> {
         let span = tracing::debug_span!(
             "provider_request",
             backend = self.backend,

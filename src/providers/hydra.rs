@@ -534,6 +534,7 @@ mod tests {
     use super::*;
 
     fn client() -> HydraClient {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = Arc::new(Metrics::default());
         let budget = crate::api::RequestBudget {
             requests: 10,
@@ -575,6 +576,105 @@ mod tests {
         for id in [&second, &third, &last] {
             assert!(checked_id(id).is_ok(), "{id}");
         }
+    }
+
+    /// A loopback Hydra that answers the requests it gets with `answers`, in order (status,
+    /// body), and counts them.
+    async fn scripted(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            for (status, body) in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn client_at(admin: &str) -> HydraClient {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = Arc::new(Metrics::default());
+        let budget = crate::api::RequestBudget {
+            requests: 10,
+            period_seconds: 1,
+        };
+        HydraClient::new(
+            reqwest::Client::new(),
+            admin,
+            "http://127.0.0.1:4444",
+            Arc::new(RequestBudgetLimiter::new(
+                &budget,
+                "test".into(),
+                metrics.clone(),
+            )),
+            metrics,
+        )
+        .expect("a valid Hydra client")
+    }
+
+    const LOST_RACE: &str = r#"{"error":"invalid_request","error_description":"Unable to serialize access due to a concurrent update in another session"}"#;
+
+    #[tokio::test]
+    async fn a_lost_transaction_race_is_repeated_at_once() {
+        let (url, seen) = scripted(vec![
+            (400, LOST_RACE),
+            (400, LOST_RACE),
+            (200, r#"{"client_id":"c1","client_name":"n"}"#),
+        ])
+        .await;
+        let found = client_at(&url).get("c1").await.expect("the third answer");
+        assert_eq!(found.client_id, "c1");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_race_lost_three_times_fails_the_pass_as_transient() {
+        let (url, seen) = scripted(vec![(400, LOST_RACE); 4]).await;
+        let err = client_at(&url).get("c1").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProviderError::Unavailable {
+                    outcome_unknown: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "three attempts"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_client_errors_are_not_repeated() {
+        let (url, seen) = scripted(vec![
+            (
+                400,
+                r#"{"error":"invalid_request","error_description":"bad redirect_uri"}"#,
+            ),
+            (200, r#"{"client_id":"c1"}"#),
+        ])
+        .await;
+        let err = client_at(&url).get("c1").await.unwrap_err();
+        assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     proptest::proptest! {
