@@ -187,6 +187,16 @@ mod tests {
         DeserializeGuard(Ok(app))
     }
 
+    /// An `Apply` event of an application in `ns` that reads Secret `reads`.
+    fn applied(
+        ns: &str,
+        name: &str,
+        reads: Option<&str>,
+        kind: ProviderKind,
+    ) -> watcher::Event<DeserializeGuard<OAuthApplication>> {
+        watcher::Event::Apply(app(ns, name, reads, kind))
+    }
+
     fn names(mut refs: Vec<AppRef>) -> Vec<String> {
         refs.sort_by(|a, b| a.name.cmp(&b.name));
         refs.into_iter().map(|r| r.name).collect()
@@ -195,36 +205,31 @@ mod tests {
     #[test]
     fn a_secret_finds_the_applications_that_read_it_and_no_others() {
         let index = AppIndex::default();
-        index.apply(&watcher::Event::Apply(app(
+        index.apply(&applied(
             "a",
             "one",
             Some("creds"),
             ProviderKind::OAuthProvider,
-        )));
-        index.apply(&watcher::Event::Apply(app(
+        ));
+        index.apply(&applied(
             "a",
             "two",
             Some("creds"),
             ProviderKind::OAuthProvider,
-        )));
-        index.apply(&watcher::Event::Apply(app(
+        ));
+        index.apply(&applied(
             "a",
             "three",
             Some("other"),
             ProviderKind::OAuthProvider,
-        )));
-        index.apply(&watcher::Event::Apply(app(
+        ));
+        index.apply(&applied(
             "b",
             "four",
             Some("creds"),
             ProviderKind::OAuthProvider,
-        )));
-        index.apply(&watcher::Event::Apply(app(
-            "a",
-            "five",
-            None,
-            ProviderKind::OAuthProvider,
-        )));
+        ));
+        index.apply(&applied("a", "five", None, ProviderKind::OAuthProvider));
         assert_eq!(names(index.reading("a", "creds")), ["one", "two"]);
         assert_eq!(names(index.reading("b", "creds")), ["four"]);
         assert!(index.reading("a", "unrelated").is_empty());
@@ -237,20 +242,20 @@ mod tests {
     #[test]
     fn a_changed_or_deleted_application_is_refiled() {
         let index = AppIndex::default();
-        index.apply(&watcher::Event::Apply(app(
+        index.apply(&applied(
             "a",
             "one",
             Some("creds"),
             ProviderKind::ClusterOAuthProvider,
-        )));
+        ));
         assert_eq!(names(index.cluster_users("a")), ["one"]);
         // It now reads another Secret and uses a namespaced provider.
-        index.apply(&watcher::Event::Apply(app(
+        index.apply(&applied(
             "a",
             "one",
             Some("next"),
             ProviderKind::OAuthProvider,
-        )));
+        ));
         assert!(index.reading("a", "creds").is_empty());
         assert_eq!(names(index.reading("a", "next")), ["one"]);
         assert!(index.cluster_users("a").is_empty());
@@ -268,12 +273,12 @@ mod tests {
     #[test]
     fn a_relist_replaces_the_index_only_when_complete() {
         let index = AppIndex::default();
-        index.apply(&watcher::Event::Apply(app(
+        index.apply(&applied(
             "a",
             "gone",
             Some("creds"),
             ProviderKind::OAuthProvider,
-        )));
+        ));
         index.apply(&watcher::Event::Init);
         index.apply(&watcher::Event::InitApply(app(
             "a",
@@ -290,12 +295,12 @@ mod tests {
     #[test]
     fn a_malformed_application_is_unfiled() {
         let index = AppIndex::default();
-        index.apply(&watcher::Event::Apply(app(
+        index.apply(&applied(
             "a",
             "one",
             Some("creds"),
             ProviderKind::OAuthProvider,
-        )));
+        ));
         let malformed: DeserializeGuard<OAuthApplication> =
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "oauth-operator.dev/v1alpha1",

@@ -534,24 +534,7 @@ mod tests {
     use super::*;
 
     fn client() -> HydraClient {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let metrics = Arc::new(Metrics::default());
-        let budget = crate::api::RequestBudget {
-            requests: 10,
-            period_seconds: 1,
-        };
-        HydraClient::new(
-            reqwest::Client::new(),
-            "http://127.0.0.1:4445",
-            "http://127.0.0.1:4444",
-            Arc::new(RequestBudgetLimiter::new(
-                &budget,
-                "test".into(),
-                metrics.clone(),
-            )),
-            metrics,
-        )
-        .expect("a valid Hydra client")
+        client_at("http://127.0.0.1:4445")
     }
 
     #[test]
