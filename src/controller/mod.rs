@@ -348,37 +348,27 @@ async fn run_controllers(
         .touched_objects()
         .predicate_filter(predicates::labels, Default::default());
     // Metadata only, and only the Secrets this operator wrote (their versions tell a pass
-    // whether a Secret changed since the last one: see `versions`), trimmed to what is read.
+    // whether a Secret changed since the last one: see `versions`). Only their versions are
+    // kept; the events go on whole to the owner mapping.
     let secrets: Api<PartialObjectMeta<Secret>> = api_for(&client, ns.as_deref());
     let secrets_cfg = watch_cfg.clone().labels(&format!(
         "{}={}",
         secret::MANAGED_BY_LABEL,
         secret::MANAGED_BY_VALUE
     ));
-    let (owned_secret_store, owned_secret_writer) = reflector::store();
+    let owned_secrets = Arc::new(cache::OwnedSecretVersions::default());
     let owned_secret_events = watcher(secrets, secrets_cfg)
         .backoff(WatchBackoff::policy())
-        .modify(|s| {
-            // What is read of them: where they are, their version, and their owner (which
-            // application an event wakes). Their annotations and labels are most of the rest.
-            let meta = std::mem::take(&mut s.metadata);
-            s.metadata = kube::api::ObjectMeta {
-                name: meta.name,
-                namespace: meta.namespace,
-                uid: meta.uid,
-                resource_version: meta.resource_version,
-                owner_references: meta.owner_references,
-                deletion_timestamp: meta.deletion_timestamp,
-                ..Default::default()
-            };
+        .inspect_ok({
+            let owned_secrets = owned_secrets.clone();
+            move |event| owned_secrets.apply(event)
         })
-        .reflect(owned_secret_writer)
         .touched_objects();
     let caches = cache::Caches {
         providers: provider_store,
         cluster_providers: cluster_provider_store,
         namespaces: namespace_store,
-        owned_secrets: owned_secret_store,
+        owned_secrets,
         credentials: Default::default(),
     };
     let ctx = Arc::new(Context::new(client.clone(), metrics, config, fence, caches));
