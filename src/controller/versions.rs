@@ -33,14 +33,42 @@ pub struct Versions {
     apps: Mutex<HashMap<ObjectRef<OAuthApplication>, Known>>,
 }
 
+/// A `resourceVersion`, kept small: thousands of applications each hold a handful. The
+/// apiserver's are decimal numbers (kept as one); anything else is kept as given. Opaque
+/// either way: only compared for equality, never ordered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Version {
+    Number(u64),
+    Text(Box<str>),
+}
+
+impl Version {
+    fn new(v: &str) -> Self {
+        // Only the canonical form: "007" and "7" are different versions.
+        match v.parse::<u64>() {
+            Ok(n) if n.to_string() == v => Self::Number(n),
+            _ => Self::Text(v.into()),
+        }
+    }
+
+    fn is(&self, v: &str) -> bool {
+        match self {
+            Self::Number(n) => v
+                .parse::<u64>()
+                .is_ok_and(|m| m == *n && m.to_string() == v),
+            Self::Text(t) => &**t == v,
+        }
+    }
+}
+
 struct Known {
-    uid: String,
+    uid: Box<str>,
     /// As this process last read it (quorum) or wrote it; `None` after a write whose answer
     /// was lost.
-    app: Option<String>,
+    app: Option<Version>,
     /// Every version the pass under way started from, read or wrote.
-    seen: Vec<String>,
-    settled: Option<Settled>,
+    seen: Vec<Version>,
+    settled: Option<Box<Settled>>,
     /// How often something outside the application woke it (see [`Versions::unsettle`]): a
     /// pass settles only if none came while it ran.
     wakes: u64,
@@ -51,8 +79,8 @@ struct Known {
 struct Settled {
     /// The versions the pass started from, read and wrote, the last one it left included: a
     /// watched copy at an earlier one of them is the watch catching up with that pass.
-    app: Vec<String>,
-    secret: String,
+    app: Vec<Version>,
+    secret: Version,
     until: Instant,
 }
 
@@ -67,15 +95,22 @@ impl Versions {
         uid: &str,
     ) -> &'m mut Known {
         let fresh = || Known {
-            uid: uid.to_string(),
+            uid: uid.into(),
             app: None,
             seen: Vec::new(),
             settled: None,
             wakes: 0,
             began: 0,
         };
-        let known = apps.entry(key.clone()).or_insert_with(fresh);
-        if known.uid != uid {
+        if !apps.contains_key(key) {
+            // Stored without the version and uid a reference may carry (not part of its
+            // identity: name and namespace are).
+            let mut stored = ObjectRef::new(&key.name);
+            stored.namespace.clone_from(&key.namespace);
+            apps.insert(stored, fresh());
+        }
+        let known = apps.get_mut(key).expect("inserted above");
+        if &*known.uid != uid {
             *known = fresh();
         }
         known
@@ -104,7 +139,7 @@ impl Versions {
         let Some(version) = version else { return false };
         self.with(|apps| {
             apps.get(key)
-                .is_some_and(|k| k.uid == uid && k.app.as_deref() == Some(version))
+                .is_some_and(|k| &*k.uid == uid && k.app.as_ref().is_some_and(|a| a.is(version)))
         })
     }
 
@@ -113,6 +148,7 @@ impl Versions {
     pub fn note(&self, key: &ObjectRef<OAuthApplication>, uid: &str, version: Option<String>) {
         self.with(|apps| {
             let known = Self::entry(apps, key, uid);
+            let version = version.as_deref().map(Version::new);
             if let Some(v) = &version
                 && !known.seen.contains(v)
                 && known.seen.len() < 16
@@ -136,7 +172,7 @@ impl Versions {
         delay: Duration,
     ) {
         self.with(|apps| {
-            let Some(known) = apps.get_mut(key).filter(|k| k.uid == uid) else {
+            let Some(known) = apps.get_mut(key).filter(|k| &*k.uid == uid) else {
                 return;
             };
             if known.wakes != began {
@@ -145,11 +181,11 @@ impl Versions {
                 return;
             }
             known.settled = match (&known.app, secret) {
-                (Some(_), Some(secret)) => Some(Settled {
+                (Some(_), Some(secret)) => Some(Box::new(Settled {
                     app: known.seen.clone(),
-                    secret: secret.to_string(),
+                    secret: Version::new(secret),
                     until: Instant::now() + delay,
-                }),
+                })),
                 _ => None,
             };
         });
@@ -200,11 +236,11 @@ impl Versions {
         secret: Option<&str>,
     ) -> Option<Duration> {
         self.with(|apps| {
-            let known = apps.get(key).filter(|k| k.uid == uid)?;
+            let known = apps.get(key).filter(|k| &*k.uid == uid)?;
             let settled = known.settled.as_ref()?;
             let left = settled.until.checked_duration_since(Instant::now())?;
-            (app.is_some_and(|v| settled.app.iter().any(|s| s == v))
-                && secret == Some(settled.secret.as_str())
+            (app.is_some_and(|v| settled.app.iter().any(|s| s.is(v)))
+                && secret.is_some_and(|v| settled.secret.is(v))
                 && !left.is_zero())
             .then_some(left)
         })
@@ -397,5 +433,41 @@ mod tests {
         assert!(v.woken_during_pass(&key()));
         v.begin(&key(), "u1");
         assert!(!v.woken_during_pass(&key()), "the next pass saw it");
+    }
+
+    #[test]
+    fn versions_compare_as_the_strings_they_were() {
+        for (a, b, same) in [
+            ("10", "10", true),
+            ("10", "11", false),
+            ("007", "7", false),
+            ("7", "007", false),
+            ("abc", "abc", true),
+            ("18446744073709551616", "18446744073709551616", true),
+            ("", "", true),
+            ("", "0", false),
+        ] {
+            assert_eq!(Version::new(a).is(b), same, "{a:?} against {b:?}");
+            assert_eq!(Version::new(a) == Version::new(b), same, "{a:?} == {b:?}");
+        }
+        assert_eq!(Version::new("42"), Version::Number(42));
+    }
+
+    #[test]
+    fn a_reference_carrying_a_version_and_uid_finds_the_same_record() {
+        let v = Versions::default();
+        let mut full = key();
+        full.extra.resource_version = Some("10".into());
+        full.extra.uid = Some("u1".into());
+        v.note(&full, "u1", Some("10".into()));
+        assert!(v.is_current(&key(), "u1", Some("10")));
+        let stored = v
+            .with(|apps| apps.keys().next().cloned())
+            .expect("one record");
+        assert_eq!(
+            stored.extra.resource_version, None,
+            "kept without the reference's extras"
+        );
+        assert_eq!(stored.namespace.as_deref(), Some("ns"));
     }
 }
