@@ -540,11 +540,11 @@ async fn apply(
                         .as_ref()
                         .is_none_or(|p| p.name != s.client_id)
                     {
-                        status.pending_registration = Some(PendingRegistration {
+                        status.pending_registration = Some(Box::new(PendingRegistration {
                             name: s.client_id.clone(),
                             started_at: Time(now()),
                             unanswered_at: None,
-                        });
+                        }));
                     }
                     if status.retiring_client_id.is_none() {
                         status.retiring_client_id = s.replaces.clone();
@@ -1704,11 +1704,11 @@ fn mark_registering(
     provider: &str,
     name: &str,
 ) {
-    status.pending_registration = Some(PendingRegistration {
+    status.pending_registration = Some(Box::new(PendingRegistration {
         name: name.to_string(),
         started_at: Time(now()),
         unanswered_at: None,
-    });
+    }));
     // kstatus: this status describes this generation (in progress: `Reconciling=True`), so
     // Flux and `kstatus` read `InProgress`, never `Current` before the Secret exists.
     status.observed_generation = app.metadata.generation;
