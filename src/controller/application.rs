@@ -992,7 +992,7 @@ async fn apply(
         client_id: keys.client_id.clone(),
         client_secret: keys.client_secret.clone(),
     });
-    status.endpoints = Some(remote.endpoints.clone());
+    status.endpoints = Some(crate::api::Endpoints::clone(&remote.endpoints));
     status.pending_registration = None;
     // After a rotation in this pass the next one counts from it.
     let next_rotation_at = scheduled_rotation(app, status, None);
@@ -1541,7 +1541,7 @@ async fn register_chosen(
         public: desired.public,
         pkce_required: false,
         consent_screen: false,
-        endpoints: provider.client.endpoints().unwrap_or_default(),
+        endpoints: provider.client.endpoints().unwrap_or_default().into(),
         created_at: None,
         owner_uid: Some(uid.to_string()),
         grace_period: None,

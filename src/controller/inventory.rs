@@ -34,7 +34,9 @@ struct Snapshot {
     fetched_at: Instant,
     /// Wall-clock time of the same, reported as `status.lastSyncTime`.
     fetched_wall: Timestamp,
-    clients: HashMap<String, RemoteClient>,
+    /// Shared with the list that follows where a client is unchanged: while a list runs,
+    /// the snapshot it replaces and the pages it read hold one copy of each such client.
+    clients: HashMap<String, Arc<RemoteClient>>,
 }
 
 #[derive(Default)]
@@ -49,7 +51,7 @@ impl Known {
     fn record(&mut self, id: &str, client: Option<&RemoteClient>) {
         if let Some(snapshot) = &mut self.snapshot {
             match client {
-                Some(c) => snapshot.clients.insert(id.to_string(), c.clone()),
+                Some(c) => snapshot.clients.insert(id.to_string(), Arc::new(c.clone())),
                 None => snapshot.clients.remove(id),
             };
         }
@@ -63,7 +65,7 @@ impl Known {
 struct Partial {
     started: Instant,
     started_wall: Timestamp,
-    clients: HashMap<String, RemoteClient>,
+    clients: HashMap<String, Arc<RemoteClient>>,
     next: PageCursor,
 }
 
@@ -84,7 +86,7 @@ impl Server {
             snapshot
                 .clients
                 .get(id)
-                .map(|c| (c.clone(), snapshot.fetched_wall))
+                .map(|c| (RemoteClient::clone(c), snapshot.fetched_wall))
         })
     }
 }
@@ -148,7 +150,17 @@ impl Inventory {
         loop {
             match backend.list_page(from.as_ref()).await {
                 Ok(page) => {
-                    clients.extend(page.clients.into_iter().map(|c| (c.id.clone(), c)));
+                    let known = server.known.read().unwrap_or_else(|p| p.into_inner());
+                    let previous = known.snapshot.as_ref().map(|s| &s.clients);
+                    clients.extend(page.clients.into_iter().map(|c| {
+                        let shared = previous
+                            .and_then(|p| p.get(&c.id))
+                            .filter(|old| ***old == c)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(c));
+                        (shared.id.clone(), shared)
+                    }));
+                    drop(known);
                     match page.next {
                         Some(next) => from = Some(next),
                         None => break,
@@ -170,11 +182,13 @@ impl Inventory {
         let mut known = server.known.write().unwrap_or_else(|p| p.into_inner());
         for (written, client) in known.journal.take().unwrap_or_default() {
             match client {
-                Some(c) => clients.insert(written, c),
+                Some(c) => clients.insert(written, Arc::new(c)),
                 None => clients.remove(&written),
             };
         }
-        let found = clients.get(id).map(|c| (c.clone(), started_wall));
+        let found = clients
+            .get(id)
+            .map(|c| (RemoteClient::clone(c), started_wall));
         known.snapshot = Some(Snapshot {
             fetched_at: started,
             fetched_wall: started_wall,
@@ -204,7 +218,9 @@ impl Inventory {
         let server = self.server(key);
         let mut known = server.known.write().unwrap_or_else(|p| p.into_inner());
         if let Some(snapshot) = &mut known.snapshot {
-            snapshot.clients.insert(client.id.clone(), client.clone());
+            snapshot
+                .clients
+                .insert(client.id.clone(), Arc::new(client.clone()));
         }
     }
 
@@ -255,6 +271,8 @@ mod tests {
         hold_page: Option<usize>,
         gate: tokio::sync::Semaphore,
         in_list: AtomicUsize,
+        /// The name the server gives client `c0-0`.
+        first_name: Mutex<&'static str>,
     }
 
     impl Paged {
@@ -266,6 +284,7 @@ mod tests {
                 hold_page: None,
                 gate: tokio::sync::Semaphore::new(0),
                 in_list: AtomicUsize::new(0),
+                first_name: Mutex::new("listed"),
             }
         }
 
@@ -343,7 +362,10 @@ mod tests {
             }
             Ok(ClientPage {
                 clients: (0..10)
-                    .map(|k| client(&format!("c{page}-{k}"), "listed"))
+                    .map(|k| match (page, k) {
+                        (0, 0) => client("c0-0", &self.first_name.lock().unwrap()),
+                        _ => client(&format!("c{page}-{k}"), "listed"),
+                    })
                     .collect(),
                 next: (page + 1 < self.pages).then(|| PageCursor((page + 1).to_string())),
             })
@@ -392,6 +414,38 @@ mod tests {
                 .is_some()
         );
         assert_eq!(paged.pages_asked(), vec![0, 1, 0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_new_list_shares_the_clients_that_did_not_change_and_shows_those_that_did() {
+        let paged = Arc::new(Paged::new(2));
+        let backend: SharedBackend = paged.clone();
+        let inventory = Inventory::default();
+        let found = inventory.lookup("s", &backend, "c0-0", HOUR).await.unwrap();
+        assert_eq!(found.unwrap().0.name, "listed");
+        let held = |id: &str| {
+            let server = inventory.server("s");
+            let known = server.known.read().unwrap();
+            known.snapshot.as_ref().unwrap().clients[id].clone()
+        };
+        let (before_same, before_changed) = (held("c1-3"), held("c0-0"));
+
+        *paged.first_name.lock().unwrap() = "renamed";
+        let found = inventory
+            .lookup("s", &backend, "c0-0", Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(found.unwrap().0.name, "renamed", "the new list's answer");
+        assert_eq!(paged.pages_asked(), vec![0, 1, 0, 1], "listed twice");
+        assert!(
+            Arc::ptr_eq(&before_same, &held("c1-3")),
+            "an unchanged client is one copy"
+        );
+        assert!(!Arc::ptr_eq(&before_changed, &held("c0-0")));
+        assert_eq!(
+            before_changed.name, "listed",
+            "the old copy is left as it was"
+        );
     }
 
     #[tokio::test]

@@ -587,7 +587,8 @@ spec:
                 issuer: Some("https://i".into()),
                 token: Some("https://i/token".into()),
                 ..Default::default()
-            },
+            }
+            .into(),
             created_at: None,
             grace_period: None,
             previous_secret_expires_at: None,

@@ -30,7 +30,14 @@ use crate::api::OAuthApplication;
 
 #[derive(Default)]
 pub struct Versions {
-    apps: Mutex<HashMap<ObjectRef<OAuthApplication>, Known>>,
+    /// By [`slot`]: `namespace/name`.
+    apps: Mutex<HashMap<Box<str>, Known>>,
+}
+
+/// Where an application's record is kept: its namespace and name (a reference's version and
+/// uid are not part of its identity), in one small string.
+fn slot(key: &ObjectRef<OAuthApplication>) -> Box<str> {
+    format!("{}/{}", key.namespace.as_deref().unwrap_or(""), key.name).into()
 }
 
 /// A `resourceVersion`, kept small: thousands of applications each hold a handful. The
@@ -85,12 +92,12 @@ struct Settled {
 }
 
 impl Versions {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<ObjectRef<OAuthApplication>, Known>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<Box<str>, Known>) -> T) -> T {
         f(&mut self.apps.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn entry<'m>(
-        apps: &'m mut HashMap<ObjectRef<OAuthApplication>, Known>,
+        apps: &'m mut HashMap<Box<str>, Known>,
         key: &ObjectRef<OAuthApplication>,
         uid: &str,
     ) -> &'m mut Known {
@@ -102,14 +109,7 @@ impl Versions {
             wakes: 0,
             began: 0,
         };
-        if !apps.contains_key(key) {
-            // Stored without the version and uid a reference may carry (not part of its
-            // identity: name and namespace are).
-            let mut stored = ObjectRef::new(&key.name);
-            stored.namespace.clone_from(&key.namespace);
-            apps.insert(stored, fresh());
-        }
-        let known = apps.get_mut(key).expect("inserted above");
+        let known = apps.entry(slot(key)).or_insert_with(fresh);
         if &*known.uid != uid {
             *known = fresh();
         }
@@ -138,7 +138,7 @@ impl Versions {
     ) -> bool {
         let Some(version) = version else { return false };
         self.with(|apps| {
-            apps.get(key)
+            apps.get(&slot(key))
                 .is_some_and(|k| &*k.uid == uid && k.app.as_ref().is_some_and(|a| a.is(version)))
         })
     }
@@ -172,7 +172,7 @@ impl Versions {
         delay: Duration,
     ) {
         self.with(|apps| {
-            let Some(known) = apps.get_mut(key).filter(|k| &*k.uid == uid) else {
+            let Some(known) = apps.get_mut(&slot(key)).filter(|k| &*k.uid == uid) else {
                 return;
             };
             if known.wakes != began {
@@ -195,7 +195,7 @@ impl Versions {
     /// Secret, a namespace): the next event runs a pass.
     pub fn unsettle(&self, key: &ObjectRef<OAuthApplication>) {
         self.with(|apps| {
-            if let Some(known) = apps.get_mut(key) {
+            if let Some(known) = apps.get_mut(&slot(key)) {
                 known.settled = None;
                 known.wakes += 1;
             }
@@ -206,7 +206,7 @@ impl Versions {
     /// that fails retries at once, but what the last successful pass settled stays.
     pub fn woke(&self, key: &ObjectRef<OAuthApplication>) {
         self.with(|apps| {
-            if let Some(known) = apps.get_mut(key) {
+            if let Some(known) = apps.get_mut(&slot(key)) {
                 known.wakes += 1;
             }
         });
@@ -215,12 +215,12 @@ impl Versions {
     /// Whether something woke the application while its last pass ran (that pass may have
     /// failed for want of what the wake brought: its retry must not wait out a backoff).
     pub fn woken_during_pass(&self, key: &ObjectRef<OAuthApplication>) -> bool {
-        self.with(|apps| apps.get(key).is_some_and(|k| k.wakes != k.began))
+        self.with(|apps| apps.get(&slot(key)).is_some_and(|k| k.wakes != k.began))
     }
 
     /// The application is gone.
     pub fn forget(&self, key: &ObjectRef<OAuthApplication>) {
-        self.with(|apps| apps.remove(key));
+        self.with(|apps| apps.remove(&slot(key)));
     }
 
     /// `Some(left)` when the application is at a version the last successful pass started
@@ -236,7 +236,7 @@ impl Versions {
         secret: Option<&str>,
     ) -> Option<Duration> {
         self.with(|apps| {
-            let known = apps.get(key).filter(|k| &*k.uid == uid)?;
+            let known = apps.get(&slot(key)).filter(|k| &*k.uid == uid)?;
             let settled = known.settled.as_ref()?;
             let left = settled.until.checked_duration_since(Instant::now())?;
             (app.is_some_and(|v| settled.app.iter().any(|s| s.is(v)))
@@ -461,13 +461,7 @@ mod tests {
         full.extra.uid = Some("u1".into());
         v.note(&full, "u1", Some("10".into()));
         assert!(v.is_current(&key(), "u1", Some("10")));
-        let stored = v
-            .with(|apps| apps.keys().next().cloned())
-            .expect("one record");
-        assert_eq!(
-            stored.extra.resource_version, None,
-            "kept without the reference's extras"
-        );
-        assert_eq!(stored.namespace.as_deref(), Some("ns"));
+        let stored = v.with(|apps| apps.keys().next().cloned());
+        assert_eq!(stored.as_deref(), Some("ns/app"));
     }
 }

@@ -223,7 +223,8 @@ impl ClerkApp {
                 token: self.token_fetch_url,
                 userinfo: self.user_info_url,
                 ..Default::default()
-            },
+            }
+            .into(),
             created_at: self.created_at.and_then(timestamp_from_unix),
             id: self.id,
             client_id: self.client_id,
@@ -588,7 +589,7 @@ mod tests {
             public: false,
             pkce_required: true,
             consent_screen: false,
-            endpoints: Endpoints::default(),
+            endpoints: Default::default(),
             created_at: None,
             grace_period: None,
             previous_secret_expires_at: None,

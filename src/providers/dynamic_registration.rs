@@ -536,7 +536,7 @@ impl DynamicRegistrationClient {
             // RFC 7591 has no metadata for either; `check_supported` keeps them unmanaged.
             pkce_required: false,
             consent_screen: true,
-            endpoints: self.endpoints().unwrap_or_default(),
+            endpoints: self.endpoints().unwrap_or_default().into(),
             created_at: info
                 .client_id_issued_at
                 .as_ref()

@@ -70,6 +70,8 @@ pub struct HydraClient {
     /// public issuer cannot be reached from the operator) the endpoints are Hydra's documented
     /// paths below the issuer.
     metadata: tokio::sync::OnceCell<super::discovery::ServerMetadata>,
+    /// The endpoints from the discovery document, once read: one copy for every client.
+    shared_endpoints: std::sync::OnceLock<std::sync::Arc<Endpoints>>,
 }
 
 /// `OAuth2Client` as Hydra returns it (unknown fields ignored).
@@ -210,6 +212,7 @@ impl HydraClient {
             admin_url,
             issuer: issuer.trim_end_matches('/').to_string(),
             metadata: tokio::sync::OnceCell::new(),
+            shared_endpoints: std::sync::OnceLock::new(),
         })
     }
 
@@ -243,6 +246,18 @@ impl HydraClient {
         }
     }
 
+    /// [`Self::issuer_endpoints`], one copy shared by every client once discovery is done.
+    fn shared_endpoints(&self) -> std::sync::Arc<Endpoints> {
+        if let Some(shared) = self.shared_endpoints.get() {
+            return shared.clone();
+        }
+        let endpoints = std::sync::Arc::new(self.issuer_endpoints());
+        if self.metadata.get().is_some() {
+            return self.shared_endpoints.get_or_init(|| endpoints).clone();
+        }
+        endpoints
+    }
+
     fn remote(&self, app: HydraApp) -> RemoteClient {
         let owner_uid = app
             .metadata
@@ -261,7 +276,7 @@ impl HydraClient {
             public: app.token_endpoint_auth_method == "none",
             pkce_required: false,
             consent_screen: !app.skip_consent,
-            endpoints: self.issuer_endpoints(),
+            endpoints: self.shared_endpoints(),
             created_at: app.created_at.and_then(|t| t.parse().ok()),
             owner_uid,
             grace_period: None,

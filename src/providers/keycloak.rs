@@ -139,6 +139,8 @@ pub struct KeycloakClient {
     client_secret: SecretString,
     token: tokio::sync::Mutex<Option<(SecretString, Instant)>>,
     metadata: tokio::sync::OnceCell<ServerMetadata>,
+    /// The endpoints from the discovery document, once read: one copy for every client.
+    shared_endpoints: std::sync::OnceLock<std::sync::Arc<Endpoints>>,
     /// The realm's default client scopes (`openid-connect`): Keycloak gives them to every new
     /// client, and they stay whatever the spec says. Read again with every list and before
     /// scopes are changed, so a scope the realm gains (an upgrade, an admin) is never stripped.
@@ -443,6 +445,7 @@ impl KeycloakClient {
             client_secret: settings.client_secret,
             token: tokio::sync::Mutex::new(None),
             metadata: tokio::sync::OnceCell::new(),
+            shared_endpoints: std::sync::OnceLock::new(),
             realm_defaults: std::sync::RwLock::new(None),
             policies: tokio::sync::Mutex::new(()),
         })
@@ -462,6 +465,18 @@ impl KeycloakClient {
         self.metadata
             .get_or_try_init(|| discover(&self.endpoint, &self.issuer))
             .await
+    }
+
+    /// [`Self::known_endpoints`], one copy shared by every client once discovery is done.
+    fn shared_endpoints(&self) -> std::sync::Arc<Endpoints> {
+        if let Some(shared) = self.shared_endpoints.get() {
+            return shared.clone();
+        }
+        let endpoints = std::sync::Arc::new(self.known_endpoints());
+        if self.metadata.get().is_some() {
+            return self.shared_endpoints.get_or_init(|| endpoints).clone();
+        }
+        endpoints
     }
 
     fn known_endpoints(&self) -> Endpoints {
@@ -624,7 +639,7 @@ impl KeycloakClient {
             public: app.public_client,
             pkce_required: attribute(PKCE_ATTRIBUTE) == "S256",
             consent_screen: app.consent_required,
-            endpoints: self.known_endpoints(),
+            endpoints: self.shared_endpoints(),
             created_at: None,
             grace_period: attribute(GRACE_ATTRIBUTE).parse().ok(),
             previous_secret_expires_at: previous_until,

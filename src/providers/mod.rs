@@ -53,7 +53,8 @@ pub struct RemoteClient {
     pub public: bool,
     pub pkce_required: bool,
     pub consent_screen: bool,
-    pub endpoints: Endpoints,
+    /// Shared: a server's clients have the same endpoints, and a list holds thousands.
+    pub endpoints: std::sync::Arc<Endpoints>,
     pub created_at: Option<Timestamp>,
     /// The grace period (seconds) the client is marked for at the server, where the backend
     /// keeps rotated-out secrets valid ([`Capabilities::grace_period`]).
