@@ -394,8 +394,10 @@ pub struct OAuthApplicationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Endpoints of the authorization server for this client.
+    // Shared: the clients of one server have the same endpoints, and the operator caches
+    // thousands of applications (see `controller::share_endpoints`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoints: Option<Endpoints>,
+    pub endpoints: Option<std::sync::Arc<Endpoints>>,
     /// When the client was last checked against the provider, as of the last status write:
     /// a check that changes nothing writes no status (it is not a heartbeat; `Ready` and its
     /// `observedGeneration` say the client is in order).

@@ -992,7 +992,7 @@ async fn apply(
         client_id: keys.client_id.clone(),
         client_secret: keys.client_secret.clone(),
     });
-    status.endpoints = Some(crate::api::Endpoints::clone(&remote.endpoints));
+    status.endpoints = Some(remote.endpoints.clone());
     status.pending_registration = None;
     // After a rotation in this pass the next one counts from it.
     let next_rotation_at = scheduled_rotation(app, status, None);

@@ -127,10 +127,14 @@ impl OwnedSecretVersions {
 }
 
 fn put(map: &mut ByNamespace, s: &PartialObjectMeta<Secret>) {
+    let namespace = s.namespace().unwrap_or_default();
     let Some(version) = s.metadata.resource_version.as_deref() else {
+        // Never from the apiserver; if it were, no version is known (a pass then runs).
+        if let Some(names) = map.get_mut(namespace.as_str()) {
+            names.remove(s.name_any().as_str());
+        }
         return;
     };
-    let namespace = s.namespace().unwrap_or_default();
     let names = match map.get_mut(namespace.as_str()) {
         Some(names) => names,
         None => map.entry(namespace.into()).or_default(),

@@ -282,7 +282,7 @@ pub(super) async fn apply_given(
         client_id: keys.client_id.clone(),
         client_secret: keys.client_secret.clone(),
     });
-    status.endpoints = Some(crate::api::Endpoints::clone(&remote.endpoints));
+    status.endpoints = Some(remote.endpoints.clone());
     status.pending_registration = None;
     status.credentials_in_flight_since = None;
     status.next_rotation_at = None;

@@ -116,6 +116,29 @@ fn apps_reading(
     apps
 }
 
+/// How many distinct sets of endpoints [`share_endpoints`] holds: one per authorization
+/// server in practice. A bound, not a size to tune: past it, sharing is only less complete.
+const SHARED_ENDPOINTS: usize = 32;
+
+/// Replaces an application's endpoints with an equal copy already held, so that the thousands
+/// of applications of one server hold one copy between them (about 0.6 KB each otherwise).
+fn share_endpoints(
+    held: &mut Vec<Arc<crate::api::Endpoints>>,
+    endpoints: &mut Option<Arc<crate::api::Endpoints>>,
+) {
+    let Some(endpoints) = endpoints.as_mut() else {
+        return;
+    };
+    if let Some(found) = held.iter().find(|h| **h == *endpoints) {
+        *endpoints = found.clone();
+    } else {
+        if held.len() == SHARED_ENDPOINTS {
+            held.remove(0);
+        }
+        held.push(endpoints.clone());
+    }
+}
+
 /// A namespace's labels changed (or it was first seen): its applications that use a
 /// `ClusterOAuthProvider` retry now, since `allowedNamespaces.selector` may admit (or no longer
 /// admit) them.
@@ -378,9 +401,15 @@ async fn run_controllers(
     let apps: Api<DeserializeGuard<OAuthApplication>> = api_for(&client, ns.as_deref());
     let (store, app_writer) = reflector::store();
     let app_index = Arc::new(index::AppIndex::default());
+    let mut shared_endpoints = Vec::new();
     let app_events = watcher(apps, watch_cfg.clone())
-        .modify(|app| {
-            app.meta_mut().managed_fields = None;
+        .modify(move |guard| {
+            guard.meta_mut().managed_fields = None;
+            if let Ok(app) = &mut guard.0
+                && let Some(status) = app.status.as_mut()
+            {
+                share_endpoints(&mut shared_endpoints, &mut status.endpoints);
+            }
         })
         .inspect_ok({
             let app_index = app_index.clone();
@@ -498,6 +527,41 @@ async fn run_controllers(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use crate::api::Endpoints;
+
+    #[test]
+    fn equal_endpoints_are_one_copy_and_different_ones_stay_apart() {
+        let of = |issuer: &str| {
+            Some(Arc::new(Endpoints {
+                issuer: Some(issuer.into()),
+                token: Some(format!("{issuer}/token")),
+                ..Default::default()
+            }))
+        };
+        let mut held = Vec::new();
+        let (mut a1, mut a2, mut b) = (of("https://a"), of("https://a"), of("https://b"));
+        let mut none = None;
+        for e in [&mut a1, &mut a2, &mut b, &mut none] {
+            super::share_endpoints(&mut held, e);
+        }
+        let (a1, a2, b) = (a1.unwrap(), a2.unwrap(), b.unwrap());
+        assert!(Arc::ptr_eq(&a1, &a2), "one copy of equal endpoints");
+        assert!(!Arc::ptr_eq(&a1, &b));
+        assert_eq!(b.issuer.as_deref(), Some("https://b"), "values untouched");
+        assert_eq!(held.len(), 2);
+
+        // Bounded: past the bound the oldest goes, and sharing goes on for the rest.
+        for i in 0..super::SHARED_ENDPOINTS {
+            super::share_endpoints(&mut held, &mut of(&format!("https://s{i}")));
+        }
+        assert_eq!(held.len(), super::SHARED_ENDPOINTS);
+        let mut again = of(&format!("https://s{}", super::SHARED_ENDPOINTS - 1));
+        super::share_endpoints(&mut held, &mut again);
+        assert!(Arc::ptr_eq(again.as_ref().unwrap(), held.last().unwrap()));
+    }
+
     #[test]
     fn the_watch_backoff_stays_short_and_starts_over() {
         use kube::runtime::utils::Backoff as _;

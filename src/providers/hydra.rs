@@ -246,16 +246,16 @@ impl HydraClient {
         }
     }
 
-    /// [`Self::issuer_endpoints`], one copy shared by every client once discovery is done.
+    /// [`Self::issuer_endpoints`], one copy shared by every client once discovery is done
+    /// (and only then: the paths assumed before it are never kept).
     fn shared_endpoints(&self) -> std::sync::Arc<Endpoints> {
-        if let Some(shared) = self.shared_endpoints.get() {
-            return shared.clone();
+        match self.metadata.get() {
+            Some(m) => self
+                .shared_endpoints
+                .get_or_init(|| std::sync::Arc::new(m.endpoints()))
+                .clone(),
+            None => std::sync::Arc::new(self.issuer_endpoints()),
         }
-        let endpoints = std::sync::Arc::new(self.issuer_endpoints());
-        if self.metadata.get().is_some() {
-            return self.shared_endpoints.get_or_init(|| endpoints).clone();
-        }
-        endpoints
     }
 
     fn remote(&self, app: HydraApp) -> RemoteClient {

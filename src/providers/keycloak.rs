@@ -467,16 +467,16 @@ impl KeycloakClient {
             .await
     }
 
-    /// [`Self::known_endpoints`], one copy shared by every client once discovery is done.
+    /// [`Self::known_endpoints`], one copy shared by every client once discovery is done
+    /// (and only then: the fallback used before it is never kept).
     fn shared_endpoints(&self) -> std::sync::Arc<Endpoints> {
-        if let Some(shared) = self.shared_endpoints.get() {
-            return shared.clone();
+        match self.metadata.get() {
+            Some(m) => self
+                .shared_endpoints
+                .get_or_init(|| std::sync::Arc::new(m.endpoints()))
+                .clone(),
+            None => std::sync::Arc::new(self.known_endpoints()),
         }
-        let endpoints = std::sync::Arc::new(self.known_endpoints());
-        if self.metadata.get().is_some() {
-            return self.shared_endpoints.get_or_init(|| endpoints).clone();
-        }
-        endpoints
     }
 
     fn known_endpoints(&self) -> Endpoints {
