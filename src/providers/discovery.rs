@@ -42,6 +42,22 @@ impl ServerMetadata {
     }
 }
 
+/// The endpoints every client a backend reports carries: once `metadata` is known, one copy
+/// made into `shared` (thousands of clients in a list share it); before that, `fallback`'s,
+/// never kept.
+pub fn shared_endpoints(
+    shared: &std::sync::OnceLock<std::sync::Arc<Endpoints>>,
+    metadata: Option<&ServerMetadata>,
+    fallback: impl FnOnce() -> Endpoints,
+) -> std::sync::Arc<Endpoints> {
+    match metadata {
+        Some(m) => shared
+            .get_or_init(|| std::sync::Arc::new(m.endpoints()))
+            .clone(),
+        None => std::sync::Arc::new(fallback()),
+    }
+}
+
 /// Discovery answers carry no error body worth reading; a 404 means "not here".
 struct DiscoveryErrors;
 
@@ -122,6 +138,32 @@ pub async fn discover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_shared_once_discovered_and_a_fallback_is_never_kept() {
+        let shared = std::sync::OnceLock::new();
+        let fallback = || Endpoints {
+            issuer: Some("https://assumed".into()),
+            ..Default::default()
+        };
+        let before = shared_endpoints(&shared, None, fallback);
+        assert_eq!(before.issuer.as_deref(), Some("https://assumed"));
+        assert!(shared.get().is_none(), "not kept before discovery");
+        let metadata = ServerMetadata {
+            issuer: "https://id".into(),
+            authorization_endpoint: None,
+            token_endpoint: "https://id/token".into(),
+            userinfo_endpoint: None,
+            end_session_endpoint: None,
+            jwks_uri: None,
+            registration_endpoint: None,
+            discovery_url: "https://id/.well-known/openid-configuration".into(),
+        };
+        let first = shared_endpoints(&shared, Some(&metadata), fallback);
+        let second = shared_endpoints(&shared, Some(&metadata), fallback);
+        assert!(std::sync::Arc::ptr_eq(&first, &second), "one copy");
+        assert_eq!(*first, metadata.endpoints());
+    }
 
     #[test]
     fn well_known_urls_follow_both_specs() {

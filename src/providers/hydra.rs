@@ -246,16 +246,11 @@ impl HydraClient {
         }
     }
 
-    /// [`Self::issuer_endpoints`], one copy shared by every client once discovery is done
-    /// (and only then: the paths assumed before it are never kept).
+    /// [`Self::issuer_endpoints`], shared (see [`super::discovery::shared_endpoints`]).
     fn shared_endpoints(&self) -> std::sync::Arc<Endpoints> {
-        match self.metadata.get() {
-            Some(m) => self
-                .shared_endpoints
-                .get_or_init(|| std::sync::Arc::new(m.endpoints()))
-                .clone(),
-            None => std::sync::Arc::new(self.issuer_endpoints()),
-        }
+        super::discovery::shared_endpoints(&self.shared_endpoints, self.metadata.get(), || {
+            self.issuer_endpoints()
+        })
     }
 
     fn remote(&self, app: HydraApp) -> RemoteClient {

@@ -467,16 +467,11 @@ impl KeycloakClient {
             .await
     }
 
-    /// [`Self::known_endpoints`], one copy shared by every client once discovery is done
-    /// (and only then: the fallback used before it is never kept).
+    /// [`Self::known_endpoints`], shared (see [`super::discovery::shared_endpoints`]).
     fn shared_endpoints(&self) -> std::sync::Arc<Endpoints> {
-        match self.metadata.get() {
-            Some(m) => self
-                .shared_endpoints
-                .get_or_init(|| std::sync::Arc::new(m.endpoints()))
-                .clone(),
-            None => std::sync::Arc::new(self.known_endpoints()),
-        }
+        super::discovery::shared_endpoints(&self.shared_endpoints, self.metadata.get(), || {
+            self.known_endpoints()
+        })
     }
 
     fn known_endpoints(&self) -> Endpoints {
