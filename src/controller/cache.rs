@@ -98,15 +98,7 @@ impl OwnedSecretVersions {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         match event {
             watcher::Event::Apply(s) => put(&mut inner.live, s),
-            watcher::Event::Delete(s) => {
-                let namespace = s.namespace().unwrap_or_default();
-                if let Some(names) = inner.live.get_mut(namespace.as_str()) {
-                    names.remove(s.name_any().as_str());
-                    if names.is_empty() {
-                        inner.live.remove(namespace.as_str());
-                    }
-                }
-            }
+            watcher::Event::Delete(s) => forget(&mut inner.live, s),
             watcher::Event::Init => inner.building = Some(ByNamespace::default()),
             watcher::Event::InitApply(s) => match inner.building.as_mut() {
                 Some(building) => put(building, s),
@@ -127,19 +119,26 @@ impl OwnedSecretVersions {
 }
 
 fn put(map: &mut ByNamespace, s: &PartialObjectMeta<Secret>) {
-    let namespace = s.namespace().unwrap_or_default();
     let Some(version) = s.metadata.resource_version.as_deref() else {
         // Never from the apiserver; if it were, no version is known (a pass then runs).
-        if let Some(names) = map.get_mut(namespace.as_str()) {
-            names.remove(s.name_any().as_str());
-        }
-        return;
+        return forget(map, s);
     };
+    let namespace = s.namespace().unwrap_or_default();
     let names = match map.get_mut(namespace.as_str()) {
         Some(names) => names,
         None => map.entry(namespace.into()).or_default(),
     };
     names.insert(s.name_any().into(), version.into());
+}
+
+fn forget(map: &mut ByNamespace, s: &PartialObjectMeta<Secret>) {
+    let namespace = s.namespace().unwrap_or_default();
+    if let Some(names) = map.get_mut(namespace.as_str()) {
+        names.remove(s.name_any().as_str());
+        if names.is_empty() {
+            map.remove(namespace.as_str());
+        }
+    }
 }
 
 /// Provider credential Secrets as last read, by namespace and name. An entry is dropped by

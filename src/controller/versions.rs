@@ -59,12 +59,7 @@ impl Version {
     }
 
     fn is(&self, v: &str) -> bool {
-        match self {
-            Self::Number(n) => v
-                .parse::<u64>()
-                .is_ok_and(|m| m == *n && m.to_string() == v),
-            Self::Text(t) => &**t == v,
-        }
+        *self == Self::new(v)
     }
 }
 
