@@ -9,6 +9,7 @@
 //! provider's admin credential that sits beside it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -65,13 +66,17 @@ impl std::fmt::Debug for Staged {
     }
 }
 
-/// The staged copy of one application's credentials at one provider.
+/// The staged copy of one application's credentials at one provider, for one pass.
 pub struct Staging {
     api: Api<Secret>,
     name: String,
     uid: String,
     app_ref: String,
     provider: String,
+    /// This pass saw the slot empty (a read found nothing, or a delete succeeded) and has not
+    /// stored since: a discard then has nothing to delete. Only staging writes the slot, and
+    /// one pass at a time runs for an application, so what this pass saw still holds.
+    empty: AtomicBool,
 }
 
 /// `oauth-operator-staged-<uid>`: one per application, named by uid so that a namesake in
@@ -94,6 +99,7 @@ impl Staging {
             app_ref: format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()),
             uid,
             provider: provider.to_string(),
+            empty: AtomicBool::new(false),
         }
     }
 
@@ -141,6 +147,9 @@ impl Staging {
     /// secret; a copy found there anyway is older and is replaced whole, never merged.
     pub async fn store(&self, staged: &Staged) -> Result<()> {
         let secret = self.build(staged);
+        // Whatever the answer, the slot may hold something now (a create whose answer was
+        // lost may have been committed).
+        self.empty.store(false, Ordering::SeqCst);
         match self.api.create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -156,8 +165,10 @@ impl Staging {
     /// another provider (the application was moved) is ignored.
     pub async fn load(&self) -> Result<Option<Staged>> {
         let Some(secret) = self.api.get_opt(&self.name).await? else {
+            self.empty.store(true, Ordering::SeqCst);
             return Ok(None);
         };
+        self.empty.store(false, Ordering::SeqCst);
         let note = secret.annotations();
         if note.get(APP_UID) != Some(&self.uid) || note.get(PROVIDER) != Some(&self.provider) {
             tracing::warn!(staged = %self.name, "ignoring staged credentials of another application or provider");
@@ -186,13 +197,19 @@ impl Staging {
         }))
     }
 
-    /// Deletes the staged copy (gone already counts as deleted).
+    /// Deletes the staged copy (gone already counts as deleted). No request when this pass
+    /// already saw the slot empty.
     pub async fn discard(&self) -> Result<()> {
-        match self.api.delete(&self.name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
+        if self.empty.load(Ordering::SeqCst) {
+            return Ok(());
         }
+        match self.api.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.empty.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -223,5 +240,118 @@ mod tests {
             client_secret: SecretString::from("s3cr3t"),
         };
         assert!(!format!("{staged:?}").contains("s3cr3t"));
+    }
+
+    /// A Kubernetes API that records each request and keeps one Secret slot: GET answers it
+    /// or 404, POST fills it (409 when full), DELETE empties it (404 when empty).
+    fn scripted_api() -> (kube::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::sync::{Arc, Mutex};
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let slot: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
+        let seen = log.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let (log, slot) = (seen.clone(), slot.clone());
+            async move {
+                let method = req.method().clone();
+                log.lock().unwrap().push(method.to_string());
+                let body = kube::client::Body::collect_bytes(req.into_body()).await?;
+                let mut slot = slot.lock().unwrap();
+                let not_found = || {
+                    (
+                        404,
+                        br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#
+                            .to_vec(),
+                    )
+                };
+                let (code, out) = match method.as_str() {
+                    "GET" => slot.clone().map(|s| (200, s)).unwrap_or_else(not_found),
+                    "POST" if slot.is_some() => (
+                        409,
+                        br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409}"#
+                            .to_vec(),
+                    ),
+                    "POST" => {
+                        *slot = Some(body.to_vec());
+                        (201, body.to_vec())
+                    }
+                    "DELETE" => match slot.take() {
+                        Some(_) => (200, br#"{"kind":"Status","apiVersion":"v1","status":"Success"}"#.to_vec()),
+                        None => not_found(),
+                    },
+                    other => panic!("unexpected {other}"),
+                };
+                Ok::<_, kube::Error>(
+                    http::Response::builder()
+                        .status(code)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(out))
+                        .unwrap(),
+                )
+            }
+        });
+        (kube::Client::new(service, "default"), log)
+    }
+
+    fn app() -> OAuthApplication {
+        let spec = serde_json::from_value(serde_json::json!({
+            "providerRef": {"name": "p", "kind": "OAuthProvider"},
+            "redirectUris": ["https://a.example.com/cb"],
+        }))
+        .unwrap();
+        let mut app = OAuthApplication::new("web", spec);
+        app.metadata.namespace = Some("team".into());
+        app.metadata.uid = Some("uid-1".into());
+        app
+    }
+
+    fn staged() -> Staged {
+        Staged {
+            client_id: "c".into(),
+            provider_object_id: "oa_1".into(),
+            rotation_token: None,
+            rotated: false,
+            pending_create: false,
+            replaces: None,
+            client_secret: SecretString::from("s3cr3t"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slot_this_pass_saw_empty_is_not_deleted_again() {
+        let (client, log) = scripted_api();
+        let requests = || std::mem::take(&mut *log.lock().unwrap());
+        let staging = Staging::new(client, "operator", &app(), "clerk");
+
+        // Not known: a discard asks, then knows.
+        staging.discard().await.unwrap();
+        staging.discard().await.unwrap();
+        assert_eq!(requests(), ["DELETE"]);
+
+        // Stored: the next discard deletes it, and only once.
+        staging.store(&staged()).await.unwrap();
+        staging.discard().await.unwrap();
+        staging.discard().await.unwrap();
+        assert_eq!(requests(), ["POST", "DELETE"]);
+
+        // A read that finds nothing is as good as a delete.
+        let (client, log) = scripted_api();
+        let requests = || std::mem::take(&mut *log.lock().unwrap());
+        let staging = Staging::new(client.clone(), "operator", &app(), "clerk");
+        assert!(staging.load().await.unwrap().is_none());
+        staging.discard().await.unwrap();
+        assert_eq!(requests(), ["GET"]);
+
+        // A read that finds a copy (stored by an earlier pass): the discard deletes it.
+        staging.store(&staged()).await.unwrap();
+        let next = Staging::new(client, "operator", &app(), "clerk");
+        assert_eq!(next.load().await.unwrap().unwrap().client_id, "c");
+        next.discard().await.unwrap();
+        assert!(next.load().await.unwrap().is_none());
+        assert_eq!(requests(), ["POST", "GET", "DELETE", "GET"]);
+
+        // A store over a copy this pass did not see replaces it (409, delete, create).
+        staging.store(&staged()).await.unwrap();
+        next.store(&staged()).await.unwrap();
+        assert_eq!(requests(), ["POST", "POST", "DELETE", "POST"]);
     }
 }
