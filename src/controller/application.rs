@@ -665,6 +665,8 @@ async fn apply(
     // 5. the Secret
     // Its version as written before the client was created, if it was.
     let written_before = in_hand.as_ref().and_then(|h| h.in_secret.clone());
+    // Its version as this pass wrote it with credentials in hand, if it did.
+    let mut written_now = None;
     let mut credential_facts = CredentialFacts {
         in_hand: in_hand.is_some(),
         unfinished_issue: in_hand.is_none() && status.credentials_in_flight_since.is_some(),
@@ -693,7 +695,7 @@ async fn apply(
         CredentialsStep::Verify => return Err(invariant()),
         CredentialsStep::Deliver => {
             let hand = in_hand.ok_or_else(invariant)?;
-            deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
+            written_now = deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
         }
         CredentialsStep::Recover | CredentialsStep::Rotate => {
             let source = new_secret(
@@ -782,7 +784,7 @@ async fn apply(
                     )));
                 }
             };
-            deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
+            written_now = deliver(pass, writer, status, existing.as_ref(), &remote, hand).await?;
             let (event, type_, reason, action, note) = if step == CredentialsStep::Rotate {
                 (
                     "secret_rotated",
@@ -1013,8 +1015,9 @@ async fn apply(
     let mut requeue = ctx.resync_delay();
     // Any later write of the Secret in this pass makes the watch show another version, and
     // then the next event runs a pass: a stale version here costs a pass, never a change.
-    let secret_version =
-        written_before.or_else(|| existing.as_ref().and_then(|s| s.resource_version()));
+    let secret_version = written_now
+        .or(written_before)
+        .or_else(|| existing.as_ref().and_then(|s| s.resource_version()));
     if let Some(until) = status
         .previous_secret_expires_at
         .iter()
@@ -2201,7 +2204,8 @@ async fn issue(
 }
 
 /// Writes credentials in hand into the Secret, then lets go of the staged copy. Writing the
-/// value the Secret already holds is skipped, so delivering twice changes nothing.
+/// value the Secret already holds is skipped, so delivering twice changes nothing. Returns the
+/// Secret's version when this wrote it.
 async fn deliver(
     pass: Pass<'_>,
     writer: &mut StatusWriter<'_>,
@@ -2209,7 +2213,7 @@ async fn deliver(
     existing: Option<&Secret>,
     remote: &RemoteClient,
     hand: InHand,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let Pass {
         app,
         secrets,
@@ -2239,9 +2243,10 @@ async fn deliver(
             status.secret_rotated_at = Some(Time(t));
         }
         status.last_rotation_token = hand.rotation_token;
-        return Ok(());
+        return Ok(hand.in_secret);
     }
     let previous_key = previous_secret_key(&keys);
+    let mut written_version = None;
     if !existing.is_some_and(holds) {
         let at = rotated_at.map(|t| t.to_string());
         // With a grace period, the secret this one replaces stays in the Secret while the
@@ -2264,7 +2269,7 @@ async fn deliver(
             _ => None,
         };
         let until_text = previous.map(|(_, until)| until.to_string());
-        store_credentials(
+        written_version = store_credentials(
             app,
             secrets,
             existing,
@@ -2333,7 +2338,7 @@ async fn deliver(
         staging.discard().await?;
     }
     status.credentials_in_flight_since = None;
-    Ok(())
+    Ok(written_version)
 }
 
 /// Until when the previous secret the Secret keeps (under `previous_key`) is accepted, from
@@ -2385,9 +2390,7 @@ pub(super) async fn store_credentials(
             let at = rotated_at
                 .map(str::to_string)
                 .unwrap_or_else(|| now().to_string());
-            write_rotated_secret(secrets, app, client, &at, written)
-                .await
-                .map(|()| None)
+            write_rotated_secret(secrets, app, client, &at, written).await
         }
     }
 }

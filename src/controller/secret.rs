@@ -336,14 +336,15 @@ pub async fn dry_run_write(
 /// Writes a new client secret into our Secret (rotation, recovery, replaced client) and bumps
 /// the rotation annotation. The secret now exists only in memory, so this tries hard: it reads
 /// the Secret afresh for each attempt (ownership checked, current resourceVersion as the
-/// precondition), re-creates it if it vanished, and retries conflicts.
+/// precondition), re-creates it if it vanished, and retries conflicts. Returns the
+/// `resourceVersion` the Secret then has.
 pub async fn write_rotated_secret(
     api: &Api<Secret>,
     app: &OAuthApplication,
     client: &RemoteClient,
     rotated_at: &str,
     written: Written<'_>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let Written {
         client_secret,
         rotation_token,
@@ -376,7 +377,7 @@ pub async fn write_rotated_secret(
             Err(e) => return Err(e.into()),
         };
         let result = match current {
-            None => return create_secret(api, &fresh, app).await.map(drop),
+            None => return create_secret(api, &fresh, app).await,
             Some(current) if !is_owned_by(&current, app) => {
                 return Err(Error::SecretConflict(format!(
                     "Secret {name} was replaced by one this OAuthApplication did not create"
@@ -399,7 +400,7 @@ pub async fn write_rotated_secret(
             }
         };
         match result {
-            Ok(_) => return Ok(()),
+            Ok(written) => return Ok(written.resource_version()),
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {}
             Err(e) if attempt < 3 && !matches!(&e, kube::Error::Api(s) if s.code < 500) => {
                 tracing::warn!(error = %e, attempt, "writing the rotated secret failed; retrying");
