@@ -110,6 +110,8 @@ struct Bench {
     audit: Mutex<Audit>,
     /// The floor's seconds by (N, concurrency), for the convergence ratios.
     floor_cache: Mutex<HashMap<(usize, usize), f64>>,
+    /// The same with each client's Secret and status written too (see `floor_with_kubernetes`).
+    kube_floor_cache: Mutex<HashMap<(usize, usize), f64>>,
 }
 
 /// hydra-maester: its binary, its CRD, its kubeconfig.
@@ -168,6 +170,7 @@ async fn run(sizes: Sizes) -> Result<()> {
         log_dir,
         audit,
         floor_cache: Mutex::default(),
+        kube_floor_cache: Mutex::default(),
     };
     let machine = bench.machine()?;
     write_json(&bench.out_dir, "machine", &machine)?;
@@ -659,6 +662,7 @@ impl Bench {
         let mut curves = serde_json::Map::new();
         let mut latency = Value::Null;
         let floor = self.floor_cache.lock().expect("floor").clone();
+        let kube_floor = self.kube_floor_cache.lock().expect("floor").clone();
         let last = *self.sizes.convergence.last().context("no N")?;
         let resync = format!("{}s", self.sizes.resync.as_secs());
         for &n in &self.sizes.convergence {
@@ -716,6 +720,11 @@ impl Bench {
                 if let Some(floor) = floor.get(&(n, concurrency)) {
                     figures["floor_seconds"] = json!(floor);
                     figures["vs_floor"] = ratio(figures["seconds"].as_f64().unwrap_or(0.0), *floor);
+                }
+                if let Some(floor) = kube_floor.get(&(n, concurrency)) {
+                    figures["floor_with_secret_and_status_seconds"] = json!(floor);
+                    figures["vs_floor_with_secret_and_status"] =
+                        ratio(figures["seconds"].as_f64().unwrap_or(0.0), *floor);
                 }
                 if n == last {
                     curves.insert(label.to_string(), json!(curve));
@@ -1165,8 +1174,8 @@ fn markdown(machine: &Value, results: &BTreeMap<String, Value>) -> String {
         "**Convergence** against Hydra (N applications created before the operator starts, until \
          every one is Ready with its Secret; each run of oauth-operator starts with no client of \
          an earlier workload of its own at Hydra):\n\n\
-         | operator | N | seconds | hydra-maester / this | vs floor | provider req/app | apiserver req/app (reads + writes) | events/app | peak RSS MiB | CPU s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | operator | N | seconds | hydra-maester / this | vs floor | vs floor with Secret + status | provider req/app | apiserver req/app (reads + writes) | events/app | peak RSS MiB | CPU s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs("convergence") {
         if r.get("skipped").is_some() {
@@ -1179,12 +1188,13 @@ fn markdown(machine: &Value, results: &BTreeMap<String, Value>) -> String {
             .unwrap_or_else(|| "0".into());
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} ({} + {}) | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} ({} + {}) | {} | {} | {} |",
             text(&r["operator"]),
             text(&r["n"]),
             text(&r["seconds"]),
             versus(&r["operator"], &r["n"]),
             text(&r["vs_floor"]),
+            text(&r["vs_floor_with_secret_and_status"]),
             text(&r["provider_requests_per_app"]),
             text(&r["apiserver_requests_per_app"]),
             text(&r["apiserver_reads_per_app"]),
@@ -1195,16 +1205,30 @@ fn markdown(machine: &Value, results: &BTreeMap<String, Value>) -> String {
         );
     }
     md.push_str(
-        "\n**The floor** (the same creates sent straight to Hydra over HTTP):\n\n\
-         | N | concurrency | seconds |\n|---:|---:|---:|\n",
+        "\n**The floor** (the same creates sent straight to Hydra over HTTP; and the same again with \
+         each client's Secret and a Ready status written straight to the apiserver, the least any \
+         operator does on this machine; with hydra-maester's three writes (the finalizer, the \
+         Secret, the status); and with this operator's registration request for request (the \
+         finalizer, two reads, the status before the create, the Secret, the Ready status, the \
+         event). All of them straight from the bench, no operator running; in brackets the ratio \
+         to the floor):\n\n\
+         | N | concurrency | seconds | with Secret + status | with hydra-maester's writes | with our registration's requests |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs("floor") {
+        let with = |key: &str| match &r[format!("{key}_seconds")] {
+            Value::Null => "–".to_string(),
+            s => format!("{} ({}x)", text(s), text(&r[format!("{key}_vs_floor")])),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             text(&r["n"]),
             text(&r["concurrency"]),
-            text(&r["seconds"])
+            text(&r["seconds"]),
+            with(KubeFloor::SecretAndStatus.key()),
+            with(KubeFloor::MaesterWrites.key()),
+            with(KubeFloor::OurProtocol.key()),
         );
     }
     md.push_str(
@@ -1372,11 +1396,135 @@ impl Bench {
                     .lock()
                     .expect("floor")
                     .insert((n, concurrency), seconds);
-                runs.push(json!({"n": n, "concurrency": concurrency, "seconds": seconds}));
+                let mut figures = json!({"n": n, "concurrency": concurrency, "seconds": seconds});
+                if concurrency > 1 {
+                    for level in [
+                        KubeFloor::SecretAndStatus,
+                        KubeFloor::MaesterWrites,
+                        KubeFloor::OurProtocol,
+                    ] {
+                        let with_kube = self.floor_with_kubernetes(n, concurrency, level).await?;
+                        let key = level.key();
+                        figures[format!("{key}_seconds")] = json!(with_kube);
+                        figures[format!("{key}_vs_floor")] = ratio(with_kube, seconds);
+                        if level == KubeFloor::SecretAndStatus {
+                            self.kube_floor_cache
+                                .lock()
+                                .expect("floor")
+                                .insert((n, concurrency), with_kube);
+                        }
+                    }
+                }
+                runs.push(figures);
             }
         }
         eprintln!("   floor: {runs:?}");
         Ok(json!({"runs": runs}))
+    }
+
+    /// What Kubernetes adds to the floor, with no operator: the same creates at Hydra, and for
+    /// each client the apiserver requests of [`KubeFloor`], sent straight from here at the
+    /// same concurrency, on applications created beforehand. A bound, not an operator: no
+    /// watches, no decisions.
+    async fn floor_with_kubernetes(
+        &self,
+        n: usize,
+        concurrency: usize,
+        level: KubeFloor,
+    ) -> Result<f64> {
+        let finalizer = level != KubeFloor::SecretAndStatus;
+        let protocol = level == KubeFloor::OurProtocol;
+        let ns = self.namespace("bench-floor").await?;
+        self.create_apps(Kind::Ours, &ns, n, "none").await?;
+        let apps = Api::<DynamicObject>::namespaced_with(
+            self.admin.clone(),
+            &ns,
+            &ours_resource("OAuthApplication"),
+        );
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &ns);
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.admin.clone(), &ns);
+        let http = reqwest::Client::new();
+        let run = testenv::server_support::unique_suffix();
+        let url = format!("{}/admin/clients", self.hydra.admin_url());
+        let started = Instant::now();
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let (http, url, run) = (http.clone(), url.clone(), run.clone());
+                let (apps, secrets, events, ns) =
+                    (apps.clone(), secrets.clone(), events.clone(), ns.clone());
+                async move {
+                    let name = app_name(i);
+                    let client_id = format!("floor-k-{run}-{i}");
+                    let secret = testenv::server_support::random_hex(24)?;
+                    let condition = |kind: &str, reason: &str| {
+                        anyhow::Ok(json!({
+                            "type": kind, "status": "True", "reason": reason,
+                            "message": "registered", "observedGeneration": 1,
+                            "lastTransitionTime": k8s_openapi::jiff::Timestamp::now()
+                                .round(k8s_openapi::jiff::Unit::Second)?
+                                .to_string(),
+                        }))
+                    };
+                    if finalizer {
+                        let finalizer = json!({"metadata": {"finalizers": ["oauth-operator.dev/cleanup"]}});
+                        apps.patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer))
+                            .await?;
+                    }
+                    if protocol {
+                        secrets.get_opt(&format!("{name}-credentials")).await?;
+                        secrets.get_opt(&format!("{name}-staged")).await?;
+                        let pending = json!({"status": {
+                            "clientId": client_id,
+                            "providerObjectId": client_id,
+                            "secretName": format!("{name}-credentials"),
+                            "observedGeneration": 1,
+                            "conditions": [condition("Reconciling", "Registering")?],
+                        }});
+                        apps.patch_status(&name, &PatchParams::default(), &Patch::Merge(&pending))
+                            .await?;
+                    }
+                    let body = json!({
+                        "client_id": client_id,
+                        "client_secret": secret,
+                        "redirect_uris": [format!("https://{name}.example.com/callback")],
+                        "grant_types": ["client_credentials"],
+                    });
+                    let response = http.post(&url).json(&body).send().await?;
+                    if !response.status().is_success() {
+                        bail!("Hydra answered {}", response.status());
+                    }
+                    let object: Secret = serde_json::from_value(json!({
+                        "metadata": {"name": format!("{name}-credentials")},
+                        "stringData": {"clientId": client_id, "clientSecret": secret},
+                    }))?;
+                    secrets.create(&PostParams::default(), &object).await?;
+                    let status = json!({"status": {
+                        "clientId": client_id,
+                        "providerObjectId": client_id,
+                        "secretName": format!("{name}-credentials"),
+                        "observedGeneration": 1,
+                        "conditions": [condition("Ready", "Reconciled")?],
+                    }});
+                    apps.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await?;
+                    if protocol {
+                        let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+                            "metadata": {"generateName": format!("{name}.")},
+                            "involvedObject": {"apiVersion": "oauth-operator.dev/v1alpha1",
+                                "kind": "OAuthApplication", "name": name, "namespace": ns},
+                            "reason": "Registered", "message": "registered client", "type": "Normal",
+                            "source": {"component": "bench-floor"},
+                        }))?;
+                        events.create(&PostParams::default(), &event).await?;
+                    }
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(secs(started.elapsed()))
     }
 
     /// N applications and M foreign Secrets in the cluster, every application pending when
@@ -1570,6 +1718,29 @@ impl Bench {
             runs.push(figures);
         }
         Ok(json!({"runs": runs}))
+    }
+}
+
+/// The apiserver requests per client of a floor with Kubernetes in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KubeFloor {
+    /// The two writes that make a client usable: its Secret and a Ready status.
+    SecretAndStatus,
+    /// hydra-maester's three writes: the finalizer, the Secret, the status.
+    MaesterWrites,
+    /// This operator's registration at Hydra, request for request: the finalizer, two reads
+    /// (the Secret, the staged copy), the status naming the client before the create, the
+    /// Secret, the Ready status, the `Registered` event.
+    OurProtocol,
+}
+
+impl KubeFloor {
+    fn key(self) -> &'static str {
+        match self {
+            KubeFloor::SecretAndStatus => "with_secret_and_status",
+            KubeFloor::MaesterWrites => "with_maester_writes",
+            KubeFloor::OurProtocol => "with_our_protocol",
+        }
     }
 }
 
