@@ -248,6 +248,8 @@ pub(super) async fn apply_given(
         data_value(s, &keys.client_id).as_deref() == Some(remote.client_id.as_str())
             && data_value(s, &keys.client_secret).as_deref() == Some(given.secret.expose_secret())
     };
+    // The Secret's version when this pass wrote its credentials.
+    let mut written = None;
     match existing {
         Some(current) if holds(current) => {
             reconcile_metadata(secrets, current, app, &remote).await?;
@@ -256,7 +258,7 @@ pub(super) async fn apply_given(
             // A changed secret is a rotation to consumers: the annotation Reloader watches moves.
             let rotated_at = existing.is_some().then(now);
             let at = rotated_at.map(|t| t.to_string());
-            store_credentials(
+            written = store_credentials(
                 app,
                 secrets,
                 existing,
@@ -299,7 +301,7 @@ pub(super) async fn apply_given(
         new_condition(READY, true, "Reconciled", message, app.metadata.generation),
     );
     writer.write(status).await?;
-    let secret_version = existing.and_then(|s| s.resource_version());
+    let secret_version = written.or_else(|| existing.and_then(|s| s.resource_version()));
     Ok(ctx.settled(app, writer, secret_version.as_deref(), ctx.resync_delay()))
 }
 

@@ -154,6 +154,8 @@ impl Staging {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 self.discard().await?;
+                // The discard left the slot known empty: this create fills it again.
+                self.empty.store(false, Ordering::SeqCst);
                 self.api.create(&PostParams::default(), &secret).await?;
                 Ok(())
             }
@@ -349,9 +351,11 @@ mod tests {
         assert!(next.load().await.unwrap().is_none());
         assert_eq!(requests(), ["POST", "GET", "DELETE", "GET"]);
 
-        // A store over a copy this pass did not see replaces it (409, delete, create).
+        // A store over a copy this pass did not see replaces it (409, delete, create), and
+        // the slot is then known to be full: the next discard deletes it.
         staging.store(&staged()).await.unwrap();
         next.store(&staged()).await.unwrap();
-        assert_eq!(requests(), ["POST", "POST", "DELETE", "POST"]);
+        next.discard().await.unwrap();
+        assert_eq!(requests(), ["POST", "POST", "DELETE", "POST", "DELETE"]);
     }
 }
