@@ -1375,17 +1375,9 @@ impl Bench {
                         let (http, url, run) = (http.clone(), url.clone(), run.clone());
                         async move {
                             let secret = testenv::server_support::random_hex(24)?;
-                            let body = json!({
-                                "client_id": format!("floor-{run}-{i}"),
-                                "client_secret": secret,
-                                "redirect_uris": [format!("https://floor-{i}.example.com/callback")],
-                                "grant_types": ["client_credentials"],
-                            });
-                            let response = http.post(&url).json(&body).send().await?;
-                            if !response.status().is_success() {
-                                bail!("Hydra answered {}", response.status());
-                            }
-                            anyhow::Ok(())
+                            let client_id = format!("floor-{run}-{i}");
+                            hydra_create(&http, &url, &client_id, &secret, &format!("floor-{i}"))
+                                .await
                         }
                     })
                     .buffer_unordered(concurrency)
@@ -1471,42 +1463,31 @@ impl Bench {
                         apps.patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer))
                             .await?;
                     }
-                    if protocol {
-                        secrets.get_opt(&format!("{name}-credentials")).await?;
-                        secrets.get_opt(&format!("{name}-staged")).await?;
-                        let pending = json!({"status": {
+                    // The status naming the client, with one condition.
+                    let status = |kind: &str, reason: &str| {
+                        anyhow::Ok(json!({"status": {
                             "clientId": client_id,
                             "providerObjectId": client_id,
                             "secretName": format!("{name}-credentials"),
                             "observedGeneration": 1,
-                            "conditions": [condition("Reconciling", "Registering")?],
-                        }});
+                            "conditions": [condition(kind, reason)?],
+                        }}))
+                    };
+                    if protocol {
+                        secrets.get_opt(&format!("{name}-credentials")).await?;
+                        secrets.get_opt(&format!("{name}-staged")).await?;
+                        let pending = status("Reconciling", "Registering")?;
                         apps.patch_status(&name, &PatchParams::default(), &Patch::Merge(&pending))
                             .await?;
                     }
-                    let body = json!({
-                        "client_id": client_id,
-                        "client_secret": secret,
-                        "redirect_uris": [format!("https://{name}.example.com/callback")],
-                        "grant_types": ["client_credentials"],
-                    });
-                    let response = http.post(&url).json(&body).send().await?;
-                    if !response.status().is_success() {
-                        bail!("Hydra answered {}", response.status());
-                    }
+                    hydra_create(&http, &url, &client_id, &secret, &name).await?;
                     let object: Secret = serde_json::from_value(json!({
                         "metadata": {"name": format!("{name}-credentials")},
                         "stringData": {"clientId": client_id, "clientSecret": secret},
                     }))?;
                     secrets.create(&PostParams::default(), &object).await?;
-                    let status = json!({"status": {
-                        "clientId": client_id,
-                        "providerObjectId": client_id,
-                        "secretName": format!("{name}-credentials"),
-                        "observedGeneration": 1,
-                        "conditions": [condition("Ready", "Reconciled")?],
-                    }});
-                    apps.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    let ready = status("Ready", "Reconciled")?;
+                    apps.patch_status(&name, &PatchParams::default(), &Patch::Merge(&ready))
                         .await?;
                     if protocol {
                         let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
@@ -1719,6 +1700,28 @@ impl Bench {
         }
         Ok(json!({"runs": runs}))
     }
+}
+
+/// One client created straight at Hydra's admin API, as the floors do (`host`: its redirect
+/// URI's first label).
+async fn hydra_create(
+    http: &reqwest::Client,
+    url: &str,
+    client_id: &str,
+    secret: &str,
+    host: &str,
+) -> Result<()> {
+    let body = json!({
+        "client_id": client_id,
+        "client_secret": secret,
+        "redirect_uris": [format!("https://{host}.example.com/callback")],
+        "grant_types": ["client_credentials"],
+    });
+    let response = http.post(url).json(&body).send().await?;
+    if !response.status().is_success() {
+        bail!("Hydra answered {}", response.status());
+    }
+    Ok(())
 }
 
 /// The apiserver requests per client of a floor with Kubernetes in it.

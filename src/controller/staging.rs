@@ -232,16 +232,7 @@ mod tests {
     #[test]
     fn staged_copies_are_named_by_uid_and_never_debug_print_the_secret() {
         assert_eq!(staged_name("1234"), "oauth-operator-staged-1234");
-        let staged = Staged {
-            client_id: "c".into(),
-            provider_object_id: "oa_1".into(),
-            rotation_token: None,
-            rotated: false,
-            pending_create: false,
-            replaces: None,
-            client_secret: SecretString::from("s3cr3t"),
-        };
-        assert!(!format!("{staged:?}").contains("s3cr3t"));
+        assert!(!format!("{:?}", staged()).contains("s3cr3t"));
     }
 
     /// A Kubernetes API that records each request and keeps one Secret slot: GET answers it
